@@ -1,0 +1,3 @@
+//! Benchmarks (placeholder until the identity module lands).
+
+fn main() {}

@@ -1,0 +1,3 @@
+//! Benchmarks (placeholder until the policy module lands).
+
+fn main() {}

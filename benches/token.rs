@@ -1,0 +1,3 @@
+//! Benchmarks (placeholder until the token module lands).
+
+fn main() {}

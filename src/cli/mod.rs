@@ -1,0 +1,1 @@
+//! The `tokengate` command line: subcommands and their exit codes.

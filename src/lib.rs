@@ -1,0 +1,12 @@
+//! tokengate: authenticate a caller by JWT, apply per-channel rules, issue Agora tokens.
+//!
+//! The module map and its invariants are in `ARCHITECTURE.md`. In short,
+//! dependencies flow one way: `cli -> server -> grpc -> {identity, policy, token} -> domain`,
+//! and `token` and `policy` are pure: they take time and randomness as
+//! arguments and never touch the clock, the network, tokio or tonic.
+
+pub mod cli;
+pub mod domain;
+pub mod identity;
+pub mod policy;
+pub mod token;

@@ -1,0 +1,3 @@
+//! The `tokengate` binary: parse the command line and run it.
+
+fn main() {}
