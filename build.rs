@@ -1,5 +1,24 @@
-//! Compiles `proto/` into `OUT_DIR` (added with the gRPC service).
+//! Compiles `proto/` into `OUT_DIR`: the Rust types and tonic stubs, and the
+//! descriptor set that gRPC reflection serves. protox parses the protos in
+//! pure Rust, so no system `protoc` is needed.
 
-fn main() {
+use std::path::PathBuf;
+
+use protox::prost::Message;
+
+const PROTOS: &[&str] = &["proto/tokengate/v1/tokengate.proto"];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    let fds = protox::compile(PROTOS, ["proto"])?;
+    std::fs::write(
+        out_dir.join("tokengate_descriptor.bin"),
+        fds.encode_to_vec(),
+    )?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
 }

@@ -7,6 +7,8 @@
 
 pub mod cli;
 pub mod domain;
+pub mod grpc;
 pub mod identity;
 pub mod policy;
+pub mod server;
 pub mod token;
