@@ -6,6 +6,7 @@
 //! arguments and never touch the clock, the network, tokio or tonic.
 
 pub mod cli;
+pub mod config;
 pub mod domain;
 pub mod grpc;
 pub mod identity;

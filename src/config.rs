@@ -1,0 +1,286 @@
+//! The service configuration: one TOML file, typed and validated before any
+//! port is bound.
+//!
+//! Loading has two steps. `parse` turns the text into typed structs, with
+//! errors that name the key (`projects[0].app_id`); `resolve` reads the
+//! secrets the config points at (files or environment variables, never inline
+//! values) and checks the cross-references. Both steps are pure given their
+//! inputs: the environment arrives as a lookup function, so tests never call
+//! `std::env::set_var`.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration that cannot be used. The message always names the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The file is not valid TOML or does not match the schema.
+    #[error("{key}: {message}")]
+    Syntax {
+        /// The dotted path of the offending key.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A value is well-formed but not acceptable.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// The dotted path of the offending key.
+        key: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The config file could not be read.
+    #[error("{path}: {message}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        message: String,
+    },
+}
+
+/// Listen addresses and shutdown behaviour.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// The gRPC address (token service, health, reflection, ext_authz).
+    pub grpc_listen: SocketAddr,
+    /// The admin HTTP address (`/healthz`, `/readyz`, metrics).
+    pub admin_listen: SocketAddr,
+    /// How long in-flight calls may run after SIGTERM.
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
+}
+
+/// Request limits.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// The largest request message accepted, in bytes.
+    pub max_message_size: usize,
+    /// The server-side deadline of every call.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// The most calls served at once per connection.
+    pub concurrency: usize,
+}
+
+/// Where a secret comes from: exactly one of a file or an environment variable.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSource {
+    /// The certificate's name, as rules and `InspectToken` refer to it.
+    pub name: String,
+    /// A file holding the secret (trailing whitespace is ignored).
+    pub file: Option<PathBuf>,
+    /// An environment variable holding the secret.
+    pub env: Option<String>,
+}
+
+/// One Agora project as written in the file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectSection {
+    /// The name rules use to pick this project.
+    pub name: String,
+    /// The Agora App ID (32 hex characters; not a secret).
+    pub app_id: String,
+    /// The named certificates: primary, secondary, ... Inspect verifies against all.
+    pub certificates: Vec<SecretSource>,
+    /// The name of the certificate that signs new tokens.
+    pub signing_certificate: String,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            grpc_listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
+            admin_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            grace_period: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            max_message_size: 64 * 1024,
+            request_timeout: Duration::from_secs(5),
+            concurrency: 256,
+        }
+    }
+}
+
+/// Deserializes `text` as `T`, reporting the dotted path of the first bad key.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
+    let deserializer = toml::Deserializer::parse(text).map_err(|e| ConfigError::Syntax {
+        key: "(file)".into(),
+        message: e.message().to_owned(),
+    })?;
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        ConfigError::Syntax {
+            key: if key == "." { "(root)".into() } else { key },
+            message: inner.message().to_owned(),
+        }
+    })
+}
+
+/// Reads a secret from its source, with `env` looking up environment variables.
+pub fn read_secret(
+    source: &SecretSource,
+    key: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        key: key.to_owned(),
+        message,
+    };
+    let raw = match (&source.file, &source.env) {
+        (Some(path), None) => std::fs::read_to_string(path)
+            .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?,
+        (None, Some(var)) => {
+            env(var).ok_or_else(|| invalid(format!("environment variable {var} is not set")))?
+        }
+        _ => {
+            return Err(invalid(
+                "set exactly one of `file` or `env` (secrets are never written inline)".into(),
+            ));
+        }
+    };
+    // Files written by editors and `kubectl create secret --from-file` often
+    // end with a newline that is not part of the secret.
+    Ok(raw.trim_end().to_owned())
+}
+
+/// Checks that every name in `names` is unique, naming the first duplicate's key.
+pub fn check_unique<'a>(
+    names: impl IntoIterator<Item = &'a str>,
+    key: impl Fn(usize) -> String,
+) -> Result<(), ConfigError> {
+    let mut seen = BTreeSet::new();
+    for (i, name) in names.into_iter().enumerate() {
+        if name.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: key(i),
+                message: "must not be empty".into(),
+            });
+        }
+        if !seen.insert(name) {
+            return Err(ConfigError::Invalid {
+                key: key(i),
+                message: format!("duplicate name {name:?}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `humantime` durations ("90s", "1h") for serde, in one place.
+mod humantime_serde {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Sample {
+        #[serde(default)]
+        server: ServerSection,
+        #[serde(default)]
+        limits: LimitsSection,
+        #[serde(default)]
+        projects: Vec<ProjectSection>,
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ports() {
+        let sample: Sample = parse_toml("").unwrap();
+        assert_eq!(sample.server.grpc_listen.port(), 50051);
+        assert_eq!(sample.server.admin_listen.port(), 9090);
+        assert_eq!(sample.limits.request_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            ("[server]\ngrpc_listen = \"nope\"", "server.grpc_listen"),
+            (
+                "[limits]\nrequest_timeout = \"5 parsecs\"",
+                "limits.request_timeout",
+            ),
+            ("[server]\nbogus = 1", "server.bogus"),
+            (
+                "[[projects]]\nname = \"a\"\napp_id = \"x\"\nsigning_certificate = \"p\"\n[[projects.certificates]]\nname = \"p\"\nvalue = \"inline\"",
+                "projects[0].certificates[0].value",
+            ),
+        ];
+        for (text, key) in cases {
+            match parse_toml::<Sample>(text) {
+                Err(ConfigError::Syntax { key: got, .. }) => assert_eq!(got, key, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn secrets_come_from_exactly_one_source() {
+        let env = |name: &str| (name == "CERT").then(|| "abc\n".to_owned());
+        let from_env = SecretSource {
+            name: "p".into(),
+            file: None,
+            env: Some("CERT".into()),
+        };
+        assert_eq!(read_secret(&from_env, "k", &env).unwrap(), "abc");
+        let missing = SecretSource {
+            name: "p".into(),
+            file: None,
+            env: Some("NOPE".into()),
+        };
+        assert!(
+            matches!(read_secret(&missing, "k", &env), Err(ConfigError::Invalid { key, .. }) if key == "k")
+        );
+        let neither = SecretSource {
+            name: "p".into(),
+            file: None,
+            env: None,
+        };
+        assert!(read_secret(&neither, "k", &env).is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cert");
+        std::fs::write(&path, "from-file\n").unwrap();
+        let from_file = SecretSource {
+            name: "p".into(),
+            file: Some(path),
+            env: None,
+        };
+        assert_eq!(read_secret(&from_file, "k", &env).unwrap(), "from-file");
+    }
+
+    #[test]
+    fn names_must_be_unique_and_non_empty() {
+        assert!(check_unique(["a", "b"], |i| format!("x[{i}]")).is_ok());
+        let dup = check_unique(["a", "a"], |i| format!("x[{i}]"));
+        assert!(matches!(dup, Err(ConfigError::Invalid { key, .. }) if key == "x[1]"));
+        let empty = check_unique([""], |i| format!("x[{i}]"));
+        assert!(matches!(empty, Err(ConfigError::Invalid { key, .. }) if key == "x[0]"));
+    }
+}
