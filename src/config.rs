@@ -216,6 +216,7 @@ mod tests {
         assert_eq!(sample.server.grpc_listen.port(), 50051);
         assert_eq!(sample.server.admin_listen.port(), 9090);
         assert_eq!(sample.limits.request_timeout, Duration::from_secs(5));
+        assert!(sample.projects.is_empty());
     }
 
     #[test]
