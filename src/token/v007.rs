@@ -42,6 +42,8 @@ pub struct AccessToken2 {
 pub struct ParsedToken {
     /// The decoded fields; `services` in wire order, up to any unknown type.
     pub token: AccessToken2,
+    /// The service count of the header (more than `token.services` when parsing stopped early).
+    pub service_count: u16,
     /// The type at which parsing stopped, if an unknown service type was met.
     pub stopped_at_unknown_service_type: Option<u16>,
     /// The inflated payload: `string(signature)` then the signed bytes.
@@ -193,6 +195,7 @@ pub fn parse(token: &str) -> Result<ParsedToken, ParseError> {
             salt,
             services,
         },
+        service_count: count,
         stopped_at_unknown_service_type,
         payload,
         signing_start,
