@@ -109,13 +109,13 @@ enum BuildKind {
 #[command(group = clap::ArgGroup::new("identity").required(true).args(["uid", "account", "any_uid"]))]
 struct RtcArgs {
     /// The channel name (under 64 bytes, Agora's 89-character set).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     channel: String,
     /// A numeric uid, 1..=4294967295 (0 is the wildcard: use --any-uid).
     #[arg(long)]
     uid: Option<u64>,
     /// A string user account (1 to 255 bytes).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     account: Option<String>,
     /// Admit any uid (the wildcard uid 0).
     #[arg(long)]
@@ -145,7 +145,7 @@ struct RtcArgs {
     #[arg(long, conflicts_with = "rtm_user_id")]
     with_rtm: bool,
     /// Add RTM login for this user id (build_token_with_rtm2).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     rtm_user_id: Option<String>,
     /// RTM login lifetime with --rtm-user-id (default: the token lifetime).
     #[arg(long, requires = "rtm_user_id")]
@@ -155,7 +155,7 @@ struct RtcArgs {
 #[derive(Debug, clap::Args)]
 struct RtmArgs {
     /// The RTM user id (1 to 64 bytes).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     user_id: String,
     /// Token and login lifetime in seconds from now.
     #[arg(long)]
@@ -174,7 +174,7 @@ struct RtmArgs {
 #[command(group = clap::ArgGroup::new("who").required(true).args(["user_id", "app"]))]
 struct ChatArgs {
     /// The chat user id (1 to 64 bytes) for a user token.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     user_id: Option<String>,
     /// Build an app token instead.
     #[arg(long)]
@@ -188,10 +188,10 @@ struct ChatArgs {
 #[command(group = clap::ArgGroup::new("scope").required(true).args(["user_uuid", "app"]))]
 struct ApaasArgs {
     /// The room uuid: with --user-uuid and --role, a room-user token.
-    #[arg(long, requires_all = ["user_uuid", "role"])]
+    #[arg(long, allow_hyphen_values = true, requires_all = ["user_uuid", "role"])]
     room_uuid: Option<String>,
     /// The user uuid: alone, a user token.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     user_uuid: Option<String>,
     /// The room role (a signed 16-bit integer).
     #[arg(long, allow_negative_numbers = true, requires = "room_uuid")]
