@@ -78,6 +78,12 @@ impl Writer {
         }
     }
 
+    /// A writer that reuses `buf`'s allocation (its content is cleared).
+    pub fn from_vec(mut buf: Vec<u8>) -> Self {
+        buf.clear();
+        Self { buf }
+    }
+
     /// Appends a little-endian u16.
     pub fn u16(&mut self, value: u16) -> &mut Self {
         self.buf.extend_from_slice(&value.to_le_bytes());

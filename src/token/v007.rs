@@ -5,6 +5,8 @@
 //! HMAC(salt, HMAC(issue_ts, certificate)) — small integers as keys, secrets as
 //! messages (spec §2.3).
 
+use std::cell::RefCell;
+
 use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
@@ -52,7 +54,21 @@ pub struct ParsedToken {
     signing_start: usize,
 }
 
+/// Per-thread buffers reused by `build` and `parse`, so a token costs its
+/// output and parsed fields rather than fresh intermediate buffers.
+#[derive(Debug, Default)]
+struct Scratch {
+    /// The payload being written by `build`.
+    payload: Vec<u8>,
+    /// The compressed bytes: deflate output in `build`, base64 output in `parse`.
+    compressed: Vec<u8>,
+}
+
 type HmacSha256 = Hmac<Sha256>;
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
 
 impl AccessToken2 {
     /// A token with no services yet.
@@ -129,14 +145,35 @@ pub fn build(token: &AccessToken2, certificate: &AppCertificate) -> Result<Strin
     if token.services.is_empty() {
         return Err(TokenError::NoServices);
     }
-    let mut w = Writer::with_capacity(256);
+    SCRATCH.with(|cell| {
+        let mut scratch = cell.borrow_mut();
+        let Scratch {
+            payload,
+            compressed,
+        } = &mut *scratch;
+        let mut w = Writer::from_vec(std::mem::take(payload));
+        let result = sign_and_encode(token, certificate, &mut w, compressed);
+        *payload = w.into_inner();
+        scratch.trim();
+        result
+    })
+}
+
+/// Writes the payload into `w`, signs it in place, deflates it into
+/// `compressed` and returns `"007" + base64`.
+fn sign_and_encode(
+    token: &AccessToken2,
+    certificate: &AppCertificate,
+    w: &mut Writer,
+    compressed: &mut Vec<u8>,
+) -> Result<String, TokenError> {
     // Room for string(signature), filled in once signing_info is written, so
     // the payload is assembled in one buffer without a copy.
     w.u16(SIGNATURE_LEN as u16).raw(&[0; SIGNATURE_LEN]);
     w.string("app id", &token.app_id)?;
     w.u32(token.issue_ts).u32(token.expire).u32(token.salt);
     w.count("services", token.services.len())?;
-    pack_sorted(&token.services, &mut w)?;
+    pack_sorted(&token.services, w)?;
 
     let key = signing_key(certificate, token.issue_ts, token.salt);
     let signature = hmac(
@@ -147,11 +184,11 @@ pub fn build(token: &AccessToken2, certificate: &AppCertificate) -> Result<Strin
         slot.copy_from_slice(&signature);
     }
 
-    let mut compressed = Vec::new();
-    codec::deflate(w.as_slice(), &mut compressed)?;
+    compressed.clear();
+    codec::deflate(w.as_slice(), compressed)?;
     let mut out = String::with_capacity(VERSION.len() + compressed.len().div_ceil(3) * 4);
     out.push_str(VERSION);
-    codec::base64_encode(&compressed, &mut out);
+    codec::base64_encode(compressed, &mut out);
     Ok(out)
 }
 
@@ -162,10 +199,14 @@ pub fn parse(token: &str) -> Result<ParsedToken, ParseError> {
     let body = token
         .strip_prefix(VERSION)
         .ok_or(ParseError::NotThisVersion { expected: VERSION })?;
-    let mut compressed = Vec::with_capacity(body.len() / 4 * 3);
-    codec::base64_decode(body, &mut compressed)?;
     let mut payload = Vec::new();
-    codec::inflate(&compressed, &mut payload)?;
+    SCRATCH.with(|cell| {
+        let mut scratch = cell.borrow_mut();
+        let decoded = codec::base64_decode(body, &mut scratch.compressed)
+            .and_then(|()| codec::inflate(&scratch.compressed, &mut payload));
+        scratch.trim();
+        decoded
+    })?;
 
     let mut r = Reader::new(&payload);
     r.string("signature")?;
@@ -200,6 +241,19 @@ pub fn parse(token: &str) -> Result<ParsedToken, ParseError> {
         payload,
         signing_start,
     })
+}
+
+impl Scratch {
+    /// Buffers bigger than any ordinary token are dropped rather than kept per thread.
+    const KEEP_BYTES: usize = 16 * 1024;
+
+    fn trim(&mut self) {
+        for buf in [&mut self.payload, &mut self.compressed] {
+            if buf.capacity() > Self::KEEP_BYTES {
+                *buf = Vec::new();
+            }
+        }
+    }
 }
 
 /// Packs services in ascending type order; the sort is stable so repeated
