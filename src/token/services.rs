@@ -375,6 +375,8 @@ impl Rtm2Permissions {
         let mut set = Self::new();
         for _ in 0..r.u16("rtm2 resource types")? {
             let resource = r.u16("rtm2 resource type")?;
+            // Kept even with no permission types, so the view shows what the wire holds.
+            set.entries.entry(resource).or_default();
             for _ in 0..r.u16("rtm2 permission count")? {
                 let permission = r.u16("rtm2 permission type")?;
                 let count = r.u16("rtm2 resource count")?;
@@ -461,6 +463,22 @@ mod tests {
         assert_eq!(fake.pack(&mut w), Err(TokenError::KnownTypeAsGeneric(1)));
         let real = Service::new(ServiceKind::Generic { service_type: 999 }).with_privilege(1, 5);
         assert_eq!(packed(&real), "e7030100010005000000");
+    }
+
+    #[test]
+    fn permission_blocks_round_trip_byte_for_byte() {
+        let cases: &[&str] = &[
+            "0000",
+            "010004000000",
+            "020000000100000001000100610400010001000000",
+        ];
+        for wire in cases {
+            let bytes = hex::decode(wire).unwrap();
+            let set = Rtm2Permissions::unpack(&mut Reader::new(&bytes)).unwrap();
+            let mut w = Writer::default();
+            set.pack(&mut w).unwrap();
+            assert_eq!(hex::encode(w.as_slice()), *wire);
+        }
     }
 
     #[test]
