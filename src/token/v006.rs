@@ -7,10 +7,12 @@
 //! **absolute** unix timestamps and `ts` is set to `now + 86400` by the builders.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use super::codec::{self, ParseError, Reader, Writer};
 use super::v007::hmac;
 use super::{AppCertificate, AppId, TokenError, is_hex32};
+use crate::domain::Fingerprint;
 
 /// The version prefix of AccessToken.
 pub const VERSION: &str = "006";
@@ -53,7 +55,9 @@ pub struct Issue006 {
 }
 
 /// A parsed 006 token. Strings are as they were on the wire.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// With its signature it is the token itself, so `Debug` leaves the signature out.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Parsed006 {
     /// The 32 characters after the prefix.
     pub app_id: String,
@@ -92,6 +96,20 @@ impl Issue006 {
         self.now
             .checked_add(TS_OFFSET)
             .ok_or(TokenError::TimestampOverflow(self.now))
+    }
+}
+
+impl fmt::Debug for Parsed006 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Parsed006")
+            .field("app_id", &self.app_id)
+            .field("crc_channel_name", &self.crc_channel_name)
+            .field("crc_uid", &self.crc_uid)
+            .field("salt", &self.salt)
+            .field("ts", &self.ts)
+            .field("privileges", &self.privileges)
+            .field("fingerprint", &Fingerprint::of(&self.signature))
+            .finish_non_exhaustive()
     }
 }
 

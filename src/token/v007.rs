@@ -6,6 +6,7 @@
 //! messages (spec §2.3).
 
 use std::cell::RefCell;
+use std::fmt;
 
 use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac as _};
@@ -14,6 +15,7 @@ use sha2::Sha256;
 use super::codec::{self, ParseError, Reader, Writer};
 use super::services::Service;
 use super::{AppCertificate, TokenError, is_hex32, token_expires_at};
+use crate::domain::Fingerprint;
 
 /// The version prefix of AccessToken2.
 pub const VERSION: &str = "007";
@@ -40,7 +42,10 @@ pub struct AccessToken2 {
 }
 
 /// A parsed AccessToken2: its fields plus the raw bytes the signature covers.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// The payload with its signature *is* the token (a bearer credential), so
+/// `Debug` shows the fields and a fingerprint, never the signature.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ParsedToken {
     /// The decoded fields; `services` in wire order, up to any unknown type.
     pub token: AccessToken2,
@@ -91,6 +96,20 @@ impl AccessToken2 {
     /// The absolute unix time the token expires: `issue_ts + expire`.
     pub fn expires_at(&self) -> u64 {
         token_expires_at(self.issue_ts, self.expire)
+    }
+}
+
+impl fmt::Debug for ParsedToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ParsedToken")
+            .field("token", &self.token)
+            .field("service_count", &self.service_count)
+            .field(
+                "stopped_at_unknown_service_type",
+                &self.stopped_at_unknown_service_type,
+            )
+            .field("fingerprint", &Fingerprint::of(&self.payload))
+            .finish_non_exhaustive()
     }
 }
 
@@ -332,6 +351,11 @@ mod tests {
             Some("secondary")
         );
         assert_eq!(parsed.verify_any(&[("primary", &other)]), None);
+        let shown = format!("{parsed:?}");
+        assert!(
+            !shown.contains("16a0b84c") && !shown.contains("22, 160, 184"),
+            "{shown}"
+        );
     }
 
     #[test]
