@@ -26,6 +26,12 @@ use super::TokenError;
 /// zlib bomb cannot make the parser allocate without bound.
 pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
 
+/// The longest token body (after the version prefix) worth decoding: base64 of
+/// a payload of `MAX_PAYLOAD_BYTES` plus zlib's worst-case overhead. Longer
+/// input is refused before anything is allocated for it.
+pub const MAX_BODY_CHARS: usize =
+    (MAX_PAYLOAD_BYTES + MAX_PAYLOAD_BYTES / 1000 + 64).div_ceil(3) * 4;
+
 /// Appends the wire encoding of values to a byte buffer.
 #[derive(Debug, Default)]
 pub struct Writer {
@@ -54,8 +60,8 @@ pub enum ParseError {
     /// The body is not one complete, valid zlib stream.
     #[error("the token body is not a valid zlib stream")]
     BadZlib,
-    /// The inflated payload is larger than any real token.
-    #[error("the inflated payload exceeds {MAX_PAYLOAD_BYTES} bytes")]
+    /// The token or its inflated payload is larger than any real token.
+    #[error("the token is larger than {MAX_PAYLOAD_BYTES} bytes inflated")]
     PayloadTooLarge,
     /// The payload ended in the middle of a field.
     #[error("the payload ends inside {0}")]
@@ -289,6 +295,9 @@ pub fn base64_encode(input: &[u8], out: &mut String) {
 /// refused, as Go's `StdEncoding` does (spec §3).
 pub fn base64_decode(input: &str, out: &mut Vec<u8>) -> Result<(), ParseError> {
     out.clear();
+    if input.len() > MAX_BODY_CHARS {
+        return Err(ParseError::PayloadTooLarge);
+    }
     STANDARD
         .decode_vec(input, out)
         .map_err(|_| ParseError::BadBase64)
@@ -384,6 +393,11 @@ mod tests {
             ("aGk=\n", false),
             ("", true),
         ];
+        let huge = "A".repeat(MAX_BODY_CHARS + 4);
+        assert_eq!(
+            base64_decode(&huge, &mut out),
+            Err(ParseError::PayloadTooLarge)
+        );
         for (input, ok) in cases {
             assert_eq!(base64_decode(input, &mut out).is_ok(), *ok, "{input:?}");
         }
