@@ -1,3 +1,9 @@
 //! The `tokengate` binary: parse the command line and run it.
 
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    tokengate::cli::run(tokengate::cli::Cli::parse())
+}

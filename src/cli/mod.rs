@@ -1,6 +1,38 @@
 //! The `tokengate` command line: subcommands and their exit codes.
 
 pub mod dev_issuer;
+pub mod logging;
+pub mod token;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// tokengate: authenticate callers by JWT, apply per-channel rules, issue Agora tokens.
+#[derive(Debug, Parser)]
+#[command(name = "tokengate", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build or inspect Agora tokens offline.
+    Token(token::TokenArgs),
+}
+
+/// Runs the parsed command line. Errors are printed here (never with a
+/// secret: they carry fingerprints at most) and become exit code 2.
+pub fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Token(args) => token::run(args),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::from(token::EXIT_FAILURE)
+    })
+}
 
 /// The current unix time in seconds: the one place the CLI reads the wall clock,
 /// which is then passed into the pure core as an argument.
@@ -11,8 +43,6 @@ pub fn unix_now() -> u64 {
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
-
-pub mod logging;
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C): the signal to drain and exit 0.
 pub async fn shutdown_signal() {
