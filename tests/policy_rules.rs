@@ -1167,3 +1167,25 @@ fn conditions_at_the_size_limits_compile_and_run_on_a_small_stack() {
         );
     }
 }
+
+#[test]
+fn a_policy_can_be_shared_across_threads() {
+    fn shareable<T: Send + Sync + 'static>() {}
+    shareable::<Policy>();
+    shareable::<Decision>();
+    let p = std::sync::Arc::new(policy(TEAM));
+    let member = caller(json!({"agora_uid": 42, "teams": ["blue"]}));
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let (p, member) = (p.clone(), member.clone());
+            std::thread::spawn(move || {
+                p.evaluate(&member, &rtc("team-blue-x"), NOW)
+                    .grant()
+                    .is_some()
+            })
+        })
+        .collect();
+    for h in handles {
+        assert!(h.join().unwrap());
+    }
+}

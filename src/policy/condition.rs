@@ -11,7 +11,8 @@ use std::sync::Arc;
 use cel::common::types::{
     CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelUInt,
 };
-use cel::common::value::Val;
+use cel::common::value::{CowVal, Val};
+use cel::context::VariableResolver;
 use cel::{Context, Env, Program, Value};
 
 use crate::domain::{ClaimValue, Principal};
@@ -42,6 +43,11 @@ pub(crate) struct Condition {
 /// The variables every condition of one evaluation sees.
 pub(crate) struct Activation<'a> {
     root: Context<'a, 'a>,
+}
+
+/// Resolves `captures` on first use in a rule's scope.
+struct CapturesResolver<'c> {
+    captures: &'c Captures<'c>,
 }
 
 /// Why a condition did not say `true` or `false`.
@@ -80,8 +86,13 @@ impl Condition {
         let result = if captures.is_empty() {
             self.program.execute(&activation.root)
         } else {
-            let mut scope = activation.root.new_inner_scope();
-            scope.add_variable_as_val("captures", Box::new(captures_map(captures)));
+            // The captures map is built only if the expression reads it: a
+            // condition like `"g" in claims.groups && captures.team ...` that
+            // is false at its first term then costs no allocation for it.
+            let resolver = CapturesResolver { captures };
+            let root: &Context<'_, '_> = &activation.root;
+            let mut scope = root.new_inner_scope();
+            scope.set_variable_resolver(&resolver);
             self.program.execute(&scope)
         };
         match result {
@@ -110,6 +121,12 @@ impl<'a> Activation<'a> {
         root.add_variable_as_val("captures", Box::new(CelMap::from(HashMap::new())));
         root.add_variable_as_val("now", uint_or_int(now));
         Ok(Self { root })
+    }
+}
+
+impl VariableResolver for CapturesResolver<'_> {
+    fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
+        (variable == "captures").then(|| CowVal::Owned(Box::new(captures_map(self.captures))))
     }
 }
 

@@ -329,7 +329,7 @@ fn bind_identity(
     request: &Request,
 ) -> Result<BoundIdentity, Refusal> {
     let service = match request.action {
-        Action::Issue(Service::Fpa) => return Ok(BoundIdentity::App),
+        Action::Issue(Service::Fpa) => return fpa(&request.identity),
         Action::Issue(service) => service,
         Action::Inspect | Action::Explain => return Ok(BoundIdentity::None),
     };
@@ -368,6 +368,17 @@ fn bind_identity(
         (None, None) => Err((
             DenyReason::IdentityRequired,
             "the rule lets the caller choose the identity and the request names none".to_owned(),
+        )),
+    }
+}
+
+/// FPA tokens are project-level: naming a user is refused rather than ignored.
+fn fpa(requested: &RequestedIdentity) -> Result<BoundIdentity, Refusal> {
+    match requested {
+        RequestedIdentity::FromJwt | RequestedIdentity::App => Ok(BoundIdentity::App),
+        _ => Err((
+            DenyReason::IdentityNotAllowed,
+            "fpa tokens admit no user; do not name an identity".to_owned(),
         )),
     }
 }

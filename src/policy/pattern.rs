@@ -116,12 +116,10 @@ impl ChannelPattern {
     /// several splits fit, each `*` and capture takes the shortest run that
     /// still lets the rest match (leftmost-shortest).
     pub(crate) fn matches<'a>(&'a self, channel: &'a str) -> Option<Captures<'a>> {
-        let chars: Vec<(usize, char)> = channel.char_indices().collect();
         let mut matcher = Matcher {
             parts: &self.parts,
             channel,
-            chars: &chars,
-            failed: vec![0u128; self.parts.len() + 1],
+            failed: vec![0u128; self.parts.len()],
             captures: Vec::new(),
         };
         matcher.run(0, 0).then_some(matcher.captures)
@@ -186,31 +184,39 @@ impl Template {
 }
 
 /// The backtracking matcher state for one channel.
-struct Matcher<'a, 'k> {
+///
+/// It works on bytes: channel names are ASCII (Agora's character set), and a
+/// non-ASCII input can only fail to match, never panic, because pattern
+/// characters are ASCII and slices are taken with `str::get`.
+struct Matcher<'a> {
     parts: &'a [Part],
     channel: &'a str,
-    chars: &'k [(usize, char)],
-    /// `failed[part]` bit `pos` is set once matching `parts[part..]` at char
+    /// `failed[part]` bit `pos` is set once matching `parts[part..]` at byte
     /// `pos` is known to fail, which keeps the search polynomial however many
-    /// stars a pattern has. Channels are at most 63 characters, 128 bits suffice.
+    /// stars a pattern has. Channels are at most 63 bytes, 128 bits suffice.
     failed: Vec<u128>,
     captures: Captures<'a>,
 }
 
-impl<'a> Matcher<'a, '_> {
-    /// Whether `parts[part..]` matches `chars[pos..]`, recording captures.
+impl<'a> Matcher<'a> {
+    /// Whether `parts[part..]` matches `channel[pos..]`, recording captures.
     fn run(&mut self, part: usize, pos: usize) -> bool {
+        let len = self.channel.len();
         let Some(current) = self.parts.get(part) else {
-            return pos == self.chars.len();
+            return pos == len;
         };
         if pos >= 128 || self.failed[part] & (1u128 << pos) != 0 {
             return false;
         }
         let found = match current {
             Part::Char(c) => {
-                self.chars.get(pos).is_some_and(|(_, x)| x == c) && self.run(part + 1, pos + 1)
+                self.channel
+                    .as_bytes()
+                    .get(pos)
+                    .is_some_and(|b| u32::from(*b) == u32::from(*c))
+                    && self.run(part + 1, pos + 1)
             }
-            Part::Star => (pos..=self.chars.len()).any(|end| self.run(part + 1, end)),
+            Part::Star => (pos..=len).any(|end| self.run(part + 1, end)),
             Part::Capture(name) => self.capture(name, part, pos),
         };
         if !found {
@@ -221,21 +227,17 @@ impl<'a> Matcher<'a, '_> {
 
     /// Tries each non-empty run for the capture at `part`, shortest first.
     fn capture(&mut self, name: &'a str, part: usize, pos: usize) -> bool {
-        for end in pos + 1..=self.chars.len() {
-            self.captures.push((name, self.slice(pos, end)));
+        for end in pos + 1..=self.channel.len() {
+            let Some(value) = self.channel.get(pos..end) else {
+                continue;
+            };
+            self.captures.push((name, value));
             if self.run(part + 1, end) {
                 return true;
             }
             self.captures.pop();
         }
         false
-    }
-
-    /// The channel text between two char positions.
-    fn slice(&self, from: usize, to: usize) -> &'a str {
-        let start = self.chars.get(from).map_or(self.channel.len(), |(i, _)| *i);
-        let end = self.chars.get(to).map_or(self.channel.len(), |(i, _)| *i);
-        self.channel.get(start..end).unwrap_or_default()
     }
 }
 
@@ -329,6 +331,9 @@ mod tests {
         check("{{a}}", "{v}", Some(&[("a", "v")]));
         check("{1a}", "{1a}", Some(&[]));
         check("[()]+.?^$|", "[()]+.?^$|", Some(&[]));
+        // Not a channel name, but a non-ASCII input must fail or match, never panic.
+        check("{a}", "üx", Some(&[("a", "üx")]));
+        check("{a}x", "üx", Some(&[("a", "ü")]));
     }
 
     #[test]
