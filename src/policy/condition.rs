@@ -59,6 +59,12 @@ pub(crate) enum ConditionFailure {
     NotBool(String),
 }
 
+/// Bracket depth and operator count of an expression, outside string literals.
+struct Shape {
+    nesting: usize,
+    operators: usize,
+}
+
 impl Condition {
     /// Checks the size limits and compiles `source` with `env`.
     pub(crate) fn compile(env: &Env, source: &str) -> Result<Self, String> {
@@ -167,12 +173,6 @@ fn check_limits(source: &str) -> Result<(), String> {
         ));
     }
     Ok(())
-}
-
-/// Bracket depth and operator count of an expression, outside string literals.
-struct Shape {
-    nesting: usize,
-    operators: usize,
 }
 
 /// Scans `source` lexically; string literals (with escapes) are skipped.

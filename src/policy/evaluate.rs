@@ -62,6 +62,17 @@ enum Origin {
     Request,
 }
 
+/// A deny reason with its detail.
+type Refusal = (DenyReason, String);
+
+/// The lifetimes granted.
+struct Granted {
+    token: Lifetime,
+    join: Lifetime,
+    publish: Option<Lifetime>,
+    clamped: bool,
+}
+
 impl Policy {
     /// Decides `request` for `principal` at `now` (unix seconds).
     pub fn evaluate(&self, principal: &Principal, request: &Request, now: u64) -> Decision {
@@ -84,69 +95,55 @@ impl Policy {
         now: u64,
         mut trace: Option<&mut Trace>,
     ) -> Decision {
-        if let Some(project) = &request.project
-            && !self.projects.contains(project)
-        {
-            let detail = "the requested project is not configured".to_owned();
-            if let Some(t) = trace.as_deref_mut() {
-                t.precheck = Some(detail.clone());
-            }
-            return deny(DenyReason::UnknownProject, None, detail);
+        if let Some(denial) = self.check_project(request, &mut trace) {
+            return denial;
         }
         // Built on first use: most requests are decided by pattern or action
         // before any condition runs, and a failed build fails every condition.
         let mut activation: Option<Result<Activation<'_>, String>> = None;
         for (index, rule) in self.rules.iter().enumerate() {
-            let outcome = self.match_rule(rule, principal, request, now, &mut activation);
-            let record = |outcome: RuleOutcome, trace: &mut Option<&mut Trace>| {
-                if let Some(t) = trace.as_deref_mut() {
-                    t.rules.push(RuleTrace {
-                        index,
-                        name: rule.name.clone(),
-                        outcome,
-                    });
-                }
-            };
-            match outcome {
-                Match::No(why) => {
-                    if trace.is_some() {
-                        record(why.into_outcome(), &mut trace);
-                    }
-                }
+            match self.match_rule(rule, principal, request, now, &mut activation) {
+                Match::No(why) => note(&mut trace, index, rule, || why.into_outcome()),
                 Match::Failed(condition, error) => {
-                    let condition = condition.to_owned();
-                    record(
-                        RuleOutcome::ConditionFailed { condition, error },
-                        &mut trace,
-                    );
-                    let detail =
-                        "a deny rule's condition failed, so the request is refused".to_owned();
-                    return deny(DenyReason::ConditionError, Some(rule), detail);
+                    note(&mut trace, index, rule, || RuleOutcome::ConditionFailed {
+                        condition: condition.to_owned(),
+                        error,
+                    });
+                    let detail = "a deny rule's condition failed, so the request is refused";
+                    return deny(DenyReason::ConditionError, Some(rule), detail.to_owned());
                 }
                 Match::Yes(captures) => {
-                    if trace.is_some() {
-                        let owned = captures
+                    note(&mut trace, index, rule, || RuleOutcome::Matched {
+                        captures: captures
                             .iter()
                             .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
-                            .collect();
-                        record(RuleOutcome::Matched { captures: owned }, &mut trace);
-                    }
+                            .collect(),
+                    });
                     return match rule.effect {
-                        Effect::Deny => deny(
-                            DenyReason::DeniedByRule,
-                            Some(rule),
-                            "a deny rule matched".to_owned(),
-                        ),
+                        Effect::Deny => {
+                            let detail = "a deny rule matched".to_owned();
+                            deny(DenyReason::DeniedByRule, Some(rule), detail)
+                        }
                         Effect::Allow => grant(rule, principal, request, &captures, now),
                     };
                 }
             }
         }
-        deny(
-            DenyReason::NoMatchingRule,
-            None,
-            "no rule matched the request".to_owned(),
-        )
+        let detail = "no rule matched the request".to_owned();
+        deny(DenyReason::NoMatchingRule, None, detail)
+    }
+
+    /// Refuses a request for a project that is not configured, before any rule.
+    fn check_project(&self, request: &Request, trace: &mut Option<&mut Trace>) -> Option<Decision> {
+        let project = request.project.as_ref()?;
+        if self.projects.contains(project) {
+            return None;
+        }
+        let detail = "the requested project is not configured".to_owned();
+        if let Some(t) = trace.as_deref_mut() {
+            t.precheck = Some(detail.clone());
+        }
+        Some(deny(DenyReason::UnknownProject, None, detail))
     }
 
     /// Whether `rule` matches: action, issuer, project, channel, then condition.
@@ -206,6 +203,23 @@ impl Policy {
     }
 }
 
+/// Records a rule's outcome when tracing; `outcome` runs only then, so
+/// `evaluate` pays nothing for it.
+fn note(
+    trace: &mut Option<&mut Trace>,
+    index: usize,
+    rule: &Rule,
+    outcome: impl FnOnce() -> RuleOutcome,
+) {
+    if let Some(t) = trace.as_deref_mut() {
+        t.rules.push(RuleTrace {
+            index,
+            name: rule.name.clone(),
+            outcome: outcome(),
+        });
+    }
+}
+
 impl Miss<'_> {
     /// The owned form for a trace.
     fn into_outcome(self) -> RuleOutcome {
@@ -250,9 +264,6 @@ fn grant(
         Err((reason, detail)) => deny(reason, Some(rule), detail),
     }
 }
-
-/// A deny reason with its detail.
-type Refusal = (DenyReason, String);
 
 /// The grant's fields, each checked against the rule.
 fn build_grant(
@@ -548,14 +559,6 @@ fn also_rtm(
             ),
         )
     })
-}
-
-/// The lifetimes granted.
-struct Granted {
-    token: Lifetime,
-    join: Lifetime,
-    publish: Option<Lifetime>,
-    clamped: bool,
 }
 
 /// Applies the rule's default and maximum lifetimes to the request.

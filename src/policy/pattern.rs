@@ -58,6 +58,21 @@ enum Token<'a> {
     Name(&'a str),
 }
 
+/// The backtracking matcher state for one channel.
+///
+/// It works on bytes: channel names are ASCII (Agora's character set), and a
+/// non-ASCII input can only fail to match, never panic, because pattern
+/// characters are ASCII and slices are taken with `str::get`.
+struct Matcher<'a> {
+    parts: &'a [Part],
+    channel: &'a str,
+    /// `failed[part]` bit `pos` is set once matching `parts[part..]` at byte
+    /// `pos` is known to fail, which keeps the search polynomial however many
+    /// stars a pattern has. Channels are at most 63 bytes, 128 bits suffice.
+    failed: Vec<u128>,
+    captures: Captures<'a>,
+}
+
 impl ChannelPattern {
     /// Compiles `source`; the error says what is wrong, the caller names the key.
     pub(crate) fn parse(source: &str) -> Result<Self, String> {
@@ -183,21 +198,6 @@ impl Template {
     }
 }
 
-/// The backtracking matcher state for one channel.
-///
-/// It works on bytes: channel names are ASCII (Agora's character set), and a
-/// non-ASCII input can only fail to match, never panic, because pattern
-/// characters are ASCII and slices are taken with `str::get`.
-struct Matcher<'a> {
-    parts: &'a [Part],
-    channel: &'a str,
-    /// `failed[part]` bit `pos` is set once matching `parts[part..]` at byte
-    /// `pos` is known to fail, which keeps the search polynomial however many
-    /// stars a pattern has. Channels are at most 63 bytes, 128 bits suffice.
-    failed: Vec<u128>,
-    captures: Captures<'a>,
-}
-
 impl<'a> Matcher<'a> {
     /// Whether `parts[part..]` matches `channel[pos..]`, recording captures.
     fn run(&mut self, part: usize, pos: usize) -> bool {
@@ -292,7 +292,7 @@ fn placeholder(s: &str) -> Option<&str> {
 }
 
 /// A CEL-friendly identifier: ASCII letter or `_`, then letters, digits, `_`.
-pub(crate) fn is_identifier(name: &str) -> bool {
+fn is_identifier(name: &str) -> bool {
     let mut chars = name.chars();
     chars
         .next()
