@@ -385,3 +385,284 @@ condition = '!has(claims.suspended)'
         Some(DenyReason::ConditionError)
     );
 }
+
+/// Fragments that stress the CEL parser and interpreter: extreme literals,
+/// conversions, macros, regexes, timestamps, every variable.
+const FRAGMENTS: [&str; 48] = [
+    "claims",
+    "caller",
+    "request",
+    "captures",
+    "channel",
+    "now",
+    "x",
+    ".",
+    "a",
+    "uid",
+    "teams",
+    "9223372036854775807",
+    "9223372036854775808",
+    "-9223372036854775808",
+    "18446744073709551615u",
+    "18446744073709551616u",
+    "1e400",
+    "-0.0",
+    "0x7fffffffffffffff",
+    "'str'",
+    "b'\\xff'",
+    "'\\u0000'",
+    "null",
+    "true",
+    "+",
+    "-",
+    "*",
+    "/",
+    "%",
+    "==",
+    "<",
+    "in",
+    "&&",
+    "||",
+    "!",
+    "?",
+    ":",
+    ",",
+    "(",
+    ")",
+    "[",
+    "]",
+    "{",
+    "}",
+    ".all(x, ",
+    ".exists(x, ",
+    "has(",
+    "size(",
+];
+const CALLS: [&str; 10] = [
+    "int(",
+    "uint(",
+    "double(",
+    "string(",
+    "bytes(",
+    "timestamp(",
+    "duration(",
+    "matches(",
+    "type(",
+    ".startsWith(",
+];
+
+fn expression() -> impl Strategy<Value = String> {
+    prop::collection::vec(
+        prop_oneof![
+            3 => prop::sample::select(FRAGMENTS.to_vec()),
+            1 => prop::sample::select(CALLS.to_vec()),
+            1 => prop::sample::select(vec![
+                "'9999999999h'", "'-9999999999s'", "'1970-01-01T00:00:00Z'", "'9999-12-31T23:59:59Z'",
+                "'(a+)+$'", "'a{1000}{1000}'", "'['", "1e308 * 10.0",
+            ]),
+        ],
+        1..12,
+    )
+    .prop_map(|parts| parts.join(" "))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn arbitrary_conditions_load_or_fail_cleanly_and_never_panic(
+        condition in expression(), claims in claims(), deny in any::<bool>()
+    ) {
+        let rule = RuleConfig {
+            name: "r".into(),
+            effect: if deny { Effect::Deny } else { Effect::Allow },
+            actions: vec!["inspect".into()],
+            channel: Some("team-{team}-*".into()),
+            condition: Some(condition),
+            ..RuleConfig::default()
+        };
+        let Ok((policy, _)) = Policy::compile(&[rule], &["main"]) else { return Ok(()) };
+        let mut request = Request::new(Action::Inspect);
+        request.channel = Some(ChannelScope::Named(ChannelName::parse("team-a-b").unwrap()));
+        let (decision, trace) = policy.explain(&principal(claims), &request, NOW);
+        // An allow only ever comes from a condition that said true.
+        if decision.grant().is_some() {
+            prop_assert!(!deny);
+            let matched = matches!(trace.rules[0].outcome, RuleOutcome::Matched { .. });
+            prop_assert!(matched);
+        }
+    }
+}
+
+/// Well-formed CEL over the policy's variables, with mixed types on purpose
+/// so evaluation errors of every kind occur.
+fn cel_expression() -> impl Strategy<Value = String> {
+    let leaf = prop::sample::select(vec![
+        "claims.uid",
+        "claims.teams",
+        "claims.status",
+        "claims.nick",
+        "claims",
+        "caller.scopes",
+        "caller.subject",
+        "caller.expires_at",
+        "request.uid",
+        "request.account",
+        "request.role",
+        "request.token_ttl",
+        "captures.team",
+        "captures",
+        "channel",
+        "now",
+        "9223372036854775807",
+        "-9223372036854775808",
+        "18446744073709551615u",
+        "0u",
+        "1e308",
+        "-0.0",
+        "0.0",
+        "'str'",
+        "''",
+        "b'\\xff'",
+        "'\\u0000'",
+        "null",
+        "true",
+        "false",
+        "[]",
+        "{}",
+        "'9999999999h'",
+        "'1970-01-01T00:00:00Z'",
+        "'9999-12-31T23:59:59Z'",
+        "'(a+)+$'",
+        "'a{1000}{1000}'",
+        "'['",
+        "0",
+        "1",
+        "-1",
+    ])
+    .prop_map(str::to_owned);
+    leaf.prop_recursive(3, 24, 3, |inner| {
+        let binary = prop::sample::select(vec![
+            "+", "-", "*", "/", "%", "==", "!=", "<", "<=", ">", ">=", "in", "&&", "||",
+        ]);
+        let unary = prop::sample::select(vec![
+            "!",
+            "-",
+            "size",
+            "int",
+            "uint",
+            "double",
+            "string",
+            "bytes",
+            "timestamp",
+            "duration",
+            "type",
+            "dyn",
+        ]);
+        let method = prop::sample::select(vec!["matches", "startsWith", "endsWith", "contains"]);
+        prop_oneof![
+            (inner.clone(), binary, inner.clone()).prop_map(|(a, op, b)| format!("({a} {op} {b})")),
+            (unary, inner.clone()).prop_map(|(f, a)| match f {
+                "!" | "-" => format!("{f}({a})"),
+                _ => format!("{f}({a})"),
+            }),
+            (inner.clone(), method, inner.clone()).prop_map(|(a, m, b)| format!("({a}).{m}({b})")),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a}).all(x, x == {b})")),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a}).exists(x, {b})")),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("({a})[{b}]")),
+            (inner.clone(), inner.clone(), inner.clone())
+                .prop_map(|(a, b, c)| format!("({a} ? {b} : {c})")),
+            (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("[{a}, {b}]")),
+            inner.prop_map(|a| format!("{{'k': {a}}}.k")),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1024))]
+
+    #[test]
+    fn well_formed_conditions_never_panic_and_errors_never_allow(
+        condition in cel_expression(), claims in claims(), deny in any::<bool>()
+    ) {
+        let rule = RuleConfig {
+            name: "r".into(),
+            effect: if deny { Effect::Deny } else { Effect::Allow },
+            actions: vec!["inspect".into()],
+            channel: Some("team-{team}-*".into()),
+            condition: Some(condition),
+            ..RuleConfig::default()
+        };
+        let Ok((policy, _)) = Policy::compile(&[rule], &["main"]) else { return Ok(()) };
+        let mut request = Request::new(Action::Inspect);
+        request.channel = Some(ChannelScope::Named(ChannelName::parse("team-a-b").unwrap()));
+        request.identity = RequestedIdentity::Uid(Uid::new(u32::MAX).unwrap());
+        let (decision, trace) = policy.explain(&principal(claims), &request, NOW);
+        let outcome = &trace.rules[0].outcome;
+        match &decision {
+            Decision::Allow(_) => {
+                let matched = !deny && matches!(outcome, RuleOutcome::Matched { .. });
+                prop_assert!(matched, "{trace}");
+            }
+            Decision::Deny(d) => {
+                let consistent = match d.reason {
+                    DenyReason::NoMatchingRule => !matches!(outcome, RuleOutcome::Matched { .. }),
+                    DenyReason::DeniedByRule => deny,
+                    DenyReason::ConditionError => deny && matches!(outcome, RuleOutcome::ConditionFailed { .. }),
+                    _ => false,
+                };
+                prop_assert!(consistent, "{trace}");
+            }
+        }
+    }
+}
+
+#[test]
+fn known_hazards_of_cel_interpreters_are_errors_not_panics() {
+    let hazards = [
+        "timestamp('9999-12-31T23:59:59Z') + duration('9999999999h') > timestamp('1970-01-01T00:00:00Z')",
+        "timestamp('0001-01-01T00:00:00Z') - duration('1s') < timestamp('1970-01-01T00:00:00Z')",
+        "duration('9223372036854775807s') > duration('1s')",
+        "duration('-9223372036854775808s') < duration('1s')",
+        "int(1e308) > 0",
+        "uint(-1.0) > 0u",
+        "int('99999999999999999999') > 0",
+        "int(18446744073709551615u) > 0",
+        "-(-9223372036854775808) > 0",
+        "9223372036854775807 * 2 > 0",
+        "-9223372036854775808 / -1 > 0",
+        "-9223372036854775808 % -1 == 0",
+        "1 / 0 == 0",
+        "1 % 0 == 0",
+        "18446744073709551615u + 1u > 0u",
+        "0u - 1u > 0u",
+        "'a'.matches('a{1000}{1000}')",
+        "'a'.matches('(')",
+        "string(b'\\xff') == ''",
+        "[1, 2][9223372036854775807] == 1",
+        "[1, 2][-1] == 1",
+        "{'a': 1}['b'] == 1",
+        "claims.uid.size() == 1",
+        "size(claims) > -1 && claims.all(k, claims[k] == claims[k])",
+        "caller.scopes.exists(s, s.matches(s))",
+        "double('nan') == double('nan')",
+        "type(claims) == map",
+    ];
+    let mut claims = BTreeMap::new();
+    claims.insert("uid".to_owned(), ClaimValue::UInt(u64::MAX));
+    claims.insert("f".to_owned(), ClaimValue::Float(f64::NAN));
+    claims.insert("s".to_owned(), ClaimValue::String("\u{0}\u{10ffff}".into()));
+    let who = principal(claims);
+    for condition in hazards {
+        let rule = RuleConfig {
+            name: "r".into(),
+            actions: vec!["inspect".into()],
+            condition: Some(condition.into()),
+            ..RuleConfig::default()
+        };
+        let (policy, _) =
+            Policy::compile(&[rule], &["main"]).unwrap_or_else(|e| panic!("{condition}: {e}"));
+        let (_, trace) = policy.explain(&who, &Request::new(Action::Inspect), NOW);
+        assert_eq!(trace.rules.len(), 1, "{condition}");
+    }
+}
