@@ -36,7 +36,7 @@ pub struct Grant {
     pub role: Role,
     /// `now` as given to `evaluate`: the token's issue time, unix seconds.
     pub issued_at: u64,
-    /// The token lifetime.
+    /// The token lifetime (for `inspect` and `explain`, the rule's default, unused).
     pub token_lifetime: Lifetime,
     /// The join (RTC) or login (RTM, Chat, FPA) privilege lifetime.
     pub join_lifetime: Lifetime,
