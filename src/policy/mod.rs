@@ -1,3 +1,187 @@
 //! Per-channel business rules: compile once at load, `evaluate(.., now) -> Decision`.
 //!
-//! Pure: never reads the clock, the network or the environment.
+//! Pure: never reads the clock, the network or the environment. `now` is an
+//! argument, the rules arrive as TOML text or as already-deserialized
+//! [`RuleConfig`]s together with the names of the configured Agora projects.
+//!
+//! An ordered list of rules; the first whose match holds decides, and when
+//! none does the answer is deny (`no_matching_rule`). A rule matches on the
+//! action, the caller's issuer, the requested project, a channel pattern with
+//! captures and a CEL condition; an allow rule then decides the grant (role,
+//! identity, lifetimes, project, RTM 2 permissions) or denies with a stable
+//! [`DenyReason`]. The syntax is documented in the README ("Policy rules") and
+//! taught by `deploy/examples/policy.toml`.
+
+mod compile;
+mod condition;
+mod config;
+mod decision;
+mod evaluate;
+mod pattern;
+mod request;
+mod trace;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::sync::Arc;
+
+use cel::Env;
+
+use compile::{Rule, compile_rule};
+
+pub use config::{Effect, PolicyConfig, Rtm2PermissionConfig, RuleConfig};
+pub use decision::{
+    BoundIdentity, Decision, Denial, DenyReason, Grant, Rtm2Access, Rtm2Permission,
+    Rtm2ResourceType,
+};
+pub use request::{Action, ChannelScope, Request, RequestedIdentity, Service};
+pub use trace::{RuleOutcome, RuleTrace, Trace};
+
+/// A compiled policy: immutable, cheap to share behind an `Arc`.
+pub struct Policy {
+    rules: Vec<Rule>,
+    projects: BTreeSet<String>,
+    env: Arc<Env>,
+}
+
+/// A problem that does not stop loading but that an operator should see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyWarning {
+    /// A rule can never match: an earlier rule without a condition matches everything it does.
+    Shadowed {
+        /// The unreachable rule's index.
+        index: usize,
+        /// The unreachable rule's name.
+        name: String,
+        /// The earlier rule's index.
+        by_index: usize,
+        /// The earlier rule's name.
+        by_name: String,
+    },
+}
+
+/// A policy that cannot be loaded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// The text is not TOML of the policy's shape (the message has the line and key).
+    #[error("policy is not valid: {0}")]
+    Syntax(String),
+    /// One key of one rule is wrong.
+    #[error("rules[{index}] ({name:?}).{key}: {reason}")]
+    InvalidRule {
+        /// The rule's index, from 0.
+        index: usize,
+        /// The rule's name as written.
+        name: String,
+        /// The key at fault, e.g. `channel` or `rtm_permissions[0].access`.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl Policy {
+    /// Parses `[[rules]]` from TOML text and compiles them; see [`Policy::compile`].
+    pub fn from_toml<S: AsRef<str>>(
+        text: &str,
+        projects: &[S],
+    ) -> Result<(Policy, Vec<PolicyWarning>), PolicyError> {
+        let config: PolicyConfig =
+            toml::from_str(text).map_err(|e| PolicyError::Syntax(e.to_string()))?;
+        Self::compile(&config.rules, projects)
+    }
+
+    /// Checks and compiles `rules`, whose `project` keys must be among `projects`.
+    /// Returns the policy and the warnings for the caller to report.
+    pub fn compile<S: AsRef<str>>(
+        rules: &[RuleConfig],
+        projects: &[S],
+    ) -> Result<(Policy, Vec<PolicyWarning>), PolicyError> {
+        let env = Arc::new(Env::stdlib());
+        let projects: BTreeSet<String> = projects.iter().map(|p| p.as_ref().to_owned()).collect();
+        let mut compiled: Vec<Rule> = Vec::with_capacity(rules.len());
+        for (index, config) in rules.iter().enumerate() {
+            if let Some(first) = compiled.iter().position(|r| r.name == config.name) {
+                return Err(PolicyError::InvalidRule {
+                    index,
+                    name: config.name.clone(),
+                    key: "name".to_owned(),
+                    reason: format!("rules[{first}] already has this name; names must be unique"),
+                });
+            }
+            compiled.push(compile_rule(&env, index, config, &projects)?);
+        }
+        let warnings = shadowing(&compiled);
+        Ok((
+            Policy {
+                rules: compiled,
+                projects,
+                env,
+            },
+            warnings,
+        ))
+    }
+
+    /// How many rules the policy has.
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Whether the policy has no rules (and so denies everything).
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The rule names, in order.
+    pub fn rule_names(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().map(|r| r.name.as_str())
+    }
+}
+
+impl fmt::Debug for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Policy")
+            .field(
+                "rules",
+                &self.rules.iter().map(|r| &r.name).collect::<Vec<_>>(),
+            )
+            .field("projects", &self.projects)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for PolicyWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PolicyWarning::Shadowed {
+                index,
+                name,
+                by_index,
+                by_name,
+            } => write!(
+                f,
+                "rules[{index}] ({name:?}) can never match: rules[{by_index}] ({by_name:?}) matches every request it does"
+            ),
+        }
+    }
+}
+
+/// One warning per rule that an earlier unconditional rule covers entirely.
+fn shadowing(rules: &[Rule]) -> Vec<PolicyWarning> {
+    rules
+        .iter()
+        .enumerate()
+        .filter_map(|(index, rule)| {
+            let (by_index, by) = rules[..index]
+                .iter()
+                .enumerate()
+                .find(|(_, earlier)| rule.is_shadowed_by(earlier))?;
+            Some(PolicyWarning::Shadowed {
+                index,
+                name: rule.name.clone(),
+                by_index,
+                by_name: by.name.clone(),
+            })
+        })
+        .collect()
+}

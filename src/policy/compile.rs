@@ -1,0 +1,387 @@
+//! Load-time checks and compilation of `RuleConfig` into `Rule`.
+//!
+//! Every error names the rule (index and name) and the key, so an operator can
+//! fix the config without reading code. Lifetimes become `Lifetime`s, patterns
+//! and CEL expressions are compiled here, once.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use cel::Env;
+
+use crate::domain::{Lifetime, Role};
+
+use super::PolicyError;
+use super::condition::Condition;
+use super::config::{Effect, Rtm2PermissionConfig, RuleConfig};
+use super::decision::{Rtm2Access, Rtm2ResourceType};
+use super::pattern::{ChannelPattern, Template};
+use super::request::{Action, Service};
+
+/// The token lifetime when a rule names none.
+const DEFAULT_TTL_SECS: u64 = 3600;
+
+/// A compiled rule.
+#[derive(Debug)]
+pub(crate) struct Rule {
+    pub(crate) name: String,
+    pub(crate) effect: Effect,
+    pub(crate) actions: Vec<Action>,
+    pub(crate) issuer: Option<String>,
+    pub(crate) channel: Option<ChannelPattern>,
+    pub(crate) condition: Option<Condition>,
+    pub(crate) project: Option<String>,
+    pub(crate) max_role: Role,
+    pub(crate) binding: Binding,
+    pub(crate) allow_wildcard_uid: bool,
+    pub(crate) allow_wildcard_channel: bool,
+    pub(crate) allow_app_token: bool,
+    pub(crate) lifetimes: Lifetimes,
+    pub(crate) rtm_permissions: Vec<PermissionTemplate>,
+}
+
+/// How a rule binds the Agora identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Binding {
+    /// A numeric uid from this claim.
+    UidClaim(String),
+    /// A string account from this claim (`sub` is the subject).
+    AccountClaim(String),
+    /// The identity the request names.
+    CallerChooses,
+    /// Nothing to bind: deny rules, and rules for `fpa`, `inspect`, `explain` only.
+    Unbound,
+}
+
+/// A rule's lifetimes, all within 1..=86400 seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Lifetimes {
+    pub(crate) default: Lifetime,
+    pub(crate) max: Lifetime,
+    pub(crate) join: Option<Lifetime>,
+    pub(crate) publish: Option<Lifetime>,
+    pub(crate) clamp: bool,
+}
+
+/// An RTM 2 permission set with resource templates.
+#[derive(Debug)]
+pub(crate) struct PermissionTemplate {
+    pub(crate) resource_type: Rtm2ResourceType,
+    pub(crate) access: Rtm2Access,
+    pub(crate) resources: Vec<Template>,
+}
+
+/// The place an error is reported against.
+struct Site<'a> {
+    index: usize,
+    name: &'a str,
+}
+
+impl Site<'_> {
+    /// An error at `key` of this rule.
+    fn error(&self, key: impl Into<String>, reason: impl Into<String>) -> PolicyError {
+        PolicyError::InvalidRule {
+            index: self.index,
+            name: self.name.to_owned(),
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Compiles one rule; `projects` are the known project names.
+pub(crate) fn compile_rule(
+    env: &Env,
+    index: usize,
+    config: &RuleConfig,
+    projects: &BTreeSet<String>,
+) -> Result<Rule, PolicyError> {
+    let site = Site {
+        index,
+        name: &config.name,
+    };
+    if config.name.trim().is_empty() {
+        return Err(site.error("name", "every rule needs a name"));
+    }
+    let actions = compile_actions(&site, &config.actions)?;
+    if config.effect == Effect::Deny {
+        check_deny_keys(&site, config)?;
+    }
+    let issuing = actions.iter().any(|a| matches!(a, Action::Issue(_)));
+    let channel = match &config.channel {
+        Some(p) => Some(ChannelPattern::parse(p).map_err(|e| site.error("channel", e))?),
+        None => None,
+    };
+    let condition = match &config.condition {
+        Some(c) => Some(Condition::compile(env, c).map_err(|e| site.error("condition", e))?),
+        None => None,
+    };
+    if let Some(issuer) = &config.issuer
+        && issuer.is_empty()
+    {
+        return Err(site.error("issuer", "must not be empty; omit it to match any issuer"));
+    }
+    let project = compile_project(&site, config, projects, issuing)?;
+    let max_role = match &config.max_role {
+        Some(r) => Role::parse(r).map_err(|e| site.error("max_role", e.to_string()))?,
+        None => Role::Subscriber,
+    };
+    let binding = compile_binding(&site, config, &actions)?;
+    let lifetimes = compile_lifetimes(&site, config)?;
+    let rtm_permissions = compile_permissions(&site, &config.rtm_permissions, channel.as_ref())?;
+    if !rtm_permissions.is_empty() && !actions.contains(&Action::Issue(Service::Rtm)) {
+        return Err(site.error(
+            "rtm_permissions",
+            "only apply to `rtm`; add it to `actions`",
+        ));
+    }
+    Ok(Rule {
+        name: config.name.clone(),
+        effect: config.effect,
+        actions,
+        issuer: config.issuer.clone(),
+        channel,
+        condition,
+        project,
+        max_role,
+        binding,
+        allow_wildcard_uid: config.allow_wildcard_uid,
+        allow_wildcard_channel: config.allow_wildcard_channel,
+        allow_app_token: config.allow_app_token,
+        lifetimes,
+        rtm_permissions,
+    })
+}
+
+/// `actions`: a non-empty list of known names, no repeats.
+fn compile_actions(site: &Site<'_>, names: &[String]) -> Result<Vec<Action>, PolicyError> {
+    if names.is_empty() {
+        return Err(site.error(
+            "actions",
+            "list at least one of rtc, rtm, chat, fpa, inspect, explain",
+        ));
+    }
+    let mut actions = Vec::with_capacity(names.len());
+    for (i, name) in names.iter().enumerate() {
+        let action = Action::parse(name).ok_or_else(|| {
+            site.error(
+                format!("actions[{i}]"),
+                format!("{name:?} is not one of rtc, rtm, chat, fpa, inspect, explain"),
+            )
+        })?;
+        if actions.contains(&action) {
+            return Err(site.error(format!("actions[{i}]"), format!("{name:?} is listed twice")));
+        }
+        actions.push(action);
+    }
+    Ok(actions)
+}
+
+/// A deny rule only matches; a grant key on it would be silently ignored, so it is refused.
+fn check_deny_keys(site: &Site<'_>, c: &RuleConfig) -> Result<(), PolicyError> {
+    let grant_keys: [(&str, bool); 14] = [
+        ("project", c.project.is_some()),
+        ("max_role", c.max_role.is_some()),
+        ("uid_claim", c.uid_claim.is_some()),
+        ("account_claim", c.account_claim.is_some()),
+        ("caller_chooses_identity", c.caller_chooses_identity),
+        ("allow_wildcard_uid", c.allow_wildcard_uid),
+        ("allow_wildcard_channel", c.allow_wildcard_channel),
+        ("allow_app_token", c.allow_app_token),
+        ("default_ttl", c.default_ttl.is_some()),
+        ("max_ttl", c.max_ttl.is_some()),
+        ("join_ttl", c.join_ttl.is_some()),
+        ("publish_ttl", c.publish_ttl.is_some()),
+        ("clamp_ttl", c.clamp_ttl),
+        ("rtm_permissions", !c.rtm_permissions.is_empty()),
+    ];
+    match grant_keys.iter().find(|(_, set)| *set) {
+        Some((key, _)) => Err(site.error(*key, "a deny rule grants nothing; remove this key")),
+        None => Ok(()),
+    }
+}
+
+/// `project`: required on allow rules that issue tokens, and must be known.
+fn compile_project(
+    site: &Site<'_>,
+    config: &RuleConfig,
+    projects: &BTreeSet<String>,
+    issuing: bool,
+) -> Result<Option<String>, PolicyError> {
+    match &config.project {
+        Some(p) if !projects.contains(p) => {
+            let known: Vec<&str> = projects.iter().map(String::as_str).collect();
+            Err(site.error(
+                "project",
+                format!(
+                    "{p:?} is not a configured project (known: {})",
+                    known.join(", ")
+                ),
+            ))
+        }
+        Some(p) => Ok(Some(p.clone())),
+        None if issuing && config.effect == Effect::Allow => Err(site.error(
+            "project",
+            "an allow rule that issues tokens must name the project that signs them",
+        )),
+        None => Ok(None),
+    }
+}
+
+/// The identity binding: exactly one of `uid_claim`, `account_claim`,
+/// `caller_chooses_identity` on allow rules for rtc, rtm or chat.
+fn compile_binding(
+    site: &Site<'_>,
+    config: &RuleConfig,
+    actions: &[Action],
+) -> Result<Binding, PolicyError> {
+    let mut chosen = Vec::new();
+    if let Some(claim) = &config.uid_claim {
+        chosen.push(("uid_claim", Binding::UidClaim(claim.clone())));
+    }
+    if let Some(claim) = &config.account_claim {
+        chosen.push(("account_claim", Binding::AccountClaim(claim.clone())));
+    }
+    if config.caller_chooses_identity {
+        chosen.push(("caller_chooses_identity", Binding::CallerChooses));
+    }
+    for (key, binding) in &chosen {
+        if let Binding::UidClaim(c) | Binding::AccountClaim(c) = binding
+            && c.is_empty()
+        {
+            return Err(site.error(*key, "must name a claim"));
+        }
+    }
+    let needs_identity = config.effect == Effect::Allow
+        && actions.iter().any(|a| {
+            matches!(
+                a,
+                Action::Issue(Service::Rtc | Service::Rtm | Service::Chat)
+            )
+        });
+    match chosen.len() {
+        0 if needs_identity => Err(site.error(
+            "uid_claim",
+            "an allow rule for rtc, rtm or chat must bind the identity: set one of uid_claim, account_claim, caller_chooses_identity",
+        )),
+        0 => Ok(Binding::Unbound),
+        1 => Ok(chosen.remove(0).1),
+        _ => Err(site.error(
+            chosen[1].0,
+            format!("conflicts with {}; set only one way to bind the identity", chosen[0].0),
+        )),
+    }
+}
+
+/// The lifetimes: positive, at most 24 h, default at most max.
+fn compile_lifetimes(site: &Site<'_>, c: &RuleConfig) -> Result<Lifetimes, PolicyError> {
+    let default = optional_lifetime(site, "default_ttl", c.default_ttl.as_deref())?;
+    let max = optional_lifetime(site, "max_ttl", c.max_ttl.as_deref())?;
+    let join = optional_lifetime(site, "join_ttl", c.join_ttl.as_deref())?;
+    let publish = optional_lifetime(site, "publish_ttl", c.publish_ttl.as_deref())?;
+    let fallback = Lifetime::from_secs(DEFAULT_TTL_SECS)
+        .map_err(|e| site.error("default_ttl", e.to_string()))?;
+    let (default, max) = match (default, max) {
+        (Some(d), Some(m)) if d > m => {
+            return Err(site.error(
+                "default_ttl",
+                format!("{}s is above max_ttl ({}s)", d.secs(), m.secs()),
+            ));
+        }
+        (Some(d), Some(m)) => (d, m),
+        (Some(d), None) => (d, d),
+        (None, Some(m)) => (fallback.min(m), m),
+        (None, None) => (fallback, fallback),
+    };
+    Ok(Lifetimes {
+        default,
+        max,
+        join,
+        publish,
+        clamp: c.clamp_ttl,
+    })
+}
+
+/// Parses a humantime duration such as `"90s"` or `"1h"` into a `Lifetime`.
+fn optional_lifetime(
+    site: &Site<'_>,
+    key: &str,
+    text: Option<&str>,
+) -> Result<Option<Lifetime>, PolicyError> {
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    let duration: Duration = humantime::parse_duration(text).map_err(|e| {
+        site.error(
+            key,
+            format!("{text:?} is not a duration like \"90s\" or \"1h\": {e}"),
+        )
+    })?;
+    if duration.subsec_nanos() != 0 {
+        return Err(site.error(key, format!("{text:?} is not a whole number of seconds")));
+    }
+    Lifetime::from_secs(duration.as_secs())
+        .map(Some)
+        .map_err(|_| site.error(key, format!("{text:?} is outside 1s..=24h")))
+}
+
+/// `rtm_permissions`: known types and accesses, templates referring to captures.
+fn compile_permissions(
+    site: &Site<'_>,
+    configs: &[Rtm2PermissionConfig],
+    channel: Option<&ChannelPattern>,
+) -> Result<Vec<PermissionTemplate>, PolicyError> {
+    let mut out = Vec::with_capacity(configs.len());
+    for (i, config) in configs.iter().enumerate() {
+        let key = format!("rtm_permissions[{i}]");
+        let resource_type = Rtm2ResourceType::parse(&config.resource_type).ok_or_else(|| {
+            let names: Vec<&str> = Rtm2ResourceType::ALL.iter().map(|t| t.as_str()).collect();
+            site.error(
+                format!("{key}.resource_type"),
+                format!(
+                    "{:?} is not one of {}",
+                    config.resource_type,
+                    names.join(", ")
+                ),
+            )
+        })?;
+        let access = Rtm2Access::parse(&config.access).ok_or_else(|| {
+            site.error(
+                format!("{key}.access"),
+                format!("{:?} is not read or write", config.access),
+            )
+        })?;
+        if config.resources.is_empty() {
+            return Err(site.error(format!("{key}.resources"), "list at least one resource"));
+        }
+        let mut resources = Vec::with_capacity(config.resources.len());
+        for (j, text) in config.resources.iter().enumerate() {
+            let known = |name: &str| channel.is_some_and(|p| p.has_capture(name));
+            let template = Template::parse(text, known)
+                .map_err(|e| site.error(format!("{key}.resources[{j}]"), e))?;
+            resources.push(template);
+        }
+        out.push(PermissionTemplate {
+            resource_type,
+            access,
+            resources,
+        });
+    }
+    Ok(out)
+}
+
+impl Rule {
+    /// Whether every request this rule matches is also matched by `earlier`,
+    /// which has no condition: then this rule is never reached.
+    pub(crate) fn is_shadowed_by(&self, earlier: &Rule) -> bool {
+        earlier.condition.is_none()
+            && self.actions.iter().all(|a| earlier.actions.contains(a))
+            && (earlier.issuer.is_none() || earlier.issuer == self.issuer)
+            && (earlier.project.is_none() || earlier.project == self.project)
+            && match (&earlier.channel, &self.channel) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(wide), Some(narrow)) => narrow.is_covered_by(wide),
+            }
+    }
+}

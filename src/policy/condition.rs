@@ -1,0 +1,376 @@
+//! CEL conditions: compiled once at load, evaluated against an activation
+//! built once per request.
+//!
+//! The activation borrows the principal's strings instead of copying them, and
+//! only the per-rule `captures` map is added in a child scope, so a request
+//! that reaches the 25th rule pays for one claims conversion, not 25.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cel::common::types::{
+    CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelUInt,
+};
+use cel::common::value::{CowVal, Val};
+use cel::context::VariableResolver;
+use cel::{Context, Env, Program, Value};
+
+use crate::domain::{ClaimValue, Principal};
+
+use super::pattern::Captures;
+use super::request::{ChannelScope, Request, RequestedIdentity};
+
+/// The longest condition accepted, in bytes.
+const MAX_CONDITION_BYTES: usize = 2048;
+/// The deepest bracket nesting accepted. The cel parser is recursive and its
+/// recursion limit does not bound stack use (measured: 12 nested parentheses
+/// overflow a 2 MiB debug-build thread), so nesting is bounded before parsing.
+const MAX_CONDITION_NESTING: usize = 6;
+/// The most operators accepted: a chain like `a + b + ...` nests the syntax
+/// tree one level per operator (64 overflowed a 2 MiB debug-build thread).
+const MAX_CONDITION_OPERATORS: usize = 24;
+/// Claims nested deeper than this make every condition fail (never allow):
+/// converting them would recurse without bound.
+const MAX_CLAIM_DEPTH: usize = 16;
+
+/// A compiled condition.
+#[derive(Debug)]
+pub(crate) struct Condition {
+    source: String,
+    program: Program,
+}
+
+/// The variables every condition of one evaluation sees.
+pub(crate) struct Activation<'a> {
+    root: Context<'a, 'a>,
+}
+
+/// Resolves `captures` on first use in a rule's scope.
+struct CapturesResolver<'c> {
+    captures: &'c Captures<'c>,
+}
+
+/// Why a condition did not say `true` or `false`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ConditionFailure {
+    /// Evaluation raised an error (missing key, wrong type, overflow, too-deep claims).
+    Error(String),
+    /// The expression produced something other than a bool.
+    NotBool(String),
+}
+
+/// Bracket depth and operator count of an expression, outside string literals.
+struct Shape {
+    nesting: usize,
+    operators: usize,
+}
+
+impl Condition {
+    /// Checks the size limits and compiles `source` with `env`.
+    pub(crate) fn compile(env: &Env, source: &str) -> Result<Self, String> {
+        check_limits(source)?;
+        let program = env
+            .compile(source)
+            .map_err(|e| format!("does not compile: {}", first_line(&e.to_string())))?;
+        Ok(Self {
+            source: source.to_owned(),
+            program,
+        })
+    }
+
+    /// The expression as written.
+    pub(crate) fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    /// Evaluates the condition with `captures` added to `activation`.
+    pub(crate) fn evaluate(
+        &self,
+        activation: &Activation<'_>,
+        captures: &Captures<'_>,
+    ) -> Result<bool, ConditionFailure> {
+        let result = if captures.is_empty() {
+            self.program.execute(&activation.root)
+        } else {
+            // The captures map is built only if the expression reads it: a
+            // condition like `"g" in claims.groups && captures.team ...` that
+            // is false at its first term then costs no allocation for it.
+            let resolver = CapturesResolver { captures };
+            let root: &Context<'_, '_> = &activation.root;
+            let mut scope = root.new_inner_scope();
+            scope.set_variable_resolver(&resolver);
+            self.program.execute(&scope)
+        };
+        match result {
+            Ok(Value::Bool(b)) => Ok(b),
+            Ok(other) => Err(ConditionFailure::NotBool(other.type_of().to_string())),
+            Err(e) => Err(ConditionFailure::Error(truncate(&e.to_string()))),
+        }
+    }
+}
+
+impl<'a> Activation<'a> {
+    /// Builds `claims`, `caller`, `request`, `channel`, `now` and an empty
+    /// `captures`. Fails only when the claims nest too deeply.
+    pub(crate) fn new(
+        env: &Arc<Env>,
+        principal: &'a Principal,
+        request: &'a Request,
+        now: u64,
+    ) -> Result<Self, String> {
+        let mut root = Context::with_env(Arc::clone(env));
+        root.add_variable_as_val("claims", claims_val(&principal.claims, 0)?);
+        root.add_variable_as_val("caller", Box::new(caller_map(principal)));
+        root.add_variable_as_val("request", Box::new(request_map(request)));
+        let channel = request.channel.as_ref().map_or("", ChannelScope::as_str);
+        root.add_variable_as_val("channel", Box::new(CelString::from(channel)));
+        root.add_variable_as_val("captures", Box::new(CelMap::from(HashMap::new())));
+        root.add_variable_as_val("now", uint_or_int(now));
+        Ok(Self { root })
+    }
+}
+
+impl VariableResolver for CapturesResolver<'_> {
+    fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
+        (variable == "captures").then(|| CowVal::Owned(Box::new(captures_map(self.captures))))
+    }
+}
+
+impl std::fmt::Debug for Activation<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Activation")
+    }
+}
+
+impl std::fmt::Display for ConditionFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConditionFailure::Error(e) => write!(f, "error: {e}"),
+            ConditionFailure::NotBool(t) => write!(f, "produced a {t}, not a bool"),
+        }
+    }
+}
+
+/// Refuses expressions whose parse could exhaust the stack.
+fn check_limits(source: &str) -> Result<(), String> {
+    if source.trim().is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if source.len() > MAX_CONDITION_BYTES {
+        return Err(format!("is longer than {MAX_CONDITION_BYTES} bytes"));
+    }
+    let shape = shape_of(source);
+    if shape.nesting > MAX_CONDITION_NESTING {
+        return Err(format!(
+            "nests brackets {} deep; the limit is {MAX_CONDITION_NESTING}",
+            shape.nesting
+        ));
+    }
+    if shape.operators > MAX_CONDITION_OPERATORS {
+        return Err(format!(
+            "has {} operators besides && and ||; the limit is {MAX_CONDITION_OPERATORS}: split it into rules",
+            shape.operators
+        ));
+    }
+    Ok(())
+}
+
+/// Scans `source` lexically; string literals (with escapes) are skipped.
+fn shape_of(source: &str) -> Shape {
+    let mut shape = Shape {
+        nesting: 0,
+        operators: 0,
+    };
+    let mut depth = 0usize;
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    let mut previous = ' ';
+    for c in source.chars() {
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '"' | '\'' => quote = Some(c),
+            '(' | '[' | '{' => {
+                depth += 1;
+                shape.nesting = shape.nesting.max(depth);
+            }
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            // `&&` and `||` are evaluated without deep recursion (measured), so
+            // only the other operators and member accesses count; a run of
+            // operator characters (`<=`, `!=`) counts once.
+            '+' | '-' | '*' | '/' | '%' | '<' | '>' | '=' | '!' | '?' | '.'
+                if !"+-*/%<>=!?.".contains(previous) =>
+            {
+                shape.operators += 1;
+            }
+            _ => {}
+        }
+        previous = c;
+    }
+    shape.operators += source.split_whitespace().filter(|w| *w == "in").count();
+    shape
+}
+
+/// Converts the claims map, borrowing every string.
+fn claims_val<'a>(
+    claims: &'a std::collections::BTreeMap<String, ClaimValue>,
+    depth: usize,
+) -> Result<Box<dyn Val + 'a>, String> {
+    let mut map: HashMap<CelMapKey<'a>, Box<dyn Val + 'a>> = HashMap::with_capacity(claims.len());
+    for (key, value) in claims {
+        map.insert(CelMapKey::from(key.as_str()), claim_val(value, depth + 1)?);
+    }
+    Ok(Box::new(CelMap::from(map)))
+}
+
+/// Converts one claim value.
+fn claim_val(value: &ClaimValue, depth: usize) -> Result<Box<dyn Val + '_>, String> {
+    if depth > MAX_CLAIM_DEPTH {
+        return Err(format!(
+            "the claims nest deeper than {MAX_CLAIM_DEPTH} levels"
+        ));
+    }
+    Ok(match value {
+        ClaimValue::Null => Box::new(CelNull),
+        ClaimValue::Bool(b) => Box::new(CelBool::from(*b)),
+        ClaimValue::Int(i) => Box::new(CelInt::from(*i)),
+        ClaimValue::UInt(u) => Box::new(CelUInt::from(*u)),
+        ClaimValue::Float(x) => Box::new(CelDouble::from(*x)),
+        ClaimValue::String(s) => Box::new(CelString::from(s.as_str())),
+        ClaimValue::Array(items) => {
+            let list = items
+                .iter()
+                .map(|item| claim_val(item, depth + 1))
+                .collect::<Result<Vec<_>, _>>()?;
+            Box::new(CelList::from(list))
+        }
+        ClaimValue::Object(fields) => claims_val(fields, depth)?,
+    })
+}
+
+/// `caller`: issuer, subject, scopes, audiences, expires_at.
+fn caller_map(principal: &Principal) -> CelMap<'_> {
+    let mut map: HashMap<CelMapKey<'_>, Box<dyn Val + '_>> = HashMap::with_capacity(5);
+    map.insert(
+        "issuer".into(),
+        Box::new(CelString::from(principal.issuer.as_str())),
+    );
+    map.insert(
+        "subject".into(),
+        Box::new(CelString::from(principal.subject.as_str())),
+    );
+    map.insert("scopes".into(), Box::new(string_list(&principal.scopes)));
+    map.insert(
+        "audiences".into(),
+        Box::new(string_list(&principal.audiences)),
+    );
+    map.insert("expires_at".into(), uint_or_int(principal.expires_at));
+    CelMap::from(map)
+}
+
+/// `request`: action, role, identity, uid, account, lifetimes, project, also_rtm.
+fn request_map(request: &Request) -> CelMap<'_> {
+    let mut map: HashMap<CelMapKey<'_>, Box<dyn Val + '_>> = HashMap::with_capacity(10);
+    map.insert(
+        "action".into(),
+        Box::new(CelString::from(request.action.as_str())),
+    );
+    map.insert(
+        "role".into(),
+        Box::new(CelString::from(request.requested_role().as_str())),
+    );
+    let (kind, uid, account): (&str, Box<dyn Val>, Box<dyn Val>) = match &request.identity {
+        RequestedIdentity::FromJwt => ("from_jwt", Box::new(CelNull), Box::new(CelNull)),
+        RequestedIdentity::Uid(uid) => (
+            "uid",
+            Box::new(CelInt::from(i64::from(uid.get()))),
+            Box::new(CelNull),
+        ),
+        RequestedIdentity::Account(a) => (
+            "account",
+            Box::new(CelNull),
+            Box::new(CelString::from(a.as_str())),
+        ),
+        RequestedIdentity::AnyUid => ("any_uid", Box::new(CelInt::from(0)), Box::new(CelNull)),
+        RequestedIdentity::App => ("app", Box::new(CelNull), Box::new(CelNull)),
+    };
+    map.insert("identity".into(), Box::new(CelString::from(kind)));
+    map.insert("uid".into(), uid);
+    map.insert("account".into(), account);
+    map.insert("token_ttl".into(), optional_secs(request.token_lifetime));
+    map.insert("join_ttl".into(), optional_secs(request.join_lifetime));
+    map.insert(
+        "publish_ttl".into(),
+        optional_secs(request.publish_lifetime),
+    );
+    let project: Box<dyn Val> = match &request.project {
+        Some(p) => Box::new(CelString::from(p.as_str())),
+        None => Box::new(CelNull),
+    };
+    map.insert("project".into(), project);
+    map.insert("also_rtm".into(), Box::new(CelBool::from(request.also_rtm)));
+    CelMap::from(map)
+}
+
+/// `captures`: capture name to text.
+fn captures_map<'a>(captures: &Captures<'a>) -> CelMap<'a> {
+    let map: HashMap<CelMapKey<'a>, Box<dyn Val + 'a>> = captures
+        .iter()
+        .map(|(name, value)| {
+            (
+                CelMapKey::from(*name),
+                Box::new(CelString::from(*value)) as Box<dyn Val>,
+            )
+        })
+        .collect();
+    CelMap::from(map)
+}
+
+/// A list of borrowed strings.
+fn string_list(items: &[String]) -> CelList<'_> {
+    CelList::from(
+        items
+            .iter()
+            .map(|s| Box::new(CelString::from(s.as_str())) as Box<dyn Val>)
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// Seconds as a CEL int, or null when not requested.
+fn optional_secs(secs: Option<std::num::NonZeroU32>) -> Box<dyn Val + 'static> {
+    match secs {
+        Some(s) => Box::new(CelInt::from(i64::from(s.get()))),
+        None => Box::new(CelNull),
+    }
+}
+
+/// A CEL int when it fits (so `now > claims.iat` compares int to int), else a uint.
+fn uint_or_int(value: u64) -> Box<dyn Val + 'static> {
+    match i64::try_from(value) {
+        Ok(i) => Box::new(CelInt::from(i)),
+        Err(_) => Box::new(CelUInt::from(value)),
+    }
+}
+
+/// The first line of a multi-line parser message.
+fn first_line(message: &str) -> String {
+    message.lines().next().unwrap_or_default().to_owned()
+}
+
+/// Error text for traces: one line, bounded, so a huge claim cannot bloat an audit record.
+fn truncate(message: &str) -> String {
+    const MAX: usize = 200;
+    let line = message.lines().next().unwrap_or_default();
+    match line.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line.to_owned(),
+    }
+}

@@ -1,0 +1,298 @@
+//! Loads `deploy/examples/policy.toml` and checks each scenario it teaches.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+
+use serde_json::json;
+use tokengate::domain::{
+    Account, ChannelName, ClaimValue, Fingerprint, Principal, Role, RtcIdentity, Uid,
+};
+use tokengate::policy::{
+    Action, BoundIdentity, Decision, DenyReason, Grant, Policy, Request, RequestedIdentity, Service,
+};
+
+const NOW: u64 = 1_800_000_000;
+const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/examples/policy.toml");
+const LOGIN: &str = "https://login.example.com";
+const BACKEND: &str = "https://backend-auth.example.com";
+
+fn example() -> Policy {
+    let text = std::fs::read_to_string(EXAMPLE).unwrap();
+    let (policy, warnings) = Policy::from_toml(&text, &["main", "events"]).unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    policy
+}
+
+fn to_claim(value: &serde_json::Value) -> ClaimValue {
+    match value {
+        serde_json::Value::Null => ClaimValue::Null,
+        serde_json::Value::Bool(b) => ClaimValue::Bool(*b),
+        serde_json::Value::Number(n) => n
+            .as_i64()
+            .map_or_else(|| ClaimValue::Float(n.as_f64().unwrap()), ClaimValue::Int),
+        serde_json::Value::String(s) => ClaimValue::String(s.clone()),
+        serde_json::Value::Array(a) => ClaimValue::Array(a.iter().map(to_claim).collect()),
+        serde_json::Value::Object(o) => {
+            ClaimValue::Object(o.iter().map(|(k, v)| (k.clone(), to_claim(v))).collect())
+        }
+    }
+}
+
+fn person(issuer: &str, subject: &str, scopes: &[&str], claims: serde_json::Value) -> Principal {
+    let claims: BTreeMap<String, ClaimValue> = match &claims {
+        serde_json::Value::Object(o) => o.iter().map(|(k, v)| (k.clone(), to_claim(v))).collect(),
+        _ => BTreeMap::new(),
+    };
+    Principal {
+        issuer: issuer.into(),
+        subject: subject.into(),
+        audiences: vec!["tokengate".into()],
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        claims,
+        expires_at: NOW + 300,
+        token_fingerprint: Fingerprint::of(subject.as_bytes()),
+    }
+}
+
+fn rtc(channel: &str, role: Role) -> Request {
+    let mut r = Request::new(Action::Issue(Service::Rtc))
+        .with_channel(ChannelName::parse(channel).unwrap());
+    r.role = Some(role);
+    r
+}
+
+fn allowed(decision: Decision, rule: &str) -> Grant {
+    match decision {
+        Decision::Allow(grant) => {
+            assert_eq!(grant.rule, rule);
+            grant
+        }
+        Decision::Deny(d) => panic!("expected an allow by {rule:?}, got {d}"),
+    }
+}
+
+fn denied(decision: Decision, reason: DenyReason, rule: Option<&str>) {
+    match decision {
+        Decision::Deny(d) => {
+            assert_eq!((d.reason, d.rule.as_deref()), (reason, rule), "{d}");
+        }
+        Decision::Allow(g) => panic!("expected {reason}, got an allow by {:?}", g.rule),
+    }
+}
+
+#[test]
+fn team_members_publish_in_their_team_rooms() {
+    let p = example();
+    let alice = person(
+        LOGIN,
+        "alice",
+        &[],
+        json!({"agora_uid": 1001, "teams": ["blue", "green"]}),
+    );
+    let grant = allowed(
+        p.evaluate(&alice, &rtc("team-blue-standup", Role::Publisher), NOW),
+        "team rooms",
+    );
+    assert_eq!(
+        grant.identity,
+        BoundIdentity::Rtc(RtcIdentity::Uid(Uid::new(1001).unwrap()))
+    );
+    assert_eq!(grant.project.as_deref(), Some("main"));
+    assert_eq!(grant.publish_lifetime.map(|l| l.secs()), Some(3600));
+    denied(
+        p.evaluate(&alice, &rtc("team-red-standup", Role::Subscriber), NOW),
+        DenyReason::NoMatchingRule,
+        None,
+    );
+
+    // A 12h request is clamped to the rule's 8h.
+    let mut long = rtc("team-green-x", Role::Subscriber);
+    long.token_lifetime = NonZeroU32::new(12 * 3600);
+    let grant = allowed(p.evaluate(&alice, &long, NOW), "team rooms");
+    assert_eq!(
+        (grant.token_lifetime.secs(), grant.clamped),
+        (8 * 3600, true)
+    );
+
+    // RTM for the same team carries the permission sets with the team substituted.
+    let rtm = Request::new(Action::Issue(Service::Rtm))
+        .with_channel(ChannelName::parse("team-blue-chat").unwrap());
+    let grant = allowed(p.evaluate(&alice, &rtm, NOW), "team rooms");
+    let perms: Vec<(&str, &str, Vec<String>)> = grant
+        .rtm_permissions
+        .iter()
+        .map(|p| {
+            (
+                p.resource_type.as_str(),
+                p.access.as_str(),
+                p.resources.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        perms,
+        [
+            ("message_channels", "read", vec!["team-blue-*".to_owned()]),
+            (
+                "message_channels",
+                "write",
+                vec!["team-blue-chat".to_owned()]
+            ),
+        ]
+    );
+
+    // A uid claim past u32 is refused, not truncated to the wildcard.
+    let broken = person(
+        LOGIN,
+        "bob",
+        &[],
+        json!({"agora_uid": 4_294_967_296u64, "teams": ["blue"]}),
+    );
+    denied(
+        p.evaluate(&broken, &rtc("team-blue-x", Role::Subscriber), NOW),
+        DenyReason::BadIdentityClaim,
+        Some("team rooms"),
+    );
+}
+
+#[test]
+fn webinar_hosts_publish_and_attendees_watch() {
+    let p = example();
+    let host = person(LOGIN, "host-7", &[], json!({"hosting": ["launch"]}));
+    let attendee = person(LOGIN, "guest-9", &[], json!({"tickets": ["launch"]}));
+    let stranger = person(LOGIN, "nobody", &[], json!({}));
+
+    let grant = allowed(
+        p.evaluate(&host, &rtc("webinar-launch", Role::Publisher), NOW),
+        "webinar hosts",
+    );
+    assert_eq!(
+        grant.identity,
+        BoundIdentity::Rtc(RtcIdentity::Account(Account::parse("host-7").unwrap()))
+    );
+    assert_eq!(grant.project.as_deref(), Some("events"));
+    assert_eq!(grant.token_lifetime.secs(), 7200);
+    assert_eq!(grant.publish_lifetime.map(|l| l.secs()), Some(3 * 3600));
+
+    let grant = allowed(
+        p.evaluate(&attendee, &rtc("webinar-launch", Role::Subscriber), NOW),
+        "webinar attendees",
+    );
+    assert_eq!(grant.role, Role::Subscriber);
+    assert_eq!(grant.publish_lifetime, None);
+    denied(
+        p.evaluate(&attendee, &rtc("webinar-launch", Role::Publisher), NOW),
+        DenyReason::RoleNotAllowed,
+        Some("webinar attendees"),
+    );
+    denied(
+        p.evaluate(&stranger, &rtc("webinar-launch", Role::Subscriber), NOW),
+        DenyReason::NoMatchingRule,
+        None,
+    );
+    let mut too_long = rtc("webinar-launch", Role::Subscriber);
+    too_long.token_lifetime = NonZeroU32::new(5 * 3600);
+    denied(
+        p.evaluate(&attendee, &too_long, NOW),
+        DenyReason::TtlTooLong,
+        Some("webinar attendees"),
+    );
+}
+
+#[test]
+fn the_backend_chooses_identities_for_its_users() {
+    let p = example();
+    let backend = person(BACKEND, "svc-matchmaker", &["tokens:mint"], json!({}));
+    let mut for_user = rtc("team-blue-x", Role::Publisher);
+    for_user.identity = RequestedIdentity::Uid(Uid::new(555).unwrap());
+    let grant = allowed(
+        p.evaluate(&backend, &for_user, NOW),
+        "backend acts for users",
+    );
+    assert_eq!(
+        grant.identity,
+        BoundIdentity::Rtc(RtcIdentity::Uid(Uid::new(555).unwrap()))
+    );
+
+    let mut chat = Request::new(Action::Issue(Service::Chat));
+    chat.identity = RequestedIdentity::Account("user-555".into());
+    allowed(p.evaluate(&backend, &chat, NOW), "backend acts for users");
+
+    // Not uid 0, not an app token, not without naming a user, not without the scope.
+    for identity in [
+        RequestedIdentity::AnyUid,
+        RequestedIdentity::App,
+        RequestedIdentity::FromJwt,
+    ] {
+        let mut r = rtc("any", Role::Subscriber);
+        r.identity = identity;
+        denied(
+            p.evaluate(&backend, &r, NOW),
+            DenyReason::NoMatchingRule,
+            None,
+        );
+    }
+    let unscoped = person(BACKEND, "svc-other", &[], json!({}));
+    denied(
+        p.evaluate(&unscoped, &for_user, NOW),
+        DenyReason::NoMatchingRule,
+        None,
+    );
+}
+
+#[test]
+fn suspended_users_are_denied_before_anything_else() {
+    let p = example();
+    let suspended = person(
+        LOGIN,
+        "carol",
+        &[],
+        json!({"agora_uid": 3, "teams": ["blue"], "status": "suspended"}),
+    );
+    denied(
+        p.evaluate(&suspended, &rtc("team-blue-x", Role::Subscriber), NOW),
+        DenyReason::DeniedByRule,
+        Some("suspended users"),
+    );
+    denied(
+        p.evaluate(&suspended, &Request::new(Action::Issue(Service::Chat)), NOW),
+        DenyReason::DeniedByRule,
+        Some("suspended users"),
+    );
+    let active = person(
+        LOGIN,
+        "carol",
+        &[],
+        json!({"agora_uid": 3, "teams": ["blue"], "status": "active"}),
+    );
+    allowed(
+        p.evaluate(&active, &rtc("team-blue-x", Role::Subscriber), NOW),
+        "team rooms",
+    );
+    let grant = allowed(
+        p.evaluate(&active, &Request::new(Action::Issue(Service::Chat)), NOW),
+        "chat users",
+    );
+    assert_eq!(grant.token_lifetime.secs(), 12 * 3600);
+}
+
+#[test]
+fn only_engineers_inspect_and_explain() {
+    let p = example();
+    let engineer = person(LOGIN, "eve", &["tokengate:debug"], json!({}));
+    let user = person(LOGIN, "dan", &[], json!({}));
+    for action in [Action::Inspect, Action::Explain] {
+        allowed(
+            p.evaluate(&engineer, &Request::new(action), NOW),
+            "engineers debug",
+        );
+        denied(
+            p.evaluate(&user, &Request::new(action), NOW),
+            DenyReason::NoMatchingRule,
+            None,
+        );
+    }
+    let (_, trace) = p.explain(&user, &Request::new(Action::Inspect), NOW);
+    assert_eq!(trace.rules.len(), p.len());
+}
