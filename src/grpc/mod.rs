@@ -1,5 +1,6 @@
 //! The thin tonic adapter: the only module that knows protobuf and `tonic::Status`.
 
+pub mod convert;
 pub mod status;
 
 /// The generated protobuf types and tonic stubs of `proto/tokengate/v1`.
