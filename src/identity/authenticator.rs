@@ -163,7 +163,7 @@ impl Authenticator {
             let prefix = format!("issuers[{i}]");
             let source = config.key_source(&prefix)?;
             let hs_key = read_hs_secret(&config, &prefix)?;
-            let cache = Arc::new(KeyCache::new(&config.name, &config.refresh));
+            let cache = Arc::new(KeyCache::new(&config.name, &config.refresh, &source));
             for iss in &config.issuer {
                 by_iss.insert(iss.clone(), i);
             }
@@ -312,14 +312,21 @@ impl Issuer {
             .validations
             .get(&parsed.alg)
             .ok_or(AuthError::AlgorithmNotAllowed)?;
+        // Typed before the signature (as go-oidc does), so a token with
+        // junk claims can never cost a key lookup or force a refetch.
+        let registered = parsed.claims.registered().map_err(|p| match p {
+            ClaimProblem::Invalid("iss") => AuthError::BadIssuer,
+            ClaimProblem::Invalid("aud") => AuthError::BadAudience,
+            other => AuthError::MissingClaim(other.claim().to_owned()),
+        })?;
         if parsed.alg.family() == AlgorithmFamily::Hmac {
             let key = self.hs_key.as_ref().ok_or(AuthError::AlgorithmNotAllowed)?;
             decode(parsed.token, &key.0, validation)?;
         } else {
             self.verify_with_jwks(&parsed, validation).await?;
         }
-        self.check_claims(&parsed.claims, now)?;
-        Ok(self.principal(parsed))
+        self.check_claims(&parsed.claims, &registered, now)?;
+        Ok(principal(parsed, registered))
     }
 
     /// Finds the key(s) for the token and verifies the signature with them.
@@ -389,13 +396,13 @@ impl Issuer {
     }
 
     /// The checks jsonwebtoken leaves to us, against the caller's `now`.
-    fn check_claims(&self, claims: &Claims, now: u64) -> Result<(), AuthError> {
-        let registered = claims.registered().map_err(|p| match p {
-            ClaimProblem::Invalid("iss") => AuthError::BadIssuer,
-            ClaimProblem::Invalid("aud") => AuthError::BadAudience,
-            other => AuthError::MissingClaim(other.claim().to_owned()),
-        })?;
-        self.check_times(&registered, now)?;
+    fn check_claims(
+        &self,
+        claims: &Claims,
+        registered: &Registered,
+        now: u64,
+    ) -> Result<(), AuthError> {
+        self.check_times(registered, now)?;
         if !registered.aud.iter().any(|a| self.audiences.contains(a)) {
             return Err(AuthError::BadAudience);
         }
@@ -423,33 +430,23 @@ impl Issuer {
         Ok(())
     }
 
-    /// Builds the principal; the checks have passed, so the typed claims exist.
-    fn principal(&self, parsed: Parsed<'_>) -> Principal {
-        let fingerprint = Fingerprint::of(parsed.token.as_bytes());
-        let claims = parsed.claims;
-        let text = |name: &str| match claims.get(name) {
-            Some(crate::domain::ClaimValue::String(s)) => s.clone(),
-            _ => String::new(),
-        };
-        let registered = claims.registered().ok();
-        Principal {
-            issuer: text("iss"),
-            subject: text("sub"),
-            audiences: registered
-                .as_ref()
-                .map(|r| r.aud.clone())
-                .unwrap_or_default(),
-            scopes: claims.scopes(),
-            expires_at: registered.map(|r| r.exp).unwrap_or_default(),
-            claims: claims.0,
-            token_fingerprint: fingerprint,
-        }
-    }
-
     fn unknown_key(&self) -> AuthError {
         AuthError::UnknownKey {
             issuer: self.name.clone(),
         }
+    }
+}
+
+/// Builds the principal of a verified token.
+fn principal(parsed: Parsed<'_>, registered: Registered) -> Principal {
+    Principal {
+        token_fingerprint: Fingerprint::of(parsed.token.as_bytes()),
+        scopes: parsed.claims.scopes(),
+        issuer: registered.iss,
+        subject: registered.sub,
+        audiences: registered.aud,
+        expires_at: registered.exp,
+        claims: parsed.claims.0,
     }
 }
 

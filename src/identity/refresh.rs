@@ -92,6 +92,8 @@ pub struct KeyCache {
     cooldown: Duration,
     /// How long a request waits for a forced refetch.
     wait_limit: Duration,
+    /// False for inline keys and HS-only issuers: nothing could change on a refetch.
+    refetchable: bool,
 }
 
 /// Bookkeeping of refetches forced by unknown kids.
@@ -118,8 +120,8 @@ pub struct Refresher {
 }
 
 impl KeyCache {
-    /// An empty cache for the issuer `name`.
-    pub fn new(name: &str, refresh: &RefreshConfig) -> Self {
+    /// An empty cache for the issuer `name` whose keys come from `source`.
+    pub fn new(name: &str, refresh: &RefreshConfig, source: &KeySource) -> Self {
         let status = IssuerStatus {
             name: name.to_owned(),
             loaded: false,
@@ -143,6 +145,7 @@ impl KeyCache {
             cooldown: refresh.unknown_kid_cooldown,
             // Discovery plus JWKS, each under the fetch timeout, and a margin.
             wait_limit: refresh.fetch_timeout * 2 + Duration::from_secs(1),
+            refetchable: !matches!(source, KeySource::Inline(_) | KeySource::SecretOnly),
         }
     }
 
@@ -178,6 +181,9 @@ impl KeyCache {
 
     /// Joins the forced fetch in flight, or starts one if the cooldown allows.
     fn claim_refetch(&self) -> Option<u64> {
+        if !self.refetchable {
+            return None;
+        }
         let now = Instant::now();
         let current = *self.generation.borrow();
         let mut forced = self.forced.lock().unwrap_or_else(|p| p.into_inner());
@@ -367,7 +373,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn unknown_kid_refetches_are_coalesced_and_rate_limited() {
-        let cache = Arc::new(KeyCache::new("t", &refresh()));
+        let source = KeySource::File("/nonexistent".into());
+        let cache = Arc::new(KeyCache::new("t", &refresh(), &source));
+        let fixed = KeyCache::new("t", &refresh(), &KeySource::Inline("{}".into()));
+        assert_eq!(fixed.claim_refetch(), None, "inline keys cannot change");
         // No refresher runs: a forced fetch is claimed, then simulated done.
         let first = cache.claim_refetch();
         assert_eq!(first, Some(1));
