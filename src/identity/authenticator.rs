@@ -4,9 +4,14 @@
 //! before decoding anything; parse the header and the claims strictly; pick
 //! the issuer from the unverified `iss` and from then on use only that
 //! issuer's keys; check the algorithm against the issuer's allow-list and the
-//! key's pinned `alg`; let jsonwebtoken verify the signature and its own claim
-//! checks; then apply what jsonwebtoken does not do (`iss` type, `nbf`, future
-//! `iat`, our `now` instead of the system clock, required claims).
+//! key's pinned `alg`; type the registered claims before any key is looked
+//! up; verify the signature; then check time (`exp`, `nbf`, future `iat`,
+//! against the caller's `now`), audience and required claims.
+//!
+//! jsonwebtoken supplies the signature primitive (`crypto::verify` on the
+//! aws-lc backend); the JOSE and JWT rules are ours. `jsonwebtoken::decode`
+//! would parse the header twice and the claims three times, read the system
+//! clock and accept an `iss` array, so we do the rules once, strictly.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,16 +19,14 @@ use std::sync::Arc;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
-use serde::Deserialize;
-use serde::de::IgnoredAny;
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use tokio::task::AbortHandle;
 
 use super::claims::{ClaimProblem, Claims, Registered};
 use super::config::{IdentityConfigError, IssuerConfig, validate_issuers};
 use super::keys::VerifyKey;
 use super::refresh::{IssuerStatus, KeyCache, KeyState, Refresher};
-use crate::domain::{Fingerprint, Principal};
+use crate::domain::{ClaimValue, Fingerprint, Principal};
 
 /// Verifies bearer JWTs against the configured issuers.
 ///
@@ -119,8 +122,7 @@ struct Issuer {
     required_claims: Vec<String>,
     require_kid: bool,
     max_token_size: usize,
-    /// One prepared `Validation` per allowed algorithm, so requests allocate none.
-    validations: HashMap<Algorithm, Validation>,
+    algorithms: Vec<Algorithm>,
     hs_key: Option<HsKey>,
     cache: Arc<KeyCache>,
 }
@@ -128,18 +130,13 @@ struct Issuer {
 /// An HS shared secret; its `Debug` never shows the bytes.
 struct HsKey(DecodingKey);
 
-/// The JOSE header members we read ourselves; jsonwebtoken re-parses the
-/// header (and enforces `crit`) when it verifies.
-#[derive(Deserialize)]
-struct RawHeader {
-    alg: String,
-    #[serde(default)]
-    kid: Option<String>,
-}
-
 /// A token split and parsed, not yet verified.
 struct Parsed<'a> {
     token: &'a str,
+    /// `header.payload`, the bytes the signature covers.
+    signing_input: &'a str,
+    /// The base64url signature segment.
+    signature: &'a str,
     alg: Algorithm,
     kid: Option<String>,
     claims: Claims,
@@ -149,6 +146,8 @@ impl Authenticator {
     /// Validates the configs, reads HS secrets, and spawns one key refresher
     /// per issuer on the current tokio runtime.
     pub fn start(configs: Vec<IssuerConfig>) -> Result<Self, IdentityConfigError> {
+        // Idempotent; makes the backend explicit even if main forgot.
+        super::install_crypto_provider();
         validate_issuers(&configs, "issuers")?;
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| IdentityConfigError::NoRuntime)?;
@@ -283,11 +282,6 @@ impl AuthError {
 
 impl Issuer {
     fn compile(config: IssuerConfig, hs_key: Option<HsKey>, cache: Arc<KeyCache>) -> Self {
-        let validations = config
-            .algorithms
-            .iter()
-            .map(|alg| (*alg, validation(*alg, &config)))
-            .collect();
         Self {
             name: config.name,
             audiences: config.audiences,
@@ -295,7 +289,7 @@ impl Issuer {
             required_claims: config.required_claims,
             require_kid: config.require_kid,
             max_token_size: config.max_token_size,
-            validations,
+            algorithms: config.algorithms,
             hs_key,
             cache,
         }
@@ -308,10 +302,9 @@ impl Issuer {
                 max: self.max_token_size,
             });
         }
-        let validation = self
-            .validations
-            .get(&parsed.alg)
-            .ok_or(AuthError::AlgorithmNotAllowed)?;
+        if !self.algorithms.contains(&parsed.alg) {
+            return Err(AuthError::AlgorithmNotAllowed);
+        }
         // Typed before the signature (as go-oidc does), so a token with
         // junk claims can never cost a key lookup or force a refetch.
         let registered = parsed.claims.registered().map_err(|p| match p {
@@ -321,27 +314,23 @@ impl Issuer {
         })?;
         if parsed.alg.family() == AlgorithmFamily::Hmac {
             let key = self.hs_key.as_ref().ok_or(AuthError::AlgorithmNotAllowed)?;
-            decode(parsed.token, &key.0, validation)?;
+            verify_signature(&parsed, &key.0)?;
         } else {
-            self.verify_with_jwks(&parsed, validation).await?;
+            self.verify_with_jwks(&parsed).await?;
         }
         self.check_claims(&parsed.claims, &registered, now)?;
         Ok(principal(parsed, registered))
     }
 
     /// Finds the key(s) for the token and verifies the signature with them.
-    async fn verify_with_jwks(
-        &self,
-        parsed: &Parsed<'_>,
-        validation: &Validation,
-    ) -> Result<(), AuthError> {
+    async fn verify_with_jwks(&self, parsed: &Parsed<'_>) -> Result<(), AuthError> {
         let kid = match (&parsed.kid, self.require_kid) {
             (Some(kid), _) => Some(kid.as_str()),
             (None, true) => return Err(self.unknown_key()),
             (None, false) => None,
         };
         let state = self.cache.load();
-        let found = self.try_keys(&state, kid, parsed, validation)?;
+        let found = self.try_keys(&state, kid, parsed)?;
         if found {
             return Ok(());
         }
@@ -350,7 +339,7 @@ impl Issuer {
         // refetch once (coalesced and rate-limited by the cache).
         if kid.is_some() && self.cache.refetch_for_unknown_kid().await {
             let state = self.cache.load();
-            if self.try_keys(&state, kid, parsed, validation)? {
+            if self.try_keys(&state, kid, parsed)? {
                 return Ok(());
             }
         }
@@ -363,7 +352,6 @@ impl Issuer {
         state: &KeyState,
         kid: Option<&str>,
         parsed: &Parsed<'_>,
-        validation: &Validation,
     ) -> Result<bool, AuthError> {
         let keys = match state {
             KeyState::Loaded(keys) => keys,
@@ -387,7 +375,7 @@ impl Issuer {
         }
         let mut last = AuthError::AlgorithmNotAllowed;
         for key in candidates.into_iter().filter(|k| k.allows(parsed.alg)) {
-            match decode(parsed.token, &key.key, validation) {
+            match verify_signature(parsed, &key.key) {
                 Ok(()) => return Ok(true),
                 Err(e) => last = e,
             }
@@ -468,21 +456,18 @@ impl<'a> Parsed<'a> {
             return Err(AuthError::Malformed("unexpected character"));
         }
         let mut parts = token.split('.');
-        let (Some(header), Some(payload), Some(_signature), None) =
+        let (Some(header), Some(payload), Some(signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(AuthError::Malformed("not three segments"));
         };
+        let signing_input = &token[..header.len() + 1 + payload.len()];
         let header = URL_SAFE_NO_PAD
             .decode(header)
             .map_err(|_| AuthError::Malformed("header is not base64url"))?;
-        let header: RawHeader = serde_json::from_slice(&header)
-            .map_err(|_| AuthError::Malformed("header is not a valid jose header"))?;
-        // Unknown names (`none`, `None`, `Ed25519`, ...) are simply not allowed.
-        let alg = header
-            .alg
-            .parse::<Algorithm>()
-            .map_err(|_| AuthError::AlgorithmNotAllowed)?;
+        let header = Claims::parse(&header)
+            .map_err(|_| AuthError::Malformed("header is not a json object without duplicates"))?;
+        let (alg, kid) = jose_header(&header)?;
         let payload = URL_SAFE_NO_PAD
             .decode(payload)
             .map_err(|_| AuthError::Malformed("payload is not base64url"))?;
@@ -490,46 +475,65 @@ impl<'a> Parsed<'a> {
             .map_err(|_| AuthError::Malformed("claims are not a json object without duplicates"))?;
         Ok(Self {
             token,
+            signing_input,
+            signature,
             alg,
-            kid: header.kid,
+            kid,
             claims,
         })
     }
 }
 
-/// The strict `Validation` for one algorithm of an issuer.
+/// Reads `alg` and `kid` and refuses what we do not implement.
 ///
-/// Time claims are checked by us against the caller's `now`; jsonwebtoken
-/// would read the system clock.
-fn validation(alg: Algorithm, config: &IssuerConfig) -> Validation {
-    let mut v = Validation::new(alg);
-    v.set_issuer(&config.issuer);
-    v.set_audience(&config.audiences);
-    v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-    v.validate_exp = false;
-    v.validate_nbf = false;
-    v.leeway = config.leeway.as_secs();
-    v
+/// RFC 7515 §4.1.11: a verifier must reject a `crit` it does not understand;
+/// we understand no extension, so any `crit` is refused, and so is
+/// `b64: false` (RFC 7797 unencoded payloads are not JWTs).
+fn jose_header(header: &Claims) -> Result<(Algorithm, Option<String>), AuthError> {
+    if header.get("crit").is_some() {
+        return Err(AuthError::Malformed(
+            "critical header extensions are not supported",
+        ));
+    }
+    if header
+        .get("b64")
+        .is_some_and(|b| *b != ClaimValue::Bool(true))
+    {
+        return Err(AuthError::Malformed("unencoded payloads are not supported"));
+    }
+    let alg = match header.get("alg") {
+        Some(ClaimValue::String(alg)) => alg
+            .parse::<Algorithm>()
+            // Unknown names (`none`, `None`, `Ed25519`, ...) are simply not allowed.
+            .map_err(|_| AuthError::AlgorithmNotAllowed)?,
+        _ => return Err(AuthError::Malformed("header has no alg string")),
+    };
+    let kid = match header.get("kid") {
+        None => None,
+        Some(ClaimValue::String(kid)) => Some(kid.clone()),
+        Some(_) => return Err(AuthError::Malformed("header kid is not a string")),
+    };
+    Ok((alg, kid))
 }
 
-/// Verifies signature and jsonwebtoken's claim checks, mapping its errors to ours.
-fn decode(token: &str, key: &DecodingKey, validation: &Validation) -> Result<(), AuthError> {
-    jsonwebtoken::decode::<IgnoredAny>(token, key, validation)
-        .map(|_| ())
-        .map_err(|e| match e.into_kind() {
-            ErrorKind::InvalidSignature => AuthError::BadSignature,
-            ErrorKind::InvalidAlgorithm
-            | ErrorKind::InvalidAlgorithmName
-            | ErrorKind::InvalidKeyFormat
-            | ErrorKind::MissingAlgorithm => AuthError::AlgorithmNotAllowed,
-            ErrorKind::ExpiredSignature => AuthError::Expired,
-            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-            ErrorKind::InvalidIssuer => AuthError::BadIssuer,
-            ErrorKind::InvalidAudience => AuthError::BadAudience,
-            ErrorKind::MissingRequiredClaim(claim) => AuthError::MissingClaim(claim),
-            ErrorKind::InvalidClaimFormat(claim) => AuthError::MissingClaim(claim),
-            _ => AuthError::Malformed("rejected by the jws decoder"),
-        })
+/// Checks the signature with jsonwebtoken's crypto provider (aws-lc).
+fn verify_signature(parsed: &Parsed<'_>, key: &DecodingKey) -> Result<(), AuthError> {
+    match jsonwebtoken::crypto::verify(
+        parsed.signature,
+        parsed.signing_input.as_bytes(),
+        key,
+        parsed.alg,
+    ) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(AuthError::BadSignature),
+        Err(e) => Err(match e.into_kind() {
+            ErrorKind::Base64(_) => AuthError::Malformed("signature is not canonical base64url"),
+            ErrorKind::InvalidKeyFormat
+            | ErrorKind::InvalidAlgorithm
+            | ErrorKind::InvalidAlgorithmName => AuthError::AlgorithmNotAllowed,
+            _ => AuthError::BadSignature,
+        }),
+    }
 }
 
 /// Extracts the token from `Bearer <jwt>` (scheme case-insensitive, RFC 6750 §2.1).
@@ -603,6 +607,40 @@ mod tests {
         for (input, expected) in cases {
             let got = bearer(input).map_err(|e| e.reason());
             assert_eq!(got, expected, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn jose_headers_are_read_strictly() {
+        let cases = [
+            (
+                r#"{"alg":"RS256","kid":"k"}"#,
+                Ok((Algorithm::RS256, Some("k"))),
+            ),
+            (r#"{"alg":"EdDSA"}"#, Ok((Algorithm::EdDSA, None))),
+            (
+                r#"{"alg":"ES256","b64":true}"#,
+                Ok((Algorithm::ES256, None)),
+            ),
+            (r#"{"alg":"none"}"#, Err("algorithm_not_allowed")),
+            (r#"{"alg":"Ed25519"}"#, Err("algorithm_not_allowed")),
+            (r#"{"alg":7}"#, Err("malformed")),
+            (r#"{"kid":"k"}"#, Err("malformed")),
+            (r#"{"alg":"RS256","kid":5}"#, Err("malformed")),
+            (
+                r#"{"alg":"RS256","crit":["exp"],"exp":1}"#,
+                Err("malformed"),
+            ),
+            (r#"{"alg":"RS256","b64":false}"#, Err("malformed")),
+        ];
+        for (json, expected) in cases {
+            let header = Claims::parse(json.as_bytes()).unwrap();
+            let got = jose_header(&header).map_err(|e| e.reason());
+            let got = got
+                .as_ref()
+                .map(|(a, k)| (*a, k.as_deref()))
+                .map_err(|e| *e);
+            assert_eq!(got, expected, "{json}");
         }
     }
 
