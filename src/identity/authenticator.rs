@@ -153,6 +153,9 @@ impl Authenticator {
             tokio::runtime::Handle::try_current().map_err(|_| IdentityConfigError::NoRuntime)?;
         let client = reqwest::Client::builder()
             .user_agent(concat!("tokengate/", env!("CARGO_PKG_VERSION")))
+            // Fetches are minutes apart: a pooled connection would mostly be
+            // a dead one after an IdP restart or a load-balancer change.
+            .pool_max_idle_per_host(0)
             .build()
             .map_err(|e| IdentityConfigError::HttpClient(e.to_string()))?;
         let mut issuers = Vec::with_capacity(configs.len());
