@@ -423,6 +423,12 @@ async fn hs256_needs_a_configured_secret() {
     };
     let auth = Authenticator::start(vec![config]).unwrap();
     timeout(PATIENCE, auth.wait_ready()).await.unwrap();
+    let debug = format!("{auth:?}");
+    assert!(debug.contains("<redacted>"), "{debug}");
+    assert!(
+        !debug.contains("0123456789abcdef"),
+        "Debug never shows the secret"
+    );
     let key = jsonwebtoken::EncodingKey::from_secret(secret).unwrap();
     let token = jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
