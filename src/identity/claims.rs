@@ -46,6 +46,16 @@ pub enum ClaimProblem {
 /// A strict JSON value: the deserializer behind [`Claims`].
 struct Strict(ClaimValue);
 
+/// The serde visitor that builds a [`Strict`] value.
+struct StrictVisitor;
+
+/// How a fractional NumericDate is rounded: always towards refusing.
+#[derive(Clone, Copy)]
+enum Rounding {
+    Down,
+    Up,
+}
+
 impl Claims {
     /// Parses a JSON object of claims, refusing duplicate members.
     pub fn parse(json: &[u8]) -> Result<Self, serde_json::Error> {
@@ -146,13 +156,6 @@ impl Claims {
     }
 }
 
-/// How a fractional NumericDate is rounded: always towards refusing.
-#[derive(Clone, Copy)]
-enum Rounding {
-    Down,
-    Up,
-}
-
 impl ClaimProblem {
     /// The claim at fault.
     pub fn claim(self) -> &'static str {
@@ -176,8 +179,6 @@ impl<'de> Deserialize<'de> for Strict {
         d.deserialize_any(StrictVisitor)
     }
 }
-
-struct StrictVisitor;
 
 impl<'de> Visitor<'de> for StrictVisitor {
     type Value = Strict;

@@ -96,14 +96,6 @@ pub struct KeyCache {
     refetchable: bool,
 }
 
-/// Bookkeeping of refetches forced by unknown kids.
-#[derive(Debug, Default)]
-struct Forced {
-    last: Option<Instant>,
-    /// The generation that completes the forced fetch in flight.
-    pending: Option<u64>,
-}
-
 /// Everything the refresher task owns.
 #[derive(Debug)]
 pub struct Refresher {
@@ -117,6 +109,14 @@ pub struct Refresher {
     pub refresh: RefreshConfig,
     /// The shared HTTP client.
     pub client: Client,
+}
+
+/// Bookkeeping of refetches forced by unknown kids.
+#[derive(Debug, Default)]
+struct Forced {
+    last: Option<Instant>,
+    /// The generation that completes the forced fetch in flight.
+    pending: Option<u64>,
 }
 
 impl KeyCache {
