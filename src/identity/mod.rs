@@ -1,1 +1,38 @@
 //! Caller authentication: verify JWTs from the company's identity providers into a `Principal`.
+//!
+//! [`Authenticator::start`] takes the issuers' configs and spawns one key
+//! refresher per issuer; [`Authenticator::authenticate`] turns the raw
+//! `authorization` metadata value into a [`crate::domain::Principal`] or an
+//! [`AuthError`] whose `reason()` is a stable label. Time enters as the
+//! `now` argument; only the refresher reads a (monotonic) clock.
+//!
+//! Submodules: `config` (what is trusted), `keys` (vetting a JWKS), `fetch`
+//! (HTTP, discovery, files), `refresh` (the published snapshot and its
+//! schedule), `claims` (strict claim parsing), `authenticator` (the checks).
+
+mod authenticator;
+mod claims;
+mod config;
+mod fetch;
+mod keys;
+mod refresh;
+
+pub use authenticator::{AuthError, Authenticator, Readiness};
+pub use config::{
+    DEFAULT_ALGORITHMS, DEFAULT_MAX_TOKEN_SIZE, IdentityConfigError, IssuerConfig, KeySource,
+    RefreshConfig, validate_issuers,
+};
+pub use keys::{KeySourceError, MIN_RSA_BITS};
+pub use refresh::{Freshness, IssuerStatus};
+
+/// Installs jsonwebtoken's aws-lc crypto provider as the process default.
+///
+/// Call it once at start-up, before any token is verified. jsonwebtoken
+/// panics on first use when Cargo feature unification leaves both or neither
+/// backend enabled; installing explicitly makes the choice independent of
+/// the dependency graph. Calling it again (or after another install) is harmless.
+pub fn install_crypto_provider() {
+    use jsonwebtoken::crypto::CryptoProvider;
+    // `Err` only says a provider is already installed, which is what we want.
+    let _ = CryptoProvider::install_default(&jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER);
+}

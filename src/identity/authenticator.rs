@@ -1,0 +1,687 @@
+//! `Authenticator`: `authorization: Bearer <jwt>` in, a verified `Principal` or a precise refusal out.
+//!
+//! The order of the checks is the design (identity.md §3): cap the size
+//! before decoding anything; parse the header and the claims strictly; pick
+//! the issuer from the unverified `iss` and from then on use only that
+//! issuer's keys; check the algorithm against the issuer's allow-list and the
+//! key's pinned `alg`; type the registered claims before any key is looked
+//! up; verify the signature; then check time (`exp`, `nbf`, future `iat`,
+//! against the caller's `now`), audience and required claims.
+//!
+//! jsonwebtoken supplies the signature primitive (`crypto::verify` on the
+//! aws-lc backend); the JOSE and JWT rules are ours. `jsonwebtoken::decode`
+//! would parse the header twice and the claims three times, read the system
+//! clock and accept an `iss` array, so we do the rules once, strictly.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
+use tokio::task::AbortHandle;
+
+use super::claims::{ClaimProblem, Claims, Registered};
+use super::config::{IdentityConfigError, IssuerConfig, validate_issuers};
+use super::keys::VerifyKey;
+use super::refresh::{IssuerStatus, KeyCache, KeyState, Refresher};
+use crate::domain::{ClaimValue, Fingerprint, Principal};
+
+/// Verifies bearer JWTs against the configured issuers.
+///
+/// Dropping it stops the key refreshers.
+#[derive(Debug)]
+pub struct Authenticator {
+    issuers: Vec<Issuer>,
+    by_iss: HashMap<String, usize>,
+    /// The largest per-issuer cap: applied before anything is decoded.
+    max_token_size: usize,
+    tasks: Vec<AbortHandle>,
+}
+
+/// Whether every issuer's keys have loaded, with each issuer's status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    /// True when every issuer's keys have loaded at least once.
+    pub ready: bool,
+    /// One status per issuer, in config order.
+    pub issuers: Vec<IssuerStatus>,
+}
+
+/// Why a caller was refused. `reason()` is the stable label for metrics and replies.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No `authorization` metadata was sent.
+    #[error("no bearer token was sent")]
+    Missing,
+    /// The value is not a well-formed bearer JWT.
+    #[error("the bearer token is malformed: {0}")]
+    Malformed(&'static str),
+    /// The token exceeds the size cap.
+    #[error("the token is {size} bytes, the limit is {max}")]
+    TooLarge {
+        /// The token's size in bytes.
+        size: usize,
+        /// The cap in bytes.
+        max: usize,
+    },
+    /// No configured issuer signs with this `iss`.
+    #[error("the token's issuer is not trusted")]
+    UnknownIssuer,
+    /// The issuer has no key with this `kid` (or the token has no `kid`).
+    #[error("issuer {issuer} has no key for this token")]
+    UnknownKey {
+        /// The issuer's configured name.
+        issuer: String,
+    },
+    /// The algorithm is not allowed for this issuer or this key.
+    #[error("the token's algorithm is not allowed here")]
+    AlgorithmNotAllowed,
+    /// The signature does not verify.
+    #[error("the token's signature does not verify")]
+    BadSignature,
+    /// `exp` is past, beyond the leeway.
+    #[error("the token has expired")]
+    Expired,
+    /// `nbf` is in the future, beyond the leeway.
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    /// `iat` is in the future, beyond the leeway.
+    #[error("the token was issued in the future")]
+    IssuedInFuture,
+    /// `iss` is not a single configured string.
+    #[error("the token's iss claim is not accepted")]
+    BadIssuer,
+    /// No `aud` value is one of the issuer's audiences.
+    #[error("the token is not meant for this service (aud)")]
+    BadAudience,
+    /// A required claim is missing or has the wrong type.
+    #[error("the token lacks the required claim {0:?}")]
+    MissingClaim(String),
+    /// The issuer's keys have never loaded; retrying later may succeed.
+    #[error("the keys of issuer {issuer} have not loaded yet")]
+    KeysNotLoaded {
+        /// The issuer's configured name.
+        issuer: String,
+    },
+    /// The issuer's keys could not be refreshed for longer than `max_stale`.
+    #[error("the keys of issuer {issuer} are too old to trust")]
+    KeysExpired {
+        /// The issuer's configured name.
+        issuer: String,
+    },
+}
+
+/// One configured issuer, compiled for the request path.
+#[derive(Debug)]
+struct Issuer {
+    name: String,
+    audiences: Vec<String>,
+    leeway: u64,
+    required_claims: Vec<String>,
+    require_kid: bool,
+    max_token_size: usize,
+    algorithms: Vec<Algorithm>,
+    hs_key: Option<HsKey>,
+    cache: Arc<KeyCache>,
+}
+
+/// An HS shared secret; its `Debug` never shows the bytes.
+struct HsKey(DecodingKey);
+
+/// A token split and parsed, not yet verified.
+struct Parsed<'a> {
+    token: &'a str,
+    /// `header.payload`, the bytes the signature covers.
+    signing_input: &'a str,
+    /// The base64url signature segment.
+    signature: &'a str,
+    alg: Algorithm,
+    kid: Option<String>,
+    claims: Claims,
+}
+
+impl Authenticator {
+    /// Validates the configs, reads HS secrets, and spawns one key refresher
+    /// per issuer on the current tokio runtime.
+    pub fn start(configs: Vec<IssuerConfig>) -> Result<Self, IdentityConfigError> {
+        // Idempotent; makes the backend explicit even if main forgot.
+        super::install_crypto_provider();
+        validate_issuers(&configs, "issuers")?;
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| IdentityConfigError::NoRuntime)?;
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("tokengate/", env!("CARGO_PKG_VERSION")))
+            // Fetches are minutes apart: a pooled connection would mostly be
+            // a dead one after an IdP restart or a load-balancer change.
+            .pool_max_idle_per_host(0)
+            .build()
+            .map_err(|e| IdentityConfigError::HttpClient(e.to_string()))?;
+        let mut issuers = Vec::with_capacity(configs.len());
+        let mut by_iss = HashMap::new();
+        let mut tasks = Vec::with_capacity(configs.len());
+        for (i, config) in configs.into_iter().enumerate() {
+            let prefix = format!("issuers[{i}]");
+            let source = config.key_source(&prefix)?;
+            let hs_key = read_hs_secret(&config, &prefix)?;
+            let cache = Arc::new(KeyCache::new(&config.name, &config.refresh, &source));
+            for iss in &config.issuer {
+                by_iss.insert(iss.clone(), i);
+            }
+            let refresher = Refresher {
+                cache: Arc::clone(&cache),
+                source,
+                issuers: config.issuer.clone(),
+                refresh: config.refresh.clone(),
+                client: client.clone(),
+            };
+            tasks.push(runtime.spawn(refresher.run()).abort_handle());
+            issuers.push(Issuer::compile(config, hs_key, cache));
+        }
+        let max_token_size = issuers.iter().map(|i| i.max_token_size).max().unwrap_or(0);
+        Ok(Self {
+            issuers,
+            by_iss,
+            max_token_size,
+            tasks,
+        })
+    }
+
+    /// Verifies the raw `authorization` value (`Bearer <jwt>`) at unix time `now`.
+    pub async fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        now: u64,
+    ) -> Result<Principal, AuthError> {
+        let token = bearer(authorization)?;
+        if token.len() > self.max_token_size {
+            return Err(AuthError::TooLarge {
+                size: token.len(),
+                max: self.max_token_size,
+            });
+        }
+        let parsed = Parsed::parse(token)?;
+        let iss = parsed.claims.issuer().map_err(|p| match p {
+            ClaimProblem::Missing(c) => AuthError::MissingClaim(c.to_owned()),
+            ClaimProblem::Invalid(_) => AuthError::BadIssuer,
+        })?;
+        let issuer = self
+            .by_iss
+            .get(iss)
+            .and_then(|i| self.issuers.get(*i))
+            .ok_or(AuthError::UnknownIssuer)?;
+        issuer.verify(parsed, now).await
+    }
+
+    /// Whether every issuer's keys have loaded, and each issuer's status.
+    pub fn readiness(&self) -> Readiness {
+        let issuers: Vec<_> = self.issuers.iter().map(|i| i.cache.status()).collect();
+        Readiness {
+            ready: issuers.iter().all(|s| s.loaded),
+            issuers,
+        }
+    }
+
+    /// Waits until every issuer's keys have loaded at least once.
+    pub async fn wait_ready(&self) {
+        for issuer in &self.issuers {
+            let mut rx = issuer.cache.watch();
+            // An Err means the refresher is gone; readiness then never comes
+            // and the caller's own deadline applies.
+            let _ = rx.wait_for(|s| s.loaded).await;
+        }
+    }
+
+    /// A receiver of the status of the issuer named `name`, for logs and metrics.
+    pub fn watch_issuer(&self, name: &str) -> Option<tokio::sync::watch::Receiver<IssuerStatus>> {
+        self.issuers
+            .iter()
+            .find(|i| i.name == name)
+            .map(|i| i.cache.watch())
+    }
+
+    /// Stops the key refreshers; the last published keys stay usable.
+    pub fn shutdown(&self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Authenticator {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl AuthError {
+    /// The stable, low-cardinality reason label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Malformed(_) => "malformed",
+            AuthError::TooLarge { .. } => "too_large",
+            AuthError::UnknownIssuer => "unknown_issuer",
+            AuthError::UnknownKey { .. } => "unknown_key",
+            AuthError::AlgorithmNotAllowed => "algorithm_not_allowed",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::IssuedInFuture => "issued_in_future",
+            AuthError::BadIssuer => "bad_issuer",
+            AuthError::BadAudience => "bad_audience",
+            AuthError::MissingClaim(_) => "missing_claim",
+            AuthError::KeysNotLoaded { .. } | AuthError::KeysExpired { .. } => "keys_unavailable",
+        }
+    }
+
+    /// True when the issuer's keys have never loaded: the service answers
+    /// UNAVAILABLE (try again) rather than UNAUTHENTICATED.
+    pub fn keys_never_loaded(&self) -> bool {
+        matches!(self, AuthError::KeysNotLoaded { .. })
+    }
+}
+
+impl Issuer {
+    fn compile(config: IssuerConfig, hs_key: Option<HsKey>, cache: Arc<KeyCache>) -> Self {
+        Self {
+            name: config.name,
+            audiences: config.audiences,
+            leeway: config.leeway.as_secs(),
+            required_claims: config.required_claims,
+            require_kid: config.require_kid,
+            max_token_size: config.max_token_size,
+            algorithms: config.algorithms,
+            hs_key,
+            cache,
+        }
+    }
+
+    async fn verify(&self, parsed: Parsed<'_>, now: u64) -> Result<Principal, AuthError> {
+        if parsed.token.len() > self.max_token_size {
+            return Err(AuthError::TooLarge {
+                size: parsed.token.len(),
+                max: self.max_token_size,
+            });
+        }
+        if !self.algorithms.contains(&parsed.alg) {
+            return Err(AuthError::AlgorithmNotAllowed);
+        }
+        // Typed before the signature (as go-oidc does), so a token with
+        // junk claims can never cost a key lookup or force a refetch.
+        let registered = parsed.claims.registered().map_err(|p| match p {
+            ClaimProblem::Invalid("iss") => AuthError::BadIssuer,
+            ClaimProblem::Invalid("aud") => AuthError::BadAudience,
+            other => AuthError::MissingClaim(other.claim().to_owned()),
+        })?;
+        if parsed.alg.family() == AlgorithmFamily::Hmac {
+            let key = self.hs_key.as_ref().ok_or(AuthError::AlgorithmNotAllowed)?;
+            verify_signature(&parsed, &key.0)?;
+        } else {
+            self.verify_with_jwks(&parsed).await?;
+        }
+        self.check_claims(&parsed.claims, &registered, now)?;
+        Ok(principal(parsed, registered))
+    }
+
+    /// Finds the key(s) for the token and verifies the signature with them.
+    async fn verify_with_jwks(&self, parsed: &Parsed<'_>) -> Result<(), AuthError> {
+        let kid = match (&parsed.kid, self.require_kid) {
+            (Some(kid), _) => Some(kid.as_str()),
+            (None, true) => return Err(self.unknown_key()),
+            (None, false) => None,
+        };
+        let state = self.cache.load();
+        let found = self.try_keys(&state, kid, parsed)?;
+        if found {
+            return Ok(());
+        }
+        drop(state);
+        // OIDC Core §10.1.1: an unfamiliar kid may mean the IdP rotated, so
+        // refetch once (coalesced and rate-limited by the cache).
+        if kid.is_some() && self.cache.refetch_for_unknown_kid().await {
+            let state = self.cache.load();
+            if self.try_keys(&state, kid, parsed)? {
+                return Ok(());
+            }
+        }
+        Err(self.unknown_key())
+    }
+
+    /// Verifies with the candidate keys of the current snapshot; `Ok(false)` when there is none.
+    fn try_keys(
+        &self,
+        state: &KeyState,
+        kid: Option<&str>,
+        parsed: &Parsed<'_>,
+    ) -> Result<bool, AuthError> {
+        let keys = match state {
+            KeyState::Loaded(keys) => keys,
+            KeyState::NotLoaded => {
+                return Err(AuthError::KeysNotLoaded {
+                    issuer: self.name.clone(),
+                });
+            }
+            KeyState::Expired => {
+                return Err(AuthError::KeysExpired {
+                    issuer: self.name.clone(),
+                });
+            }
+        };
+        let candidates: Vec<&VerifyKey> = match kid {
+            Some(kid) => keys.by_kid(kid).iter().collect(),
+            None => keys.all().collect(),
+        };
+        if candidates.is_empty() {
+            return Ok(false);
+        }
+        let mut last = AuthError::AlgorithmNotAllowed;
+        for key in candidates.into_iter().filter(|k| k.allows(parsed.alg)) {
+            match verify_signature(parsed, &key.key) {
+                Ok(()) => return Ok(true),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// The checks jsonwebtoken leaves to us, against the caller's `now`.
+    fn check_claims(
+        &self,
+        claims: &Claims,
+        registered: &Registered,
+        now: u64,
+    ) -> Result<(), AuthError> {
+        self.check_times(registered, now)?;
+        if !registered.aud.iter().any(|a| self.audiences.contains(a)) {
+            return Err(AuthError::BadAudience);
+        }
+        match self
+            .required_claims
+            .iter()
+            .find(|c| claims.get(c).is_none())
+        {
+            Some(missing) => Err(AuthError::MissingClaim(missing.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn check_times(&self, claims: &Registered, now: u64) -> Result<(), AuthError> {
+        if claims.exp.saturating_add(self.leeway) < now {
+            return Err(AuthError::Expired);
+        }
+        let horizon = now.saturating_add(self.leeway);
+        if claims.nbf.is_some_and(|nbf| nbf > horizon) {
+            return Err(AuthError::NotYetValid);
+        }
+        if claims.iat.is_some_and(|iat| iat > horizon) {
+            return Err(AuthError::IssuedInFuture);
+        }
+        Ok(())
+    }
+
+    fn unknown_key(&self) -> AuthError {
+        AuthError::UnknownKey {
+            issuer: self.name.clone(),
+        }
+    }
+}
+
+/// Builds the principal of a verified token.
+fn principal(parsed: Parsed<'_>, registered: Registered) -> Principal {
+    Principal {
+        token_fingerprint: Fingerprint::of(parsed.token.as_bytes()),
+        scopes: parsed.claims.scopes(),
+        issuer: registered.iss,
+        subject: registered.sub,
+        audiences: registered.aud,
+        expires_at: registered.exp,
+        claims: parsed.claims.0,
+    }
+}
+
+impl std::fmt::Debug for HsKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HsKey(<redacted>)")
+    }
+}
+
+impl<'a> Parsed<'a> {
+    /// Splits the compact JWS and parses its header and claims, without verifying.
+    fn parse(token: &'a str) -> Result<Self, AuthError> {
+        // Only the base64url alphabet and the two dots: this refuses
+        // whitespace, padding, standard base64 and JWE-style extras early.
+        if !token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return Err(AuthError::Malformed("unexpected character"));
+        }
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(AuthError::Malformed("not three segments"));
+        };
+        let signing_input = &token[..header.len() + 1 + payload.len()];
+        let header = URL_SAFE_NO_PAD
+            .decode(header)
+            .map_err(|_| AuthError::Malformed("header is not base64url"))?;
+        let header = Claims::parse(&header)
+            .map_err(|_| AuthError::Malformed("header is not a json object without duplicates"))?;
+        let (alg, kid) = jose_header(&header)?;
+        let payload = URL_SAFE_NO_PAD
+            .decode(payload)
+            .map_err(|_| AuthError::Malformed("payload is not base64url"))?;
+        let claims = Claims::parse(&payload)
+            .map_err(|_| AuthError::Malformed("claims are not a json object without duplicates"))?;
+        Ok(Self {
+            token,
+            signing_input,
+            signature,
+            alg,
+            kid,
+            claims,
+        })
+    }
+}
+
+/// Reads `alg` and `kid` and refuses what we do not implement.
+///
+/// RFC 7515 §4.1.11: a verifier must reject a `crit` it does not understand;
+/// we understand no extension, so any `crit` is refused, and so is
+/// `b64: false` (RFC 7797 unencoded payloads are not JWTs).
+fn jose_header(header: &Claims) -> Result<(Algorithm, Option<String>), AuthError> {
+    if header.get("crit").is_some() {
+        return Err(AuthError::Malformed(
+            "critical header extensions are not supported",
+        ));
+    }
+    if header
+        .get("b64")
+        .is_some_and(|b| *b != ClaimValue::Bool(true))
+    {
+        return Err(AuthError::Malformed("unencoded payloads are not supported"));
+    }
+    let alg = match header.get("alg") {
+        Some(ClaimValue::String(alg)) => alg
+            .parse::<Algorithm>()
+            // Unknown names (`none`, `None`, `Ed25519`, ...) are simply not allowed.
+            .map_err(|_| AuthError::AlgorithmNotAllowed)?,
+        _ => return Err(AuthError::Malformed("header has no alg string")),
+    };
+    let kid = match header.get("kid") {
+        None => None,
+        Some(ClaimValue::String(kid)) => Some(kid.clone()),
+        Some(_) => return Err(AuthError::Malformed("header kid is not a string")),
+    };
+    Ok((alg, kid))
+}
+
+/// Checks the signature with jsonwebtoken's crypto provider (aws-lc).
+fn verify_signature(parsed: &Parsed<'_>, key: &DecodingKey) -> Result<(), AuthError> {
+    match jsonwebtoken::crypto::verify(
+        parsed.signature,
+        parsed.signing_input.as_bytes(),
+        key,
+        parsed.alg,
+    ) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(AuthError::BadSignature),
+        Err(e) => Err(match e.into_kind() {
+            ErrorKind::Base64(_) => AuthError::Malformed("signature is not canonical base64url"),
+            ErrorKind::InvalidKeyFormat
+            | ErrorKind::InvalidAlgorithm
+            | ErrorKind::InvalidAlgorithmName => AuthError::AlgorithmNotAllowed,
+            _ => AuthError::BadSignature,
+        }),
+    }
+}
+
+/// Extracts the token from `Bearer <jwt>` (scheme case-insensitive, RFC 6750 §2.1).
+fn bearer(authorization: Option<&str>) -> Result<&str, AuthError> {
+    let value = authorization.ok_or(AuthError::Missing)?;
+    let (scheme, token) = value
+        .split_once(' ')
+        .ok_or(AuthError::Malformed("not a bearer credential"))?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::Malformed("not a bearer credential"));
+    }
+    if token.is_empty() {
+        return Err(AuthError::Missing);
+    }
+    Ok(token)
+}
+
+/// Reads the issuer's HS secret at start-up, if one is configured.
+fn read_hs_secret(
+    config: &IssuerConfig,
+    prefix: &str,
+) -> Result<Option<HsKey>, IdentityConfigError> {
+    let (key, secret) = if let Some(path) = &config.hs_secret_file {
+        let bytes = std::fs::read(path).map_err(|e| IdentityConfigError::Secret {
+            key: format!("{prefix}.hs_secret_file"),
+            reason: e.kind().to_string(),
+        })?;
+        (format!("{prefix}.hs_secret_file"), bytes)
+    } else if let Some(var) = &config.hs_secret_env {
+        let value = std::env::var(var).map_err(|e| IdentityConfigError::Secret {
+            key: format!("{prefix}.hs_secret_env"),
+            reason: e.to_string(),
+        })?;
+        (format!("{prefix}.hs_secret_env"), value.into_bytes())
+    } else {
+        return Ok(None);
+    };
+    // A trailing newline from `echo > file` is not part of the secret.
+    let trimmed = secret.trim_ascii_end();
+    // RFC 7518 §3.2: an HS256 key must be at least as long as the hash.
+    if trimmed.len() < 32 {
+        return Err(IdentityConfigError::Secret {
+            key,
+            reason: "the secret is shorter than 32 bytes".to_owned(),
+        });
+    }
+    DecodingKey::from_secret(trimmed)
+        .map(|k| Some(HsKey(k)))
+        .map_err(|_| IdentityConfigError::Secret {
+            key,
+            reason: "the secret is not usable".to_owned(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_values_are_parsed_strictly() {
+        let cases: [(Option<&str>, Result<&str, &str>); 8] = [
+            (None, Err("missing")),
+            (Some("Bearer abc"), Ok("abc")),
+            (Some("bearer abc"), Ok("abc")),
+            (Some("BEARER abc"), Ok("abc")),
+            (Some("Bearer "), Err("missing")),
+            (Some("Basic abc"), Err("malformed")),
+            (Some("Bearerabc"), Err("malformed")),
+            (Some("Bearer  abc"), Ok(" abc")),
+        ];
+        for (input, expected) in cases {
+            let got = bearer(input).map_err(|e| e.reason());
+            assert_eq!(got, expected, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn jose_headers_are_read_strictly() {
+        let cases = [
+            (
+                r#"{"alg":"RS256","kid":"k"}"#,
+                Ok((Algorithm::RS256, Some("k"))),
+            ),
+            (r#"{"alg":"EdDSA"}"#, Ok((Algorithm::EdDSA, None))),
+            (
+                r#"{"alg":"ES256","b64":true}"#,
+                Ok((Algorithm::ES256, None)),
+            ),
+            (r#"{"alg":"none"}"#, Err("algorithm_not_allowed")),
+            (r#"{"alg":"Ed25519"}"#, Err("algorithm_not_allowed")),
+            (r#"{"alg":7}"#, Err("malformed")),
+            (r#"{"kid":"k"}"#, Err("malformed")),
+            (r#"{"alg":"RS256","kid":5}"#, Err("malformed")),
+            (
+                r#"{"alg":"RS256","crit":["exp"],"exp":1}"#,
+                Err("malformed"),
+            ),
+            (r#"{"alg":"RS256","b64":false}"#, Err("malformed")),
+        ];
+        for (json, expected) in cases {
+            let header = Claims::parse(json.as_bytes()).unwrap();
+            let got = jose_header(&header).map_err(|e| e.reason());
+            let got = got
+                .as_ref()
+                .map(|(a, k)| (*a, k.as_deref()))
+                .map_err(|e| *e);
+            assert_eq!(got, expected, "{json}");
+        }
+    }
+
+    #[test]
+    fn reasons_are_stable() {
+        let cases = [
+            (AuthError::Missing, "missing"),
+            (AuthError::Malformed("x"), "malformed"),
+            (AuthError::TooLarge { size: 2, max: 1 }, "too_large"),
+            (AuthError::UnknownIssuer, "unknown_issuer"),
+            (AuthError::UnknownKey { issuer: "i".into() }, "unknown_key"),
+            (AuthError::AlgorithmNotAllowed, "algorithm_not_allowed"),
+            (AuthError::BadSignature, "bad_signature"),
+            (AuthError::Expired, "expired"),
+            (AuthError::NotYetValid, "not_yet_valid"),
+            (AuthError::IssuedInFuture, "issued_in_future"),
+            (AuthError::BadIssuer, "bad_issuer"),
+            (AuthError::BadAudience, "bad_audience"),
+            (AuthError::MissingClaim("x".into()), "missing_claim"),
+            (
+                AuthError::KeysNotLoaded { issuer: "i".into() },
+                "keys_unavailable",
+            ),
+            (
+                AuthError::KeysExpired { issuer: "i".into() },
+                "keys_unavailable",
+            ),
+        ];
+        for (error, reason) in cases {
+            assert_eq!(error.reason(), reason);
+            assert_eq!(
+                error.keys_never_loaded(),
+                matches!(error, AuthError::KeysNotLoaded { .. })
+            );
+            let message = error.to_string();
+            assert!(
+                !message.ends_with('.') && message.chars().next().is_some_and(char::is_lowercase)
+            );
+        }
+    }
+}

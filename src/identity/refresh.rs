@@ -1,0 +1,392 @@
+//! The per-issuer key cache and its refresher task.
+//!
+//! The cache is a published snapshot (`arc-swap`): requests only load it, the
+//! refresher task alone fetches and stores. The schedule follows the IdP's
+//! `Cache-Control: max-age` clamped to `[min_refresh, max_refresh]`; failures
+//! retry with exponential backoff and jitter and keep the last good keys until
+//! `max_stale` has passed since the last success, when the snapshot turns to
+//! `Expired` (the refresher wakes up for that deadline, so the request path
+//! never reads a clock to decide staleness). A request that meets an unknown
+//! `kid` asks for one refetch: concurrent askers join the same fetch, and a new
+//! one starts at most once per `unknown_kid_cooldown`.
+//!
+//! This task is one of the two places where time and randomness enter the
+//! service (ARCHITECTURE.md): it uses `tokio::time::Instant`, so tests can
+//! drive it with paused time, and `getrandom` for the jitter.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use reqwest::Client;
+use tokio::sync::{Notify, watch};
+use tokio::time::{Instant, sleep_until};
+
+use super::config::{KeySource, RefreshConfig};
+use super::fetch::{self, FetchLimits, Fetched};
+use super::keys::KeySet;
+
+/// What the request path sees of an issuer's keys.
+#[derive(Debug)]
+pub enum KeyState {
+    /// No fetch has succeeded yet.
+    NotLoaded,
+    /// The last good key set.
+    Loaded(KeySet),
+    /// Refreshes failed for longer than `max_stale`: the old keys are no longer trusted.
+    Expired,
+}
+
+/// How fresh an issuer's keys are, for logs, metrics and readiness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// No fetch has succeeded yet.
+    NotLoaded,
+    /// The last fetch succeeded.
+    Fresh,
+    /// The last fetch failed; the last good keys are still served.
+    Stale,
+    /// Refreshes failed for longer than `max_stale`; tokens are refused.
+    Expired,
+}
+
+/// The status of one issuer's keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuerStatus {
+    /// The issuer's configured name.
+    pub name: String,
+    /// Whether a key set has loaded at least once.
+    pub loaded: bool,
+    /// How fresh the keys are now.
+    pub freshness: Freshness,
+    /// Usable keys in the current set.
+    pub keys: usize,
+    /// Published keys dropped while vetting the current set.
+    pub dropped_keys: usize,
+    /// Fetch attempts so far.
+    pub fetches: u64,
+    /// Failed fetch attempts so far.
+    pub failures: u64,
+    /// Failures since the last success.
+    pub consecutive_failures: u32,
+    /// Refetches triggered by an unknown `kid`.
+    pub forced_refetches: u64,
+    /// The last fetch error, if the last fetch failed.
+    pub last_error: Option<String>,
+    /// When the last fetch succeeded.
+    pub last_success: Option<Instant>,
+}
+
+/// The shared state of one issuer's keys.
+#[derive(Debug)]
+pub struct KeyCache {
+    state: ArcSwap<KeyState>,
+    status: watch::Sender<IssuerStatus>,
+    /// Wakes the refresher for a forced refetch.
+    wake: Notify,
+    /// Counts finished fetch attempts, so waiters know when theirs is done.
+    generation: watch::Sender<u64>,
+    fetching: AtomicBool,
+    forced: Mutex<Forced>,
+    cooldown: Duration,
+    /// How long a request waits for a forced refetch.
+    wait_limit: Duration,
+    /// False for inline keys and HS-only issuers: nothing could change on a refetch.
+    refetchable: bool,
+}
+
+/// Everything the refresher task owns.
+#[derive(Debug)]
+pub struct Refresher {
+    /// The cache it publishes into.
+    pub cache: Arc<KeyCache>,
+    /// Where the keys come from.
+    pub source: KeySource,
+    /// The configured `iss` strings (for the discovery issuer check).
+    pub issuers: Vec<String>,
+    /// The schedule.
+    pub refresh: RefreshConfig,
+    /// The shared HTTP client.
+    pub client: Client,
+}
+
+/// Bookkeeping of refetches forced by unknown kids.
+#[derive(Debug, Default)]
+struct Forced {
+    last: Option<Instant>,
+    /// The generation that completes the forced fetch in flight.
+    pending: Option<u64>,
+}
+
+impl KeyCache {
+    /// An empty cache for the issuer `name` whose keys come from `source`.
+    pub fn new(name: &str, refresh: &RefreshConfig, source: &KeySource) -> Self {
+        let status = IssuerStatus {
+            name: name.to_owned(),
+            loaded: false,
+            freshness: Freshness::NotLoaded,
+            keys: 0,
+            dropped_keys: 0,
+            fetches: 0,
+            failures: 0,
+            consecutive_failures: 0,
+            forced_refetches: 0,
+            last_error: None,
+            last_success: None,
+        };
+        Self {
+            state: ArcSwap::from_pointee(KeyState::NotLoaded),
+            status: watch::Sender::new(status),
+            wake: Notify::new(),
+            generation: watch::Sender::new(0),
+            fetching: AtomicBool::new(false),
+            forced: Mutex::new(Forced::default()),
+            cooldown: refresh.unknown_kid_cooldown,
+            // Discovery plus JWKS, each under the fetch timeout, and a margin.
+            wait_limit: refresh.fetch_timeout * 2 + Duration::from_secs(1),
+            refetchable: !matches!(source, KeySource::Inline(_) | KeySource::SecretOnly),
+        }
+    }
+
+    /// The current key snapshot; cheap, lock-free.
+    pub fn load(&self) -> arc_swap::Guard<Arc<KeyState>> {
+        self.state.load()
+    }
+
+    /// The current status.
+    pub fn status(&self) -> IssuerStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that sees every status change.
+    pub fn watch(&self) -> watch::Receiver<IssuerStatus> {
+        self.status.subscribe()
+    }
+
+    /// Asks for a refetch because a token named a `kid` we do not have, and
+    /// waits for it. Returns `false` without waiting when the cooldown forbids
+    /// a new fetch and none is in flight.
+    pub async fn refetch_for_unknown_kid(&self) -> bool {
+        let Some(target) = self.claim_refetch() else {
+            return false;
+        };
+        let mut generation = self.generation.subscribe();
+        let done = generation.wait_for(|g| *g >= target);
+        // A refresher that died or hangs must not hang requests: after the
+        // limit the caller just sees the kid as unknown.
+        let _ = tokio::time::timeout(self.wait_limit, done).await;
+        true
+    }
+
+    /// Joins the forced fetch in flight, or starts one if the cooldown allows.
+    fn claim_refetch(&self) -> Option<u64> {
+        if !self.refetchable {
+            return None;
+        }
+        let now = Instant::now();
+        let current = *self.generation.borrow();
+        let mut forced = self.forced.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(target) = forced.pending.filter(|t| current < *t) {
+            return Some(target);
+        }
+        if forced
+            .last
+            .is_some_and(|last| now.duration_since(last) < self.cooldown)
+        {
+            return None;
+        }
+        // A fetch already running may have started before the new kid was
+        // published, so wait for the one after it.
+        let target = current
+            + if self.fetching.load(Ordering::Acquire) {
+                2
+            } else {
+                1
+            };
+        forced.last = Some(now);
+        forced.pending = Some(target);
+        self.status.send_modify(|s| s.forced_refetches += 1);
+        self.wake.notify_one();
+        Some(target)
+    }
+
+    fn publish(&self, state: KeyState) {
+        self.state.store(Arc::new(state));
+    }
+}
+
+impl Refresher {
+    /// Runs until the task is aborted: fetch, publish, sleep, repeat.
+    pub async fn run(self) {
+        let limits = FetchLimits {
+            timeout: self.refresh.fetch_timeout,
+            max_body_size: self.refresh.max_body_size,
+        };
+        let mut next = Instant::now();
+        let mut last_success: Option<Instant> = None;
+        let mut consecutive: u32 = 0;
+        loop {
+            tokio::select! {
+                () = sleep_until(next) => {}
+                () = self.cache.wake.notified() => {}
+            }
+            self.cache.fetching.store(true, Ordering::Release);
+            let outcome = fetch::fetch(&self.client, &self.source, &self.issuers, &limits).await;
+            let now = Instant::now();
+            next = match outcome {
+                Ok(fetched) => {
+                    consecutive = 0;
+                    last_success = Some(now);
+                    now + self.on_success(fetched)
+                }
+                Err(error) => {
+                    consecutive = consecutive.saturating_add(1);
+                    let expired = last_success
+                        .is_some_and(|t| now.duration_since(t) >= self.refresh.max_stale);
+                    if expired {
+                        self.cache.publish(KeyState::Expired);
+                    }
+                    self.cache.status.send_modify(|s| {
+                        s.fetches += 1;
+                        s.failures += 1;
+                        s.consecutive_failures = consecutive;
+                        s.last_error = Some(error.to_string());
+                        if s.loaded {
+                            s.freshness = if expired {
+                                Freshness::Expired
+                            } else {
+                                Freshness::Stale
+                            };
+                        }
+                    });
+                    tracing::warn!(issuer = %self.cache.status.borrow().name, %error, consecutive, "key refresh failed");
+                    let retry = now + backoff(consecutive, &self.refresh, jitter());
+                    // Wake up in time to expire the stale keys at the deadline.
+                    match last_success.map(|t| t + self.refresh.max_stale) {
+                        Some(deadline) if deadline > now && deadline < retry => deadline,
+                        _ => retry,
+                    }
+                }
+            };
+            self.cache.fetching.store(false, Ordering::Release);
+            self.cache.generation.send_modify(|g| *g += 1);
+            if matches!(self.source, KeySource::Inline(_) | KeySource::SecretOnly)
+                && last_success.is_some()
+            {
+                // A key set that cannot change needs no refresher.
+                return;
+            }
+        }
+    }
+
+    /// Publishes a fetched set; returns the delay until the next refresh.
+    fn on_success(&self, fetched: Fetched) -> Duration {
+        let (keys, dropped) = (fetched.keys.len(), fetched.keys.dropped());
+        self.cache.publish(KeyState::Loaded(fetched.keys));
+        self.cache.status.send_modify(|s| {
+            s.loaded = true;
+            s.freshness = Freshness::Fresh;
+            s.keys = keys;
+            s.dropped_keys = dropped;
+            s.fetches += 1;
+            s.consecutive_failures = 0;
+            s.last_error = None;
+            s.last_success = Some(Instant::now());
+        });
+        tracing::debug!(issuer = %self.cache.status.borrow().name, keys, dropped, "keys refreshed");
+        refresh_delay(fetched.max_age, &self.refresh)
+    }
+}
+
+/// The delay before the next scheduled refresh: the server's `max-age`
+/// clamped to `[min_refresh, max_refresh]`, or `default_ttl` without one.
+pub fn refresh_delay(max_age: Option<Duration>, refresh: &RefreshConfig) -> Duration {
+    max_age.map_or(refresh.default_ttl, |age| {
+        age.clamp(refresh.min_refresh, refresh.max_refresh)
+    })
+}
+
+/// The retry delay after `failures` consecutive failures: `backoff_initial`
+/// doubled per failure, capped at `backoff_max`, with "equal jitter" (half
+/// fixed, half random) so replicas that failed together do not retry together.
+pub fn backoff(failures: u32, refresh: &RefreshConfig, random: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(30);
+    let base = refresh
+        .backoff_initial
+        .saturating_mul(1u32 << doublings)
+        .min(refresh.backoff_max);
+    let half = base / 2;
+    let spread = half.mul_f64(f64::from(random) / f64::from(u32::MAX));
+    half + spread
+}
+
+/// A random jitter draw; without OS randomness, the midpoint is fine.
+fn jitter() -> u32 {
+    getrandom::u32().unwrap_or(u32::MAX / 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refresh() -> RefreshConfig {
+        RefreshConfig::default()
+    }
+
+    #[test]
+    fn refresh_delay_clamps_max_age() {
+        let secs = Duration::from_secs;
+        let cases = [
+            (None, secs(600)),
+            (Some(secs(0)), secs(300)),
+            (Some(secs(60)), secs(300)),
+            (Some(secs(3600)), secs(3600)),
+            (Some(secs(7 * 86_400)), secs(86_400)),
+        ];
+        for (max_age, expected) in cases {
+            assert_eq!(refresh_delay(max_age, &refresh()), expected, "{max_age:?}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_caps() {
+        let secs = Duration::from_secs_f64;
+        let cases = [
+            (1, 0, secs(0.5)),
+            (1, u32::MAX, secs(1.0)),
+            (2, 0, secs(1.0)),
+            (3, u32::MAX, secs(4.0)),
+            (6, u32::MAX, secs(32.0)),
+            (7, u32::MAX, secs(60.0)),
+            (7, 0, secs(30.0)),
+            (u32::MAX, u32::MAX, secs(60.0)),
+        ];
+        for (failures, random, expected) in cases {
+            let got = backoff(failures, &refresh(), random);
+            assert!(
+                (got.as_secs_f64() - expected.as_secs_f64()).abs() < 1e-6,
+                "{failures} {random}: {got:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unknown_kid_refetches_are_coalesced_and_rate_limited() {
+        let source = KeySource::File("/nonexistent".into());
+        let cache = Arc::new(KeyCache::new("t", &refresh(), &source));
+        let fixed = KeyCache::new("t", &refresh(), &KeySource::Inline("{}".into()));
+        assert_eq!(fixed.claim_refetch(), None, "inline keys cannot change");
+        // No refresher runs: a forced fetch is claimed, then simulated done.
+        let first = cache.claim_refetch();
+        assert_eq!(first, Some(1));
+        assert_eq!(cache.claim_refetch(), Some(1), "joins the fetch in flight");
+        cache.generation.send_modify(|g| *g += 1);
+        assert_eq!(cache.claim_refetch(), None, "cooldown after the fetch");
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert_eq!(cache.claim_refetch(), None);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(cache.claim_refetch(), Some(2));
+        assert_eq!(cache.status().forced_refetches, 2);
+    }
+}

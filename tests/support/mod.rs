@@ -1,0 +1,35 @@
+//! Shared helpers for integration tests: `mod support;` from any test file.
+//!
+//! * [`keys`]: RS256/PS256/ES256/EdDSA test keys generated in-process, their
+//!   public JWKs, and `mint(claims, key)` / `TestKey::mint` for JWTs.
+//! * [`jwks_server`]: a controllable JWKS + discovery server on `127.0.0.1:0`.
+//! * [`oidc`]: a real oidc-provider on loopback (`OidcProvider::start(alg)`).
+//!
+//! Not every test file uses every helper.
+#![allow(dead_code, unused_imports)]
+
+pub mod jwks_server;
+pub mod keys;
+pub mod oidc;
+
+use std::path::PathBuf;
+
+pub use jwks_server::{JwksBody, JwksServer};
+pub use keys::{TestKey, jwks, mint};
+pub use oidc::OidcProvider;
+
+/// The installed test tools: `$TOKENGATE_TOOLS`, else `<crate>/.tools`.
+pub fn tools_dir() -> PathBuf {
+    std::env::var_os("TOKENGATE_TOOLS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".tools"))
+}
+
+/// The current unix time in seconds, for tests that mint tokens "now".
+#[allow(clippy::disallowed_methods)] // Tests stand in for the request handler, which supplies `now`.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
