@@ -15,6 +15,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::gate::Project;
+use crate::identity::{IdentityConfigError, IssuerConfig, validate_issuers};
+use crate::policy::{Policy, PolicyError, PolicyWarning, RuleConfig};
+use crate::token::{AppCertificate, AppId};
+
 /// A configuration that cannot be used. The message always names the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
@@ -42,6 +47,44 @@ pub enum ConfigError {
         /// The I/O error.
         message: String,
     },
+}
+
+/// The config file as written.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Listen addresses and shutdown.
+    #[serde(default)]
+    pub server: ServerSection,
+    /// Request limits.
+    #[serde(default)]
+    pub limits: LimitsSection,
+    /// The Agora projects tokens are signed for.
+    #[serde(default)]
+    pub projects: Vec<ProjectSection>,
+    /// The identity providers whose JWTs are accepted.
+    #[serde(default)]
+    pub issuers: Vec<IssuerConfig>,
+    /// The ordered rules; first match wins, default deny.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+}
+
+/// A loaded, validated config: secrets read, rules compiled. Nothing is bound yet.
+#[derive(Debug)]
+pub struct Config {
+    /// Listen addresses and shutdown.
+    pub server: ServerSection,
+    /// Request limits.
+    pub limits: LimitsSection,
+    /// The projects, with their certificates.
+    pub projects: Vec<Project>,
+    /// The identity providers (validated, not started).
+    pub issuers: Vec<IssuerConfig>,
+    /// The compiled rules.
+    pub policy: Policy,
+    /// Problems that do not stop loading (shadowed rules).
+    pub warnings: Vec<PolicyWarning>,
 }
 
 /// Listen addresses and shutdown behaviour.
@@ -113,6 +156,152 @@ impl Default for LimitsSection {
             request_timeout: Duration::from_secs(5),
             concurrency: 256,
         }
+    }
+}
+
+/// Reads and loads the config file at `path`.
+pub fn load_file(
+    path: &std::path::Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    load(&text, env)
+}
+
+/// Parses `text` and resolves it: see [`resolve`].
+pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+    resolve(parse_toml(text)?, env)
+}
+
+/// Validates a parsed config: reads the certificates, checks names and
+/// references, validates the issuers and compiles the rules.
+pub fn resolve(
+    file: ConfigFile,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    check_limits(&file.limits)?;
+    if file.projects.is_empty() {
+        return Err(invalid("projects", "at least one project is required"));
+    }
+    check_unique(file.projects.iter().map(|p| p.name.as_str()), |i| {
+        format!("projects[{i}].name")
+    })?;
+    let projects = file
+        .projects
+        .iter()
+        .enumerate()
+        .map(|(i, p)| resolve_project(p, &format!("projects[{i}]"), env))
+        .collect::<Result<Vec<_>, _>>()?;
+    if file.issuers.is_empty() {
+        return Err(invalid("issuers", "at least one issuer is required"));
+    }
+    validate_issuers(&file.issuers, "issuers").map_err(identity_error)?;
+    let names: Vec<&str> = projects.iter().map(|p| p.name.as_str()).collect();
+    let (policy, warnings) = Policy::compile(&file.rules, &names).map_err(policy_error)?;
+    Ok(Config {
+        server: file.server,
+        limits: file.limits,
+        projects,
+        issuers: file.issuers,
+        policy,
+        warnings,
+    })
+}
+
+fn resolve_project(
+    section: &ProjectSection,
+    key: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Project, ConfigError> {
+    let app_id = AppId::parse(&section.app_id)
+        .map_err(|e| invalid(&format!("{key}.app_id"), &e.to_string()))?;
+    if section.certificates.is_empty() {
+        return Err(invalid(
+            &format!("{key}.certificates"),
+            "at least one certificate is required",
+        ));
+    }
+    check_unique(section.certificates.iter().map(|c| c.name.as_str()), |i| {
+        format!("{key}.certificates[{i}].name")
+    })?;
+    let mut certificates = Vec::with_capacity(section.certificates.len());
+    for (i, source) in section.certificates.iter().enumerate() {
+        let cert_key = format!("{key}.certificates[{i}]");
+        let secret = read_secret(source, &cert_key, env)?;
+        // The parse error names the certificate, never its value.
+        let certificate = AppCertificate::parse(&secret)
+            .map_err(|_| invalid(&cert_key, "is not 32 hexadecimal characters"))?;
+        certificates.push((source.name.clone(), certificate));
+    }
+    let signer = certificates
+        .iter()
+        .position(|(name, _)| *name == section.signing_certificate)
+        .ok_or_else(|| {
+            invalid(
+                &format!("{key}.signing_certificate"),
+                &format!(
+                    "{:?} is not one of the project's certificates",
+                    section.signing_certificate
+                ),
+            )
+        })?;
+    Ok(Project {
+        name: section.name.clone(),
+        app_id,
+        certificates,
+        signer,
+    })
+}
+
+fn check_limits(limits: &LimitsSection) -> Result<(), ConfigError> {
+    if limits.max_message_size < 1024 {
+        return Err(invalid(
+            "limits.max_message_size",
+            "must be at least 1024 bytes",
+        ));
+    }
+    if limits.request_timeout.is_zero() {
+        return Err(invalid("limits.request_timeout", "must be positive"));
+    }
+    if limits.concurrency == 0 {
+        return Err(invalid("limits.concurrency", "must be at least 1"));
+    }
+    Ok(())
+}
+
+/// An identity config error as a config error for the same key.
+pub fn identity_error(error: IdentityConfigError) -> ConfigError {
+    match error {
+        IdentityConfigError::Invalid { key, problem } => invalid(&key, &problem),
+        IdentityConfigError::Secret { key, reason } => {
+            invalid(&key, &format!("cannot read the secret: {reason}"))
+        }
+        other => invalid("issuers", &other.to_string()),
+    }
+}
+
+fn policy_error(error: PolicyError) -> ConfigError {
+    match error {
+        PolicyError::InvalidRule {
+            index,
+            name,
+            key,
+            reason,
+        } => invalid(
+            &format!("rules[{index}].{key}"),
+            &format!("(rule {name:?}) {reason}"),
+        ),
+        PolicyError::Syntax(message) => invalid("rules", &message),
+    }
+}
+
+fn invalid(key: &str, message: &str) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        message: message.to_owned(),
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod entropy;
 pub mod gate;
 pub mod grpc;
 pub mod identity;

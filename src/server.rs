@@ -243,3 +243,85 @@ async fn serve_admin(
         .await
         .map_err(ServerError::Admin)
 }
+
+/// Why the service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The config is unusable (exit code 64); the message names the key.
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error(transparent)]
+    Serve(#[from] ServerError),
+}
+
+/// Binds the config's listen addresses. Done after the config is validated,
+/// so a bad config never holds a port.
+pub async fn bind(
+    config: &crate::config::Config,
+) -> Result<(TcpListener, TcpListener), StartError> {
+    let bind = |addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })
+    };
+    Ok((
+        bind(config.server.grpc_listen).await?,
+        bind(config.server.admin_listen).await?,
+    ))
+}
+
+/// Runs tokengate for a validated `config` on the given listeners until `shutdown`:
+/// starts the key refreshers, reports ready once every issuer's keys have
+/// loaded, serves, and drains.
+pub async fn serve(
+    config: crate::config::Config,
+    grpc: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    use std::sync::Arc;
+
+    crate::identity::install_crypto_provider();
+    for warning in &config.warnings {
+        tracing::warn!(?warning, "policy warning");
+    }
+    let authenticator = Arc::new(
+        crate::identity::Authenticator::start(config.issuers)
+            .map_err(crate::config::identity_error)?,
+    );
+    let gate = Arc::new(crate::gate::Gate::new(config.projects, config.policy));
+    let readiness = Readiness::new();
+    let ready = readiness.clone();
+    let keys = Arc::clone(&authenticator);
+    tokio::spawn(async move {
+        keys.wait_ready().await;
+        tracing::info!("every issuer's keys have loaded; serving");
+        ready.set(true);
+    });
+    let api = crate::grpc::service::Api::new(gate, Arc::clone(&authenticator));
+    let service = pb::token_service_server::TokenServiceServer::new(api)
+        .max_decoding_message_size(config.limits.max_message_size);
+    let options = ServeOptions {
+        grace_period: config.server.grace_period,
+        max_message_size: config.limits.max_message_size,
+        request_timeout: config.limits.request_timeout,
+        concurrency_limit: config.limits.concurrency,
+    };
+    tracing::info!(
+        grpc = %grpc.local_addr().map_err(|source| StartError::Bind { addr: config.server.grpc_listen, source })?,
+        admin = %admin.local_addr().map_err(|source| StartError::Bind { addr: config.server.admin_listen, source })?,
+        "tokengate listening"
+    );
+    run(grpc, admin, service, readiness, options, shutdown).await?;
+    authenticator.shutdown();
+    Ok(())
+}

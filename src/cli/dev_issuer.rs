@@ -173,7 +173,7 @@ async fn mint(
     State(issuer): State<Arc<DevIssuer>>,
     Json(request): Json<MintRequest>,
 ) -> Result<Json<MintResponse>, (StatusCode, String)> {
-    let now = super::unix_now();
+    let now = crate::entropy::unix_now();
     issuer
         .mint(&request, now)
         .map(|jwt| Json(MintResponse { jwt }))

@@ -1,7 +1,9 @@
 //! The `tokengate` command line: subcommands and their exit codes.
 
+pub mod dev;
 pub mod dev_issuer;
 pub mod logging;
+pub mod serve;
 pub mod token;
 
 use std::process::ExitCode;
@@ -18,6 +20,12 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the service with a config file.
+    Serve(serve::ServeArgs),
+    /// Validate a config file and print a summary without secrets.
+    CheckConfig(serve::CheckConfigArgs),
+    /// Run the embedded development default (never in production).
+    Dev(dev::DevArgs),
     /// Build or inspect Agora tokens offline.
     Token(token::TokenArgs),
 }
@@ -26,22 +34,15 @@ enum Command {
 /// secret: they carry fingerprints at most) and become exit code 2.
 pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
+        Command::Serve(args) => serve::serve(&args),
+        Command::CheckConfig(args) => Ok(serve::check_config(&args)),
+        Command::Dev(args) => dev::run(args),
         Command::Token(args) => token::run(args),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
         ExitCode::from(token::EXIT_FAILURE)
     })
-}
-
-/// The current unix time in seconds: the one place the CLI reads the wall clock,
-/// which is then passed into the pure core as an argument.
-pub fn unix_now() -> u64 {
-    #[allow(clippy::disallowed_methods)]
-    let now = std::time::SystemTime::now();
-    now.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C): the signal to drain and exit 0.

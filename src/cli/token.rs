@@ -13,13 +13,14 @@ use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context as _, anyhow, bail};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::domain::{Account, ChannelName, MAX_LIFETIME_SECS, Role, RtcIdentity, RtmUserId, Uid};
+use crate::entropy;
 use crate::token::builders::{self, Issue, RtcPrivileges, raw};
 use crate::token::services::{PermissionType, ResourceType, Rtm2Permissions, Service, ServiceKind};
 use crate::token::v006::{self, Parsed006};
@@ -35,9 +36,6 @@ const EXIT_OK: u8 = 0;
 const EXIT_INVALID_SIGNATURE: u8 = 1;
 /// Exit code: the token could not be parsed, or the command failed.
 pub const EXIT_FAILURE: u8 = 2;
-
-/// The official builders draw salts from 1..=99999999 (spec §2.6).
-const MAX_SALT: u32 = 99_999_999;
 
 /// `tokengate token`: build or inspect Agora tokens offline.
 #[derive(Debug, clap::Args)]
@@ -727,30 +725,17 @@ fn load_certificate(file: Option<&Path>) -> anyhow::Result<Option<AppCertificate
 
 /// `issue_ts` as given, else the current unix time.
 fn issue_ts_or_now(given: Option<u32>) -> anyhow::Result<u32> {
-    if let Some(ts) = given {
-        return Ok(ts);
+    match given {
+        Some(ts) => Ok(ts),
+        None => u32::try_from(entropy::unix_now()).context("the clock is past 2106"),
     }
-    #[allow(clippy::disallowed_methods)] // the CLI is an edge: it supplies the core's `issue_ts`
-    let now = SystemTime::now();
-    let secs = now
-        .duration_since(UNIX_EPOCH)
-        .context("the clock is before 1970")?
-        .as_secs();
-    u32::try_from(secs).context("the clock is past 2106")
 }
 
 /// The salt as given, else uniform in 1..=99999999 from the OS random source.
 fn salt_or_random(given: Option<u32>) -> anyhow::Result<u32> {
-    if let Some(salt) = given {
-        return Ok(salt);
-    }
-    // Rejection sampling keeps the draw uniform: 42 * 99999999 < 2^32.
-    const LIMIT: u32 = MAX_SALT * 42;
-    loop {
-        let draw = getrandom::u32().map_err(|e| anyhow!("the OS random source failed: {e}"))?;
-        if draw < LIMIT {
-            return Ok(draw % MAX_SALT + 1);
-        }
+    match given {
+        Some(salt) => Ok(salt),
+        None => Ok(entropy::random_salt()?),
     }
 }
 
@@ -1020,7 +1005,7 @@ mod tests {
     fn salts_stay_in_the_official_range() {
         for _ in 0..1000 {
             let salt = salt_or_random(None).unwrap();
-            assert!((1..=MAX_SALT).contains(&salt), "{salt}");
+            assert!((1..=entropy::MAX_SALT).contains(&salt), "{salt}");
         }
         assert_eq!(salt_or_random(Some(7)).unwrap(), 7);
     }

@@ -1,6 +1,7 @@
 //! The thin tonic adapter: the only module that knows protobuf and `tonic::Status`.
 
 pub mod convert;
+pub mod service;
 pub mod status;
 
 /// The generated protobuf types and tonic stubs of `proto/tokengate/v1`.

@@ -5,8 +5,14 @@
 //! stable reason, `BadRequest` with field violations, `RetryInfo`. Messages
 //! never contain a JWT, a certificate or a token.
 
+use std::collections::HashMap;
+
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+use crate::gate::GateError;
+use crate::identity::AuthError;
+use crate::policy::DenyReason;
 
 /// The `ErrorInfo.domain` of every error tokengate returns.
 pub const ERROR_DOMAIN: &str = "tokengate.v1";
@@ -59,10 +65,61 @@ impl From<InvalidRequest> for Status {
 
 /// A status with an `ErrorInfo` whose reason is the stable, low-cardinality `reason`.
 pub fn with_reason(code: Code, reason: &str, message: impl Into<String>) -> Status {
+    with_info(code, reason, HashMap::new(), message)
+}
+
+/// A refused caller: UNAUTHENTICATED with the check that failed, or
+/// UNAVAILABLE while the issuer's keys have never loaded (retrying may work).
+/// `AuthError`'s text never contains the token.
+pub fn auth_error(error: &AuthError) -> Status {
+    let code = if error.keys_never_loaded() {
+        Code::Unavailable
+    } else {
+        Code::Unauthenticated
+    };
+    with_reason(code, error.reason(), error.to_string())
+}
+
+/// A use-case failure. `request_id` ties an INTERNAL status to its log line.
+pub fn gate_error(error: &GateError, request_id: &str) -> Status {
+    match error {
+        // An unknown project is a malformed request, not a policy decision.
+        GateError::Denied(denial) if denial.reason == DenyReason::UnknownProject => {
+            InvalidRequest::field("project", denial.detail.clone()).into()
+        }
+        GateError::Denied(denial) => {
+            let mut metadata = HashMap::new();
+            if let Some(rule) = &denial.rule {
+                metadata.insert("rule".to_owned(), rule.clone());
+            }
+            with_info(
+                Code::PermissionDenied,
+                denial.reason.as_str(),
+                metadata,
+                format!("{}: {}", denial.reason.as_str(), denial.detail),
+            )
+        }
+        GateError::BadToken(message) => InvalidRequest::field("token", message.clone()).into(),
+        GateError::UnknownProject(_) | GateError::ClockOutOfRange(_) | GateError::Token(_) => {
+            with_reason(
+                Code::Internal,
+                "internal",
+                format!("internal error; request id {request_id}"),
+            )
+        }
+    }
+}
+
+fn with_info(
+    code: Code,
+    reason: &str,
+    metadata: HashMap<String, String>,
+    message: impl Into<String>,
+) -> Status {
     Status::with_error_details(
         code,
         message,
-        ErrorDetails::with_error_info(reason, ERROR_DOMAIN, std::collections::HashMap::new()),
+        ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata),
     )
 }
 

@@ -1,0 +1,259 @@
+//! `tokengate dev`: the embedded default. One command, nothing external: a
+//! development issuer with an ephemeral key on loopback, a demo project and
+//! the demo rules of `deploy/examples/dev-rules.toml`, then the real server.
+//!
+//! Dev mode is unsafe by design (anyone on the machine can mint JWTs through
+//! its `/mint` endpoint), so it lives only in this subcommand: it binds only
+//! loopback addresses, and nothing in the production config can enable it.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use serde_json::{Map, Value, json};
+use tokio::net::TcpListener;
+
+use super::dev_issuer::{DEV_AUDIENCE, DevIssuer, MintRequest, MintResponse};
+use crate::config::{Config, LimitsSection, ServerSection};
+use crate::entropy;
+use crate::gate::Project;
+use crate::identity::IssuerConfig;
+use crate::policy::{Policy, PolicyConfig};
+use crate::token::{AppCertificate, AppId};
+
+/// The demo rules, compiled into the binary.
+const DEV_RULES: &str = include_str!("../../deploy/examples/dev-rules.toml");
+/// The subject of the JWT that `dev` prints.
+pub const DEMO_SUBJECT: &str = "demo-user";
+/// The numeric uid claim of the demo JWT.
+pub const DEMO_UID: u32 = 4242;
+
+/// Arguments of `tokengate dev`.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct DevArgs {
+    #[command(subcommand)]
+    command: Option<DevCommand>,
+    /// The gRPC address (loopback only; port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    grpc_listen: SocketAddr,
+    /// The admin HTTP address (loopback only).
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    admin_listen: SocketAddr,
+    /// The development issuer's address: discovery, JWKS and /mint (loopback only).
+    #[arg(long, default_value = "127.0.0.1:9091")]
+    issuer_listen: SocketAddr,
+    /// The log format.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: super::logging::LogFormat,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum DevCommand {
+    /// Mint another development JWT from a running `tokengate dev`.
+    MintJwt(MintArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct MintArgs {
+    /// The subject (`sub`).
+    #[arg(long)]
+    sub: String,
+    /// An extra claim, `key=value`; the value is JSON if it parses as JSON
+    /// (`teams=["a","b"]`, `agora_uid=7`), else a string. Repeatable.
+    #[arg(long = "claim", value_name = "KEY=VALUE")]
+    claims: Vec<String>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    ttl: u64,
+    /// The development issuer of the running `tokengate dev`.
+    #[arg(long, default_value = "http://127.0.0.1:9091")]
+    issuer_url: String,
+}
+
+/// Runs `tokengate dev` or `tokengate dev mint-jwt`.
+pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match args.command {
+        Some(DevCommand::MintJwt(mint)) => runtime.block_on(mint_jwt(mint)),
+        None => {
+            super::logging::init(args.log_format);
+            runtime.block_on(serve(args))
+        }
+    }
+}
+
+async fn serve(args: DevArgs) -> anyhow::Result<ExitCode> {
+    for addr in [args.grpc_listen, args.admin_listen, args.issuer_listen] {
+        DevIssuer::check_loopback(addr)?;
+    }
+    crate::identity::install_crypto_provider();
+    let issuer_listener = TcpListener::bind(args.issuer_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.issuer_listen))?;
+    let issuer_url = format!("http://{}", issuer_listener.local_addr()?);
+    let issuer = Arc::new(DevIssuer::generate(issuer_url.clone())?);
+    let router = Arc::clone(&issuer).router();
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(issuer_listener, router).await {
+            tracing::error!(error = %e, "development issuer stopped");
+        }
+    });
+
+    let (project, generated) = demo_project()?;
+    let config = dev_config(&args, &issuer, project)?;
+    let grpc = TcpListener::bind(args.grpc_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.grpc_listen))?;
+    let admin = TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.admin_listen))?;
+    let grpc_addr = grpc.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+
+    let demo = MintRequest {
+        sub: DEMO_SUBJECT.to_owned(),
+        claims: demo_claims(),
+        ttl_secs: 3600,
+    };
+    let jwt = issuer.mint(&demo, entropy::unix_now())?;
+    print!(
+        "{}",
+        banner(&grpc_addr, &admin_addr, &issuer_url, &jwt, generated)
+    );
+    crate::server::serve(config, grpc, admin, super::shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The demo project: from `AGORA_APP_ID` / `AGORA_APP_CERTIFICATE` when both
+/// are set, otherwise generated (and refused by Agora), with a loud warning.
+fn demo_project() -> anyhow::Result<(Project, bool)> {
+    let from_env = (
+        std::env::var("AGORA_APP_ID").ok(),
+        std::env::var("AGORA_APP_CERTIFICATE").ok(),
+    );
+    let (app_id, certificate, generated) = match from_env {
+        (Some(id), Some(cert)) => (id, cert, false),
+        _ => (random_hex32()?, random_hex32()?, true),
+    };
+    let app_id = AppId::parse(app_id.trim()).context("AGORA_APP_ID")?;
+    let certificate = AppCertificate::parse(certificate.trim())
+        .map_err(|_| anyhow::anyhow!("AGORA_APP_CERTIFICATE is not 32 hexadecimal characters"))?;
+    Ok((
+        Project {
+            name: "demo".to_owned(),
+            app_id,
+            certificates: vec![("primary".to_owned(), certificate)],
+            signer: 0,
+        },
+        generated,
+    ))
+}
+
+fn dev_config(args: &DevArgs, issuer: &DevIssuer, project: Project) -> anyhow::Result<Config> {
+    let mut issuer_config = IssuerConfig::new("dev", issuer.issuer(), DEV_AUDIENCE);
+    issuer_config.jwks_url = Some(issuer.jwks_url());
+    let rules: PolicyConfig = toml::from_str(DEV_RULES).context("the embedded dev rules")?;
+    let (policy, warnings) = Policy::compile(&rules.rules, &["demo"])?;
+    Ok(Config {
+        server: ServerSection {
+            grpc_listen: args.grpc_listen,
+            admin_listen: args.admin_listen,
+            grace_period: std::time::Duration::from_secs(2),
+        },
+        limits: LimitsSection::default(),
+        projects: vec![project],
+        issuers: vec![issuer_config],
+        policy,
+        warnings,
+    })
+}
+
+fn demo_claims() -> Map<String, Value> {
+    let mut claims = Map::new();
+    claims.insert("agora_uid".into(), json!(DEMO_UID));
+    claims.insert("scope".into(), json!("rtc:token tokengate:debug"));
+    claims
+}
+
+fn random_hex32() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("the OS random source failed: {e}"))?;
+    Ok(hex::encode(bytes))
+}
+
+/// What `dev` prints: a warning, the demo JWT and grpcurl lines that work as written.
+fn banner(
+    grpc: &SocketAddr,
+    admin: &SocketAddr,
+    issuer: &str,
+    jwt: &str,
+    generated: bool,
+) -> String {
+    let warning = if generated {
+        "\n!!! No AGORA_APP_ID / AGORA_APP_CERTIFICATE set: the demo project uses a GENERATED\n\
+         !!! App ID and certificate. Tokens are well-formed but Agora will reject them.\n"
+    } else {
+        ""
+    };
+    format!(
+        "\n\
+=====================================================================\n\
+ tokengate DEV MODE: an embedded development issuer signs any JWT.\n\
+ NEVER use this in production; run `tokengate serve --config FILE`.\n\
+=====================================================================\n\
+{warning}\n\
+gRPC:   {grpc}\n\
+admin:  http://{admin}/readyz\n\
+issuer: {issuer} (mint more JWTs: tokengate dev mint-jwt --issuer-url {issuer} --sub alice)\n\
+\n\
+A JWT for {DEMO_SUBJECT} (agora_uid {DEMO_UID}), valid for one hour:\n\
+\n\
+export TOKENGATE_JWT='{jwt}'\n\
+\n\
+List the services:\n\
+grpcurl -plaintext {grpc} list\n\
+\n\
+Issue an RTC token:\n\
+grpcurl -plaintext -H \"authorization: Bearer $TOKENGATE_JWT\" -d '{{\"channel\": \"demo-lobby\", \"role\": \"ROLE_PUBLISHER\"}}' {grpc} tokengate.v1.TokenService/IssueRtcToken\n\
+\n\
+Inspect it (paste the token):\n\
+grpcurl -plaintext -H \"authorization: Bearer $TOKENGATE_JWT\" -d '{{\"token\": \"007...\", \"expected_channel\": \"demo-lobby\"}}' {grpc} tokengate.v1.TokenService/InspectToken\n\
+\n\
+Explain a denied request:\n\
+grpcurl -plaintext -H \"authorization: Bearer $TOKENGATE_JWT\" -d '{{\"rtc\": {{\"channel\": \"admin-panel\", \"role\": \"ROLE_PUBLISHER\"}}}}' {grpc} tokengate.v1.TokenService/ExplainAccess\n\
+\n"
+    )
+}
+
+/// `tokengate dev mint-jwt`: asks the running dev issuer for a JWT and prints it.
+async fn mint_jwt(args: MintArgs) -> anyhow::Result<ExitCode> {
+    let mut claims = Map::new();
+    for pair in &args.claims {
+        let Some((key, value)) = pair.split_once('=') else {
+            bail!("--claim {pair:?} is not KEY=VALUE");
+        };
+        let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_owned()));
+        claims.insert(key.to_owned(), value);
+    }
+    let request = MintRequest {
+        sub: args.sub,
+        claims,
+        ttl_secs: args.ttl,
+    };
+    let url = format!("{}/mint", args.issuer_url.trim_end_matches('/'));
+    let response = reqwest::Client::new()
+        .post(&url)
+        .json(&request)
+        .send()
+        .await
+        .with_context(|| format!("is `tokengate dev` running? cannot reach {url}"))?
+        .error_for_status()?
+        .json::<MintResponse>()
+        .await?;
+    println!("{}", response.jwt);
+    Ok(ExitCode::SUCCESS)
+}

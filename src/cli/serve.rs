@@ -1,0 +1,141 @@
+//! `tokengate serve` and `tokengate check-config`: the production entry points.
+//!
+//! Both validate the whole config before anything else happens; an invalid
+//! config exits 64 (EX_USAGE) with a message that names the key.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::config::{self, Config};
+use crate::server::{self, StartError};
+
+/// The exit code for an unusable config: sysexits EX_USAGE.
+pub const EXIT_CONFIG: u8 = 64;
+
+/// Arguments of `tokengate serve`.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The TOML config file.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// The log format.
+    #[arg(long, value_enum, default_value = "json")]
+    pub log_format: super::logging::LogFormat,
+}
+
+/// Arguments of `tokengate check-config`.
+#[derive(Debug, clap::Args)]
+pub struct CheckConfigArgs {
+    /// The TOML config file.
+    #[arg(value_name = "FILE")]
+    pub config: PathBuf,
+}
+
+/// Runs the service until SIGTERM or SIGINT; exits 0 after draining.
+pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    super::logging::init(args.log_format);
+    let config = match load(&args.config) {
+        Ok(config) => config,
+        Err(code) => return Ok(code),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let (grpc, admin) = match server::bind(&config).await {
+            Ok(listeners) => listeners,
+            Err(e) => return Ok(report(&e)),
+        };
+        match server::serve(config, grpc, admin, super::shutdown_signal()).await {
+            Ok(()) => {
+                tracing::info!("drained; exiting");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => Ok(report(&e)),
+        }
+    })
+}
+
+/// Validates a config file and prints a summary without secrets.
+pub fn check_config(args: &CheckConfigArgs) -> ExitCode {
+    match load(&args.config) {
+        Ok(config) => {
+            print!("{}", summary(&config));
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+/// Loads the config, printing the error and choosing exit code 64 on failure.
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    let env = |name: &str| std::env::var(name).ok();
+    config::load_file(path, &env).map_err(|e| {
+        eprintln!("tokengate: invalid config: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn report(error: &StartError) -> ExitCode {
+    eprintln!("tokengate: {error}");
+    match error {
+        StartError::Config(_) => ExitCode::from(EXIT_CONFIG),
+        _ => ExitCode::FAILURE,
+    }
+}
+
+/// What the config says, with fingerprints in place of certificates.
+pub fn summary(config: &Config) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "config ok");
+    let _ = writeln!(out, "grpc listen:  {}", config.server.grpc_listen);
+    let _ = writeln!(out, "admin listen: {}", config.server.admin_listen);
+    let _ = writeln!(
+        out,
+        "limits: max message {} bytes, timeout {:?}, concurrency {}, grace {:?}",
+        config.limits.max_message_size,
+        config.limits.request_timeout,
+        config.limits.concurrency,
+        config.server.grace_period
+    );
+    for project in &config.projects {
+        let _ = writeln!(
+            out,
+            "project {:?}: app id {}",
+            project.name,
+            project.app_id.as_str()
+        );
+        for (i, (name, cert)) in project.certificates.iter().enumerate() {
+            let signer = if i == project.signer { " (signs)" } else { "" };
+            let _ = writeln!(
+                out,
+                "  certificate {name:?}: sha256 {}{signer}",
+                cert.fingerprint()
+            );
+        }
+    }
+    for issuer in &config.issuers {
+        let source = issuer
+            .jwks_url
+            .as_deref()
+            .or(issuer.discovery_url.as_deref())
+            .map(str::to_owned)
+            .or_else(|| issuer.discovery.then(|| "discovery".to_owned()))
+            .or_else(|| issuer.jwks_file.as_ref().map(|p| p.display().to_string()))
+            .unwrap_or_else(|| "inline jwks".to_owned());
+        let _ = writeln!(
+            out,
+            "issuer {:?}: iss {:?}, audiences {:?}, keys from {source}",
+            issuer.name, issuer.issuer, issuer.audiences
+        );
+    }
+    let _ = writeln!(out, "rules: {}", config.policy.len());
+    for (i, name) in config.policy.rule_names().enumerate() {
+        let _ = writeln!(out, "  [{i}] {name}");
+    }
+    for warning in &config.warnings {
+        let _ = writeln!(out, "warning: {warning:?}");
+    }
+    out
+}
