@@ -161,7 +161,7 @@ where
     let mut stopped = stop_rx.clone();
     let result = tokio::select! {
         result = &mut serving => result,
-        _ = stopped.wait_for(|s| *s) => {
+        () = stopped_signal(&mut stopped) => {
             match tokio::time::timeout(grace, &mut serving).await {
                 Ok(result) => result,
                 Err(_) => {
@@ -177,6 +177,12 @@ where
         Ok(Err(e)) => return Err(e),
     }
     result.map_err(ServerError::from)
+}
+
+/// Completes once `stop` says the server is stopping.
+async fn stopped_signal(stop: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not Send; drop it before anything else awaits.
+    let _ = stop.wait_for(|stopped| *stopped).await.map(|_| ());
 }
 
 /// Reflection over our protos, the health protocol and `google.rpc` error details,

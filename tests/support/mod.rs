@@ -11,6 +11,7 @@
 pub mod jwks_server;
 pub mod keys;
 pub mod oidc;
+pub mod server;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,207 @@
+//! The real tokengate server on `127.0.0.1:0`, in process, for integration tests.
+//!
+//! `TestServer::start(rules_toml)` starts a JWKS server with one ES256 and one
+//! RS256 key, writes a config whose single issuer trusts it, and serves the
+//! whole service (token API, health, reflection, admin port) until the
+//! `TestServer` is shut down or dropped. `TestServer::mint` signs caller JWTs.
+//! A panic in the server task is re-raised by `shutdown`.
+
+use std::net::SocketAddr;
+
+use jsonwebtoken::Algorithm;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+use super::{JwksServer, TestKey, unix_now};
+use tokengate::config;
+use tokengate::grpc::pb::token_service_client::TokenServiceClient;
+
+/// The issuer URL every test JWT carries.
+pub const ISSUER: &str = "https://idp.test.example";
+/// The audience tokengate expects in tests.
+pub const AUDIENCE: &str = "tokengate-test";
+/// The test project's App ID and certificates (primary signs).
+pub const APP_ID: &str = "970CA35de60c44645bbae8a215061b33";
+/// The primary certificate of the test project.
+pub const PRIMARY_CERT: &str = "5CFd2fd1755d40ecb72977518be15d3b";
+/// The secondary certificate of the test project (verifies, never signs).
+pub const SECONDARY_CERT: &str = "0123456789abcdef0123456789abcdef";
+
+/// A running server and the JWKS server its issuer trusts.
+pub struct TestServer {
+    /// The gRPC address.
+    pub addr: SocketAddr,
+    /// The admin HTTP address.
+    pub admin: SocketAddr,
+    /// The JWKS server (controllable: rotation, outages).
+    pub jwks: JwksServer,
+    /// The ES256 key the JWKS publishes (kid `es-1`).
+    pub es256: TestKey,
+    /// The RS256 key the JWKS publishes (kid `rs-1`).
+    pub rs256: TestKey,
+    shutdown: Option<oneshot::Sender<()>>,
+    join: Option<JoinHandle<Result<(), tokengate::server::StartError>>>,
+}
+
+/// The config text for a test server: one project, one issuer at `jwks_url`, and `rules`.
+pub fn config_text(jwks_url: &str, rules: &str) -> String {
+    format!(
+        r#"
+[server]
+grace_period = "5s"
+
+[[projects]]
+name = "main"
+app_id = "{APP_ID}"
+signing_certificate = "primary"
+certificates = [
+  {{ name = "primary", env = "TEST_PRIMARY_CERT" }},
+  {{ name = "secondary", env = "TEST_SECONDARY_CERT" }},
+]
+
+[[issuers]]
+name = "test-idp"
+issuer = "{ISSUER}"
+audiences = ["{AUDIENCE}"]
+jwks_url = "{jwks_url}"
+
+{rules}
+"#
+    )
+}
+
+/// The environment the test config reads its certificates from.
+pub fn test_env(name: &str) -> Option<String> {
+    match name {
+        "TEST_PRIMARY_CERT" => Some(PRIMARY_CERT.to_owned()),
+        "TEST_SECONDARY_CERT" => Some(SECONDARY_CERT.to_owned()),
+        _ => None,
+    }
+}
+
+impl TestServer {
+    /// Starts a JWKS server and tokengate with `rules` (TOML `[[rules]]` tables).
+    pub async fn start(rules: &str) -> Self {
+        let es256 = TestKey::generate(Algorithm::ES256, "es-1");
+        let rs256 = TestKey::generate(Algorithm::RS256, "rs-1");
+        let jwks = JwksServer::start(&[&es256, &rs256]).await;
+        let text = config_text(&jwks.jwks_url(), rules);
+        Self::start_with(text, jwks, es256, rs256).await
+    }
+
+    /// Starts tokengate with a full config text (its certificates come from [`test_env`]).
+    pub async fn start_with(
+        text: String,
+        jwks: JwksServer,
+        es256: TestKey,
+        rs256: TestKey,
+    ) -> Self {
+        let config = config::load(&text, &test_env).expect("test config loads");
+        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = grpc.local_addr().unwrap();
+        let admin = admin_listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let join = tokio::spawn(tokengate::server::serve(
+            config,
+            grpc,
+            admin_listener,
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        Self {
+            addr,
+            admin,
+            jwks,
+            es256,
+            rs256,
+            shutdown: Some(tx),
+            join: Some(join),
+        }
+    }
+
+    /// A tonic client connected to the server.
+    pub async fn client(&self) -> TokenServiceClient<Channel> {
+        TokenServiceClient::connect(format!("http://{}", self.addr))
+            .await
+            .expect("connect to the test server")
+    }
+
+    /// A channel to the server, for health and reflection clients.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// Default claims for `sub`: issuer, audience, one hour of validity; `extra` is merged over them.
+    pub fn claims(sub: &str, extra: Value) -> Value {
+        let now = unix_now();
+        let mut claims = json!({
+            "iss": ISSUER, "aud": AUDIENCE, "sub": sub,
+            "iat": now, "exp": now + 3600,
+        });
+        if let (Some(base), Some(more)) = (claims.as_object_mut(), extra.as_object()) {
+            for (k, v) in more {
+                base.insert(k.clone(), v.clone());
+            }
+        }
+        claims
+    }
+
+    /// An ES256 JWT for `sub` with `extra` claims.
+    pub fn mint(&self, sub: &str, extra: Value) -> String {
+        self.es256.mint(&Self::claims(sub, extra))
+    }
+
+    /// `request` with `authorization: Bearer <jwt>`.
+    pub fn authed<T>(jwt: &str, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {jwt}").parse().unwrap());
+        request
+    }
+
+    /// Waits until `/readyz` answers 200 (every issuer's keys loaded).
+    pub async fn wait_ready(&self) {
+        let url = format!("http://{}/readyz", self.admin);
+        for _ in 0..200 {
+            if let Ok(response) = reqwest::get(&url).await {
+                if response.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("the test server never became ready");
+    }
+
+    /// Signals shutdown and waits for the server to drain; re-raises a server panic.
+    pub async fn shutdown(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(join) = self.join.take() {
+            match join.await {
+                Ok(result) => result.expect("the server ended with an error"),
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => panic!("the server task failed: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
