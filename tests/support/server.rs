@@ -173,10 +173,10 @@ impl TestServer {
     pub async fn wait_ready(&self) {
         let url = format!("http://{}/readyz", self.admin);
         for _ in 0..200 {
-            if let Ok(response) = reqwest::get(&url).await {
-                if response.status() == 200 {
-                    return;
-                }
+            if let Ok(response) = reqwest::get(&url).await
+                && response.status() == 200
+            {
+                return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(25)).await;
         }
