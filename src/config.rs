@@ -68,6 +68,10 @@ pub struct ConfigFile {
     /// The ordered rules; first match wins, default deny.
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
+    /// A separate TOML file of `[[rules]]` (relative to this file's folder),
+    /// instead of inline `rules`: handy when the rules live in their own ConfigMap.
+    #[serde(default)]
+    pub rules_file: Option<PathBuf>,
 }
 
 /// A loaded, validated config: secrets read, rules compiled. Nothing is bound yet.
@@ -168,20 +172,25 @@ pub fn load_file(
         path: path.display().to_string(),
         message: e.to_string(),
     })?;
-    load(&text, env)
+    let base = path.parent().unwrap_or(std::path::Path::new("."));
+    resolve(parse_toml(&text)?, base, env)
 }
 
-/// Parses `text` and resolves it: see [`resolve`].
+/// Parses `text` and resolves it (a `rules_file` is relative to the current directory).
 pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-    resolve(parse_toml(text)?, env)
+    resolve(parse_toml(text)?, std::path::Path::new("."), env)
 }
 
 /// Validates a parsed config: reads the certificates, checks names and
 /// references, validates the issuers and compiles the rules.
 pub fn resolve(
-    file: ConfigFile,
+    mut file: ConfigFile,
+    base: &std::path::Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
+    if let Some(rules_file) = file.rules_file.take() {
+        file.rules = read_rules_file(&base.join(rules_file), !file.rules.is_empty())?;
+    }
     check_limits(&file.limits)?;
     if file.projects.is_empty() {
         return Err(invalid("projects", "at least one project is required"));
@@ -209,6 +218,33 @@ pub fn resolve(
         policy,
         warnings,
     })
+}
+
+/// The `[[rules]]` of a separate rules file.
+fn read_rules_file(
+    path: &std::path::Path,
+    inline_too: bool,
+) -> Result<Vec<RuleConfig>, ConfigError> {
+    if inline_too {
+        return Err(invalid(
+            "rules_file",
+            "set either inline `rules` or `rules_file`, not both",
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        invalid(
+            "rules_file",
+            &format!("cannot read {}: {e}", path.display()),
+        )
+    })?;
+    let rules: crate::policy::PolicyConfig = parse_toml(&text).map_err(|e| match e {
+        ConfigError::Syntax { key, message } => ConfigError::Syntax {
+            key: format!("rules_file: {key}"),
+            message,
+        },
+        other => other,
+    })?;
+    Ok(rules.rules)
 }
 
 fn resolve_project(
