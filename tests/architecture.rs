@@ -129,3 +129,28 @@ fn identity_stays_out_of_the_other_layers() {
         ],
     );
 }
+
+#[test]
+fn the_gate_takes_time_and_randomness_as_arguments() {
+    assert_never_mentions(
+        "gate",
+        &[
+            "tokio",
+            "tonic",
+            "SystemTime",
+            "Instant::now",
+            "getrandom",
+            "entropy",
+            "crate::identity",
+            "crate::grpc",
+            "crate::cli",
+        ],
+    );
+}
+
+#[test]
+fn protobuf_stays_in_grpc() {
+    for module in ["domain", "token", "policy", "identity", "gate", "config"] {
+        assert_never_mentions(module, &["grpc::pb", "prost", "tonic::Status"]);
+    }
+}
