@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 use crate::gate::Project;
 use crate::identity::{IdentityConfigError, IssuerConfig, validate_issuers};
+use crate::mesh::{ExtAuthzSection, Mesh};
 use crate::policy::{Policy, PolicyError, PolicyWarning, RuleConfig};
 use crate::token::{AppCertificate, AppId};
 
@@ -68,6 +69,9 @@ pub struct ConfigFile {
     /// The ordered rules; first match wins, default deny.
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
+    /// Envoy ext_authz: how mesh HTTP requests become token requests.
+    #[serde(default)]
+    pub ext_authz: ExtAuthzSection,
     /// A separate TOML file of `[[rules]]` (relative to this file's folder),
     /// instead of inline `rules`: handy when the rules live in their own ConfigMap.
     #[serde(default)]
@@ -89,6 +93,8 @@ pub struct Config {
     pub policy: Policy,
     /// Problems that do not stop loading (shadowed rules).
     pub warnings: Vec<PolicyWarning>,
+    /// The compiled `[ext_authz]` section, when `enabled = true`.
+    pub ext_authz: Option<Mesh>,
 }
 
 /// Listen addresses and shutdown behaviour.
@@ -210,7 +216,12 @@ pub fn resolve(
     validate_issuers(&file.issuers, "issuers").map_err(identity_error)?;
     let names: Vec<&str> = projects.iter().map(|p| p.name.as_str()).collect();
     let (policy, warnings) = Policy::compile(&file.rules, &names).map_err(policy_error)?;
+    let mesh = Mesh::compile(&file.ext_authz, &names).map_err(|e| ConfigError::Invalid {
+        key: e.key,
+        message: e.message,
+    })?;
     Ok(Config {
+        ext_authz: file.ext_authz.enabled.then_some(mesh),
         server: file.server,
         limits: file.limits,
         projects,

@@ -12,6 +12,7 @@ pub mod entropy;
 pub mod gate;
 pub mod grpc;
 pub mod identity;
+pub mod mesh;
 pub mod policy;
 pub mod server;
 pub mod token;

@@ -13,8 +13,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::codegen::{Service, http};
-use tonic::server::NamedService;
+use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
@@ -24,6 +23,10 @@ use crate::grpc::pb;
 
 /// The gRPC service name that health reports on, besides the overall server ("").
 pub const TOKEN_SERVICE_NAME: &str = "tokengate.v1.TokenService";
+/// The standard health service.
+pub const HEALTH_SERVICE_NAME: &str = "grpc.health.v1.Health";
+/// Envoy's external authorization service, served when `[ext_authz]` is enabled.
+pub const EXT_AUTHZ_SERVICE_NAME: &str = "envoy.service.auth.v3.Authorization";
 
 /// A failure to serve.
 #[derive(Debug, thiserror::Error)]
@@ -50,21 +53,24 @@ pub struct Readiness {
 pub struct ServeOptions {
     /// How long in-flight calls may take to finish after a shutdown signal.
     pub grace_period: Duration,
-    /// The largest request message accepted, in bytes.
-    pub max_message_size: usize,
     /// A per-call deadline enforced by the server.
     pub request_timeout: Duration,
     /// The most calls served at once per connection.
     pub concurrency_limit: usize,
+    /// The services reflection lists (besides itself): only those actually served.
+    pub advertised_services: Vec<String>,
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
         Self {
             grace_period: Duration::from_secs(10),
-            max_message_size: 64 * 1024,
             request_timeout: Duration::from_secs(5),
             concurrency_limit: 256,
+            advertised_services: vec![
+                TOKEN_SERVICE_NAME.to_owned(),
+                HEALTH_SERVICE_NAME.to_owned(),
+            ],
         }
     }
 }
@@ -97,32 +103,21 @@ impl Default for Readiness {
     }
 }
 
-/// Serves `service` with health and reflection on `grpc`, and the admin
-/// endpoints on `admin`, until `shutdown` completes; then reports NOT_SERVING,
-/// stops accepting, and lets in-flight calls finish within the grace period.
-pub async fn run<S>(
+/// Serves `routes` (the token service, and ext_authz when enabled) with
+/// health and reflection on `grpc`, and the admin endpoints on `admin`,
+/// until `shutdown` completes; then reports NOT_SERVING, stops accepting, and
+/// lets in-flight calls finish within the grace period.
+pub async fn run(
     grpc: TcpListener,
     admin: TcpListener,
-    service: S,
+    routes: Routes,
     readiness: Readiness,
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServerError>
-where
-    S: Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
+) -> Result<(), ServerError> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    let reflection_v1 = reflection_builder().build_v1()?;
-    let reflection_v1alpha = reflection_builder().build_v1alpha()?;
+    let reflection_v1 = reflection_builder(&options.advertised_services).build_v1()?;
+    let reflection_v1alpha = reflection_builder(&options.advertised_services).build_v1alpha()?;
 
     // The shutdown future is shared by three parties: health (NOT_SERVING first),
     // the admin port and the gRPC port.
@@ -147,10 +142,10 @@ where
     let serving = Server::builder()
         .timeout(options.request_timeout)
         .concurrency_limit_per_connection(options.concurrency_limit)
+        .add_routes(routes)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(service)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = drain.wait_for(|stopped| *stopped).await;
         });
@@ -187,11 +182,23 @@ async fn stopped_signal(stop: &mut watch::Receiver<bool>) {
 
 /// Reflection over our protos, the health protocol and `google.rpc` error details,
 /// so grpcurl can describe every message and decode error details.
-fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
-    tonic_reflection::server::Builder::configure()
+fn reflection_builder(advertised: &[String]) -> tonic_reflection::server::Builder<'static> {
+    // Naming services replaces the default "everything in the descriptors"
+    // listing, so the reflection services are named too.
+    let reflection = [
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ];
+    let names = advertised.iter().map(String::as_str).chain(reflection);
+    let builder = names.fold(
+        tonic_reflection::server::Builder::configure(),
+        |builder, name| builder.with_service_name(name),
+    );
+    builder
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(pb::ENVOY_FILE_DESCRIPTOR_SET)
 }
 
 /// Mirrors readiness into gRPC health until shutdown, then reports NOT_SERVING.
@@ -313,21 +320,36 @@ pub async fn serve(
         tracing::info!("every issuer's keys have loaded; serving");
         ready.set(true);
     });
-    let api = crate::grpc::service::Api::new(gate, Arc::clone(&authenticator));
-    let service = pb::token_service_server::TokenServiceServer::new(api)
-        .max_decoding_message_size(config.limits.max_message_size);
+    let api = crate::grpc::service::Api::new(Arc::clone(&gate), Arc::clone(&authenticator));
+    let mut routes = Routes::new(
+        pb::token_service_server::TokenServiceServer::new(api)
+            .max_decoding_message_size(config.limits.max_message_size),
+    );
+    let mut advertised_services = vec![
+        TOKEN_SERVICE_NAME.to_owned(),
+        HEALTH_SERVICE_NAME.to_owned(),
+    ];
+    if let Some(mesh) = config.ext_authz {
+        advertised_services.push(EXT_AUTHZ_SERVICE_NAME.to_owned());
+        let check =
+            crate::grpc::ext_authz::ExtAuthz::new(gate, Arc::clone(&authenticator), Arc::new(mesh));
+        routes = routes.add_service(
+            envoy_types::ext_authz::v3::pb::AuthorizationServer::new(check)
+                .max_decoding_message_size(config.limits.max_message_size),
+        );
+    }
     let options = ServeOptions {
         grace_period: config.server.grace_period,
-        max_message_size: config.limits.max_message_size,
         request_timeout: config.limits.request_timeout,
         concurrency_limit: config.limits.concurrency,
+        advertised_services,
     };
     tracing::info!(
         grpc = %grpc.local_addr().map_err(|source| StartError::Bind { addr: config.server.grpc_listen, source })?,
         admin = %admin.local_addr().map_err(|source| StartError::Bind { addr: config.server.admin_listen, source })?,
         "tokengate listening"
     );
-    run(grpc, admin, service, readiness, options, shutdown).await?;
+    run(grpc, admin, routes, readiness, options, shutdown).await?;
     authenticator.shutdown();
     Ok(())
 }

@@ -169,6 +169,7 @@ fn dev_config(args: &DevArgs, issuer: &DevIssuer, project: Project) -> anyhow::R
         issuers: vec![issuer_config],
         policy,
         warnings,
+        ext_authz: None,
     })
 }
 

@@ -1,6 +1,7 @@
 //! The thin tonic adapter: the only module that knows protobuf and `tonic::Status`.
 
 pub mod convert;
+pub mod ext_authz;
 pub mod service;
 pub mod status;
 
@@ -12,4 +13,8 @@ pub mod pb {
     /// The encoded descriptor set of the tokengate protos, for gRPC reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/tokengate_descriptor.bin"));
+
+    /// The encoded descriptor set of Envoy's ext_authz API (`proto/third_party`), for reflection.
+    pub const ENVOY_FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/envoy_descriptor.bin"));
 }

@@ -213,7 +213,7 @@ fn internal(rpc: &str, message: &str) -> Status {
 }
 
 /// One audit event per issuing decision.
-fn audit(
+pub(super) fn audit(
     rpc: &str,
     principal: &Principal,
     request: &policy::Request,
