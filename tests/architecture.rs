@@ -150,7 +150,25 @@ fn the_gate_takes_time_and_randomness_as_arguments() {
 
 #[test]
 fn protobuf_stays_in_grpc() {
-    for module in ["domain", "token", "policy", "identity", "gate", "config"] {
+    for module in [
+        "domain", "token", "policy", "identity", "gate", "config", "mesh",
+    ] {
         assert_never_mentions(module, &["grpc::pb", "prost", "tonic::Status"]);
     }
+}
+
+#[test]
+fn the_mesh_mapping_knows_no_protobuf() {
+    assert_never_mentions(
+        "mesh",
+        &[
+            "tonic",
+            "prost",
+            "envoy_types",
+            "tokio",
+            "SystemTime",
+            "crate::grpc",
+            "crate::identity",
+        ],
+    );
 }
