@@ -111,3 +111,34 @@ fn existing(path: PathBuf, what: &str) -> PathBuf {
     );
     path
 }
+
+/// What Agora's official npm `agora-token` parser saw in each `(token, certificate)`
+/// pair (`tests/npm/verify.js`): `parsed`, `verified`, `app_id`, `expire`, `services`.
+pub fn agora_token_views(tokens: &[(&str, &str)]) -> Vec<serde_json::Value> {
+    use std::io::Write as _;
+
+    let package = tools_dir().join("node/node_modules/agora-token/src/AccessToken2.js");
+    existing(package, "agora-token (npm)");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/npm/verify.js");
+    let mut child = Command::new("node")
+        .arg(script)
+        .arg(tools_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run `node` (is Node.js installed and on PATH?): {e}"));
+    let input: Vec<serde_json::Value> = tokens
+        .iter()
+        .map(|(token, certificate)| serde_json::json!({"token": token, "certificate": certificate}))
+        .collect();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::to_string(&input).unwrap().as_bytes())
+        .unwrap();
+    let out = Run::from(child.wait_with_output().unwrap());
+    serde_json::from_str(out.success())
+        .unwrap_or_else(|e| panic!("verify.js printed no JSON ({e}): {out:#?}"))
+}
