@@ -268,6 +268,26 @@ async fn the_printed_lines_work_with_a_generated_project() {
         token["appId"].as_str().unwrap()
     );
 
+    // The inspect line, with the token pasted where it says so.
+    let inspect_line = dev.line_after("Inspect it (paste the token):");
+    assert!(inspect_line.contains("\"007...\""), "{inspect_line}");
+    let pasted = inspect_line.replace("007...", token["token"].as_str().unwrap());
+    let inspected: Value = serde_json::from_str(paste(&pasted, &jwt).await.success()).unwrap();
+    assert_eq!(inspected["project"], "demo", "{inspected}");
+    assert_eq!(inspected["certificate"], "primary", "{inspected}");
+    assert_eq!(inspected["signatureValid"], true, "{inspected}");
+    assert_eq!(
+        inspected["services"][0]["channel"], "demo-lobby",
+        "{inspected}"
+    );
+    assert!(inspected.get("diagnoses").is_none(), "{inspected}");
+    let elsewhere = pasted.replace(
+        "\"expected_channel\": \"demo-lobby\"",
+        "\"expected_channel\": \"demo-other\"",
+    );
+    let mismatch: Value = serde_json::from_str(paste(&elsewhere, &jwt).await.success()).unwrap();
+    assert_eq!(mismatch["diagnoses"][0]["agoraError"], 110, "{mismatch}");
+
     let explain = paste(dev.line_after("Explain a denied request:"), &jwt).await;
     let decision: Value = serde_json::from_str(explain.success()).unwrap();
     assert_eq!(decision["decision"], "DECISION_DENY", "{decision}");
@@ -355,4 +375,43 @@ async fn dev_refuses_non_loopback_addresses() {
         assert!(out.stderr.contains("loopback"), "{flag}: {out:#?}");
         assert!(!out.stdout.contains("TOKENGATE_JWT"), "{flag}: {out:#?}");
     }
+}
+
+#[tokio::test]
+async fn mint_jwt_says_when_no_dev_server_runs() {
+    // Port 9 (discard) on loopback: nothing of ours listens there.
+    let out = mint_jwt(&["--issuer-url", "http://127.0.0.1:9", "--sub", "bob"]).await;
+    assert_ne!(out.code, Some(0), "{out:#?}");
+    assert!(
+        out.stderr.contains("is `tokengate dev` running?"),
+        "{out:#?}"
+    );
+    assert!(out.stdout.is_empty(), "{out:#?}");
+}
+
+#[tokio::test]
+async fn a_malformed_certificate_in_the_environment_is_refused_without_echoing_it() {
+    let secret = "not-a-certificate-but-secret-0123";
+    let mut command = Command::new(BIN);
+    command
+        .args([
+            "dev",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--issuer-listen", "127.0.0.1:0"])
+        .env("AGORA_APP_ID", KNOWN_APP_ID)
+        .env("AGORA_APP_CERTIFICATE", secret);
+    let out = tokio::task::spawn_blocking(move || run(&mut command))
+        .await
+        .unwrap();
+    assert_ne!(out.code, Some(0), "{out:#?}");
+    assert!(out.stderr.contains("AGORA_APP_CERTIFICATE"), "{out:#?}");
+    assert!(
+        !out.stderr.contains(secret) && !out.stdout.contains(secret),
+        "{out:#?}"
+    );
+    assert!(!out.stdout.contains("TOKENGATE_JWT"), "{out:#?}");
 }
