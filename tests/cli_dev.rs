@@ -324,6 +324,11 @@ async fn the_printed_lines_work_with_a_generated_project() {
         logs.contains("IssueRtcToken"),
         "the calls were not logged:\n{logs}"
     );
+    // stderr is a pipe here, as under systemd or a log collector: no colour codes.
+    assert!(
+        !logs.contains('\x1b'),
+        "ANSI escapes in logs written to a pipe:\n{logs:?}"
+    );
     for secret in [&jwt, &bob, &issued_token] {
         assert!(
             !logs.contains(secret.as_str()),
