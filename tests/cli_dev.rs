@@ -152,25 +152,35 @@ impl Dev {
 
     /// Sends SIGTERM and waits for the exit.
     fn terminate(&mut self) -> ExitStatus {
+        self.signal("-TERM")
+    }
+
+    /// Sends `signal` (a `kill` option such as `-INT`) and waits for the exit.
+    fn signal(&mut self, signal: &str) -> ExitStatus {
         let mut child = self.child.take().unwrap();
         let status = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+            .args([signal, &child.id().to_string()])
             .status()
             .unwrap();
         assert!(status.success(), "kill -TERM failed");
         child.wait().unwrap()
     }
 
-    /// Stops the server, asserts a clean exit and returns its logs.
-    async fn stop(mut self) -> String {
+    /// Stops the server with SIGTERM, asserts a clean exit and returns its logs.
+    async fn stop(self) -> String {
+        self.stop_with("-TERM").await
+    }
+
+    /// Stops the server with `signal`, asserts a clean exit and returns its logs.
+    async fn stop_with(mut self, signal: &'static str) -> String {
         let logs = Arc::clone(&self.logs);
-        let status = tokio::task::spawn_blocking(move || self.terminate())
+        let status = tokio::task::spawn_blocking(move || self.signal(signal))
             .await
             .unwrap();
         assert_eq!(
             status.code(),
             Some(0),
-            "tokengate dev should exit 0 on SIGTERM; logs:\n{}",
+            "tokengate dev should exit 0 on {signal}; logs:\n{}",
             logs.lock().unwrap()
         );
         logs.lock().unwrap().clone()
@@ -356,7 +366,9 @@ async fn tokens_verify_with_the_certificate_from_the_environment() {
     let parsed = check_rtc(token["token"].as_str().unwrap(), "demo-lobby", "demo-user");
     assert!(parsed.verify(&AppCertificate::parse(KNOWN_CERT).unwrap()));
     assert!(!parsed.verify(&AppCertificate::parse("0123456789abcdef0123456789abcdef").unwrap()));
-    dev.stop().await;
+    // Ctrl-C in the terminal that runs `dev` is a clean stop too.
+    let logs = dev.stop_with("-INT").await;
+    assert!(logs.contains("SIGINT received"), "{logs}");
 }
 
 #[tokio::test]

@@ -234,6 +234,19 @@ async fn errors_print_their_code_and_decoded_details() {
             Expected::Fields(&["channel", "lifetimes.token"]),
         ),
         (
+            // grpcurl sends a oneof member even when it is zero: the wildcard uid.
+            "uid 0 asked for explicitly",
+            &jwt,
+            json!({"channel": "room-1", "uid": 0, "role": "ROLE_PUBLISHER"}),
+            Expected::Info(7, "wildcard_uid_not_allowed"),
+        ),
+        (
+            "no role",
+            &jwt,
+            json!({"channel": "room-1"}),
+            Expected::Fields(&["role"]),
+        ),
+        (
             "a forged JWT",
             &forged,
             json!({"channel": "room-1", "role": "ROLE_PUBLISHER"}),
