@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
-use support::tools::{Run, path_with_venv, run};
+use support::tools::{Run, blocking, path_with_venv, run};
 use tokengate::token::{AppCertificate, services::ServiceKind, v007};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
@@ -174,9 +174,7 @@ impl Dev {
     /// Stops the server with `signal`, asserts a clean exit and returns its logs.
     async fn stop_with(mut self, signal: &'static str) -> String {
         let logs = Arc::clone(&self.logs);
-        let status = tokio::task::spawn_blocking(move || self.signal(signal))
-            .await
-            .unwrap();
+        let status = blocking(move || self.signal(signal)).await;
         assert_eq!(
             status.code(),
             Some(0),
@@ -198,23 +196,21 @@ impl Drop for Dev {
 
 /// Runs one banner line exactly as printed, the way a user pastes it into a shell.
 async fn paste(line: &str, jwt: &str) -> Run {
+    // Fail with the fix (not bash's "command not found") when grpcurl is missing.
+    support::tools::grpcurl_path();
     let mut command = Command::new("bash");
     command
         .args(["-c", line])
         .env("TOKENGATE_JWT", jwt)
         .env("PATH", path_with_venv());
-    tokio::task::spawn_blocking(move || run(&mut command))
-        .await
-        .unwrap()
+    blocking(move || run(&mut command)).await
 }
 
 /// `tokengate dev mint-jwt` with `args`.
 async fn mint_jwt(args: &[&str]) -> Run {
     let mut command = Command::new(BIN);
     command.arg("dev").arg("mint-jwt").args(args);
-    tokio::task::spawn_blocking(move || run(&mut command))
-        .await
-        .unwrap()
+    blocking(move || run(&mut command)).await
 }
 
 /// The issued token of an `IssueRtcToken` reply printed by grpcurl.
@@ -385,9 +381,7 @@ async fn dev_refuses_non_loopback_addresses() {
                 command.args([other, addr]);
             }
         }
-        let out = tokio::task::spawn_blocking(move || run(&mut command))
-            .await
-            .unwrap();
+        let out = blocking(move || run(&mut command)).await;
         assert_ne!(out.code, Some(0), "{flag} 0.0.0.0:0 was accepted: {out:#?}");
         assert!(out.stderr.contains("loopback"), "{flag}: {out:#?}");
         assert!(!out.stdout.contains("TOKENGATE_JWT"), "{flag}: {out:#?}");
@@ -421,9 +415,7 @@ async fn a_malformed_certificate_in_the_environment_is_refused_without_echoing_i
         .args(["--issuer-listen", "127.0.0.1:0"])
         .env("AGORA_APP_ID", KNOWN_APP_ID)
         .env("AGORA_APP_CERTIFICATE", secret);
-    let out = tokio::task::spawn_blocking(move || run(&mut command))
-        .await
-        .unwrap();
+    let out = blocking(move || run(&mut command)).await;
     assert_ne!(out.code, Some(0), "{out:#?}");
     assert!(out.stderr.contains("AGORA_APP_CERTIFICATE"), "{out:#?}");
     assert!(

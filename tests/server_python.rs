@@ -9,7 +9,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 use support::server::{APP_ID, PRIMARY_CERT, TestServer};
-use support::tools::{python_path, run};
+use support::tools::{blocking, python_path, run};
 use tokengate::token::{AppCertificate, services::ServiceKind, v007};
 
 const RULES: &str = r#"
@@ -42,9 +42,7 @@ async fn python(server: &TestServer, jwt: &str, method: &str, request: Value) ->
         .arg(method)
         .arg(request.to_string())
         .env("TOKENGATE_JWT", jwt);
-    let out = tokio::task::spawn_blocking(move || run(&mut command))
-        .await
-        .unwrap();
+    let out = blocking(move || run(&mut command)).await;
     serde_json::from_str(out.success())
         .unwrap_or_else(|e| panic!("client.py printed no JSON ({e}): {out:#?}"))
 }

@@ -71,9 +71,17 @@ where
 
 /// Runs grpcurl off the async runtime, so an in-process server keeps serving.
 pub async fn grpcurl_async(args: Vec<String>) -> Run {
-    tokio::task::spawn_blocking(move || grpcurl(args))
-        .await
-        .unwrap()
+    blocking(move || grpcurl(args)).await
+}
+
+/// Runs `f` on tokio's blocking pool and re-raises its panic as is (a clear
+/// "not installed" message rather than a wrapped `JoinError`).
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(value) => value,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => panic!("a blocking task failed: {e}"),
+    }
 }
 
 /// Runs `command` to completion with a two-minute limit (the tools talk to loopback only).
