@@ -50,6 +50,11 @@ async fn issue(server: &TestServer, jwt: &str, body: &Value) -> Run {
     .await
 }
 
+/// `grpc.health.v1.Health/Check` with `body`.
+async fn health(server: &TestServer, body: &str) -> Run {
+    call(server, &["-d", body], &["grpc.health.v1.Health/Check"]).await
+}
+
 async fn started() -> TestServer {
     let server = TestServer::start(RULES).await;
     server.wait_ready().await;
@@ -304,8 +309,7 @@ async fn errors_print_their_code_and_decoded_details() {
 async fn health_check_says_serving() {
     let server = started().await;
     for body in [r#"{}"#, r#"{"service": "tokengate.v1.TokenService"}"#] {
-        let run = call(&server, &["-d", body], &["grpc.health.v1.Health/Check"]).await;
-        let reply: Value = serde_json::from_str(run.success()).unwrap();
+        let reply: Value = serde_json::from_str(health(&server, body).await.success()).unwrap();
         assert_eq!(reply, json!({"status": "SERVING"}), "{body}");
     }
     let unknown = call(
@@ -319,5 +323,67 @@ async fn health_check_says_serving() {
         5,
         "NOT_FOUND expected"
     );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn health_says_not_serving_until_the_issuer_keys_load() {
+    let es256 = support::TestKey::generate(jsonwebtoken::Algorithm::ES256, "es-1");
+    let rs256 = support::TestKey::generate(jsonwebtoken::Algorithm::RS256, "rs-1");
+    let jwks = support::JwksServer::start(&[&es256, &rs256]).await;
+    jwks.fail_next(usize::MAX, 503);
+    let text = support::server::config_text(&jwks.jwks_url(), RULES);
+    let server = TestServer::start_with(text, jwks, es256, rs256).await;
+    // Wait until the first fetch has failed, so "not ready" is not a race.
+    for _ in 0..400 {
+        if server.jwks.jwks_fetches() > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(
+        server.jwks.jwks_fetches() > 0,
+        "the issuer never fetched its keys"
+    );
+
+    for body in [r#"{}"#, r#"{"service": "tokengate.v1.TokenService"}"#] {
+        let reply: Value = serde_json::from_str(health(&server, body).await.success()).unwrap();
+        assert_eq!(reply, json!({"status": "NOT_SERVING"}), "{body}");
+    }
+    let jwt = server.mint("alice", json!({"agora_uid": 5}));
+    let run = issue(
+        &server,
+        &jwt,
+        &json!({"channel": "room-1", "role": "ROLE_PUBLISHER"}),
+    )
+    .await;
+    check(
+        &error_status(&run, Some(&jwt)),
+        &Expected::Info(14, "keys_unavailable"),
+    );
+
+    // The JWKS recovers: the retry loads the keys and health follows.
+    server.jwks.fail_next(0, 503);
+    let mut serving = false;
+    for _ in 0..120 {
+        let reply: Value = serde_json::from_str(health(&server, "{}").await.success()).unwrap();
+        if reply == json!({"status": "SERVING"}) {
+            serving = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(
+        serving,
+        "health never became SERVING after the JWKS recovered"
+    );
+    let run = issue(
+        &server,
+        &jwt,
+        &json!({"channel": "room-1", "role": "ROLE_PUBLISHER"}),
+    )
+    .await;
+    let reply: Value = serde_json::from_str(run.success()).unwrap();
+    assert_eq!(reply["issued"]["uid"], 5);
     server.shutdown().await;
 }
