@@ -30,6 +30,8 @@ struct Dev {
     banner: String,
     /// The stderr (logs) so far, for failure messages.
     logs: Arc<Mutex<String>>,
+    /// The thread copying stderr into `logs`; it ends when the process does.
+    log_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Dev {
@@ -56,7 +58,7 @@ impl Dev {
         let logs = Arc::new(Mutex::new(String::new()));
         let mut stderr = child.stderr.take().unwrap();
         let sink = Arc::clone(&logs);
-        std::thread::spawn(move || {
+        let log_reader = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = stderr.read(&mut buf) {
                 if n == 0 {
@@ -81,6 +83,7 @@ impl Dev {
             child: Some(child),
             banner: String::new(),
             logs,
+            log_reader: Some(log_reader),
         };
         // The banner is complete once the last grpcurl line (ExplainAccess) is out.
         loop {
@@ -139,7 +142,7 @@ impl Dev {
     async fn wait_ready(&self) {
         let url = self.field("admin:").to_owned();
         assert!(url.ends_with("/readyz"), "{url}");
-        for _ in 0..400 {
+        for _ in 0..1200 {
             if let Ok(response) = reqwest::get(&url).await
                 && response.status() == 200
             {
@@ -174,7 +177,15 @@ impl Dev {
     /// Stops the server with `signal`, asserts a clean exit and returns its logs.
     async fn stop_with(mut self, signal: &'static str) -> String {
         let logs = Arc::clone(&self.logs);
-        let status = blocking(move || self.signal(signal)).await;
+        let status = blocking(move || {
+            let status = self.signal(signal);
+            // Every last log line is in `logs` only once the reader has hit EOF.
+            if let Some(reader) = self.log_reader.take() {
+                reader.join().unwrap();
+            }
+            status
+        })
+        .await;
         assert_eq!(
             status.code(),
             Some(0),
@@ -203,6 +214,18 @@ async fn paste(line: &str, jwt: &str) -> Run {
         .args(["-c", line])
         .env("TOKENGATE_JWT", jwt)
         .env("PATH", path_with_venv());
+    blocking(move || run(&mut command)).await
+}
+
+/// Runs a banner line that calls `tokengate` itself, with the binary on `PATH`.
+async fn paste_with_binary(line: &str) -> Run {
+    let bin_dir = std::path::Path::new(BIN).parent().unwrap().to_owned();
+    let mut paths = vec![bin_dir];
+    paths.extend(std::env::split_paths(&path_with_venv()));
+    let mut command = Command::new("bash");
+    command
+        .args(["-c", line])
+        .env("PATH", std::env::join_paths(paths).unwrap());
     blocking(move || run(&mut command)).await
 }
 
@@ -324,6 +347,20 @@ async fn the_printed_lines_work_with_a_generated_project() {
     assert_ne!(refused.code, Some(0));
     assert!(refused.stderr.contains("Unauthenticated"), "{refused:#?}");
 
+    // The mint-jwt command of the banner, as printed, with `tokengate` on PATH.
+    let mint_line = dev
+        .field("issuer:")
+        .split_once("(mint more JWTs: ")
+        .map(|(_, rest)| rest.trim_end_matches(')'))
+        .unwrap_or_else(|| panic!("no mint-jwt command in the banner:\n{}", dev.banner));
+    let alice = paste_with_binary(mint_line)
+        .await
+        .success()
+        .trim()
+        .to_owned();
+    let token = issued(&paste(issue_line, &alice).await);
+    assert_eq!(token["account"], "alice", "{token}");
+
     let issued_token = token["token"].as_str().unwrap().to_owned();
     let logs = dev.stop().await;
     assert!(
@@ -423,4 +460,32 @@ async fn a_malformed_certificate_in_the_environment_is_refused_without_echoing_i
         "{out:#?}"
     );
     assert!(!out.stdout.contains("TOKENGATE_JWT"), "{out:#?}");
+}
+
+#[tokio::test]
+async fn the_production_config_cannot_enable_dev_mode() {
+    let cases = [
+        ("dev = true\n", "dev: unknown field `dev`"),
+        ("[dev]\nenabled = true\n", "dev: unknown field `dev`"),
+        ("[server]\ndev = true\n", "server.dev: unknown field `dev`"),
+        (
+            "[[issuers]]\nname = \"x\"\nissuer = \"http://127.0.0.1:1\"\naudiences = [\"a\"]\ndev = true\n",
+            "issuers[0].dev: unknown field `dev`",
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (i, (text, expected)) in cases.into_iter().enumerate() {
+        let path = dir.path().join(format!("{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        for subcommand in [&["check-config"][..], &["serve", "--config"][..]] {
+            let mut command = Command::new(BIN);
+            command.args(subcommand).arg(&path);
+            let out = blocking(move || run(&mut command)).await;
+            assert_eq!(out.code, Some(64), "{subcommand:?} {text:?}: {out:#?}");
+            assert!(
+                out.stderr.contains(expected),
+                "{subcommand:?} {text:?}: {out:#?}"
+            );
+        }
+    }
 }
