@@ -30,6 +30,14 @@ max_role = "publisher"
 account_claim = "sub"
 default_ttl = "1h"
 max_ttl = "8h"
+
+[[rules]]
+name = "messaging"
+actions = ["rtm"]
+issuer = "https://idp.test.example"
+project = "main"
+account_claim = "sub"
+default_ttl = "30m"
 "#;
 
 /// Runs `client.py` against `server` and returns the JSON object it prints.
@@ -117,5 +125,36 @@ async fn the_python_client_sees_permission_denied_with_the_reason() {
     .await;
     assert_eq!(anonymous["code"], "UNAUTHENTICATED", "{anonymous}");
     assert_eq!(anonymous["reason"], "missing", "{anonymous}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_python_client_gets_an_rtm_token_and_field_violations() {
+    let server = TestServer::start(RULES).await;
+    server.wait_ready().await;
+    let jwt = server.mint("alice", json!({"teams": ["blue"]}));
+    let reply = python(&server, &jwt, "IssueRtmToken", json!({})).await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    let issued = &reply["response"]["issued"];
+    assert_eq!(issued["matched_rule"], "messaging");
+    let parsed = v007::parse(issued["token"].as_str().unwrap()).unwrap();
+    assert!(parsed.verify(&AppCertificate::parse(PRIMARY_CERT).unwrap()));
+    assert_eq!(parsed.token.expire, 1800);
+    match &parsed.token.services[0].kind {
+        ServiceKind::Rtm { user_id } => assert_eq!(user_id, b"alice"),
+        other => panic!("unexpected service {other:?}"),
+    }
+
+    let bad = python(
+        &server,
+        &jwt,
+        "IssueRtcToken",
+        json!({"channel": "team blue/standup", "uid": 1, "role": "ROLE_PUBLISHER",
+               "lifetimes": {"join": "100000s"}}),
+    )
+    .await;
+    assert_eq!(bad["code"], "INVALID_ARGUMENT", "{bad}");
+    assert_eq!(bad["fields"], json!(["channel", "lifetimes.join"]), "{bad}");
+    assert_eq!(bad["reason"], Value::Null, "{bad}");
     server.shutdown().await;
 }
