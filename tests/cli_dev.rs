@@ -37,6 +37,11 @@ struct Dev {
 impl Dev {
     /// Starts `tokengate dev` on free loopback ports with `env` (and no other `AGORA_*`).
     fn start(env: &[(&str, &str)]) -> Self {
+        Self::start_with(env, &[])
+    }
+
+    /// Like [`Dev::start`], with `extra` arguments (`--log-format json`).
+    fn start_with(env: &[(&str, &str)], extra: &[&str]) -> Self {
         let mut command = Command::new(BIN);
         command
             .args([
@@ -48,6 +53,7 @@ impl Dev {
                 "--issuer-listen",
                 "127.0.0.1:0",
             ])
+            .args(extra)
             .env_remove("AGORA_APP_ID")
             .env_remove("AGORA_APP_CERTIFICATE")
             .envs(env.iter().copied())
@@ -382,10 +388,13 @@ async fn the_printed_lines_work_with_a_generated_project() {
 
 #[tokio::test]
 async fn tokens_verify_with_the_certificate_from_the_environment() {
-    let dev = Dev::start(&[
-        ("AGORA_APP_ID", KNOWN_APP_ID),
-        ("AGORA_APP_CERTIFICATE", KNOWN_CERT),
-    ]);
+    let dev = Dev::start_with(
+        &[
+            ("AGORA_APP_ID", KNOWN_APP_ID),
+            ("AGORA_APP_CERTIFICATE", KNOWN_CERT),
+        ],
+        &["--log-format", "json"],
+    );
     assert!(dev.banner.contains("tokengate DEV MODE"), "{}", dev.banner);
     assert!(
         !dev.banner.contains("GENERATED"),
@@ -402,6 +411,20 @@ async fn tokens_verify_with_the_certificate_from_the_environment() {
     // Ctrl-C in the terminal that runs `dev` is a clean stop too.
     let logs = dev.stop_with("-INT").await;
     assert!(logs.contains("SIGINT received"), "{logs}");
+    // `--log-format json`: one JSON object per line, for log collectors, without secrets.
+    let lines: Vec<Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["rpc"] == "IssueRtcToken" && l["decision"] == "allow"),
+        "{logs}"
+    );
+    for secret in [KNOWN_CERT, jwt.as_str(), token["token"].as_str().unwrap()] {
+        assert!(!logs.contains(secret), "a secret reached the logs:\n{logs}");
+    }
 }
 
 #[tokio::test]
@@ -488,4 +511,27 @@ async fn the_production_config_cannot_enable_dev_mode() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn dev_exits_when_its_port_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut command = Command::new(BIN);
+    command.args([
+        "dev",
+        "--grpc-listen",
+        &addr,
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--issuer-listen",
+        "127.0.0.1:0",
+    ]);
+    let out = blocking(move || run(&mut command)).await;
+    assert_ne!(out.code, Some(0), "{out:#?}");
+    assert!(
+        out.stderr.contains(&format!("cannot listen on {addr}")),
+        "{out:#?}"
+    );
+    drop(taken);
 }
