@@ -535,3 +535,33 @@ async fn dev_exits_when_its_port_is_taken() {
     );
     drop(taken);
 }
+
+#[tokio::test]
+async fn dev_refuses_only_one_of_the_agora_variables() {
+    for (name, value) in [
+        ("AGORA_APP_ID", KNOWN_APP_ID),
+        ("AGORA_APP_CERTIFICATE", KNOWN_CERT),
+    ] {
+        let mut command = Command::new(BIN);
+        command
+            .args(["dev", "--grpc-listen", "127.0.0.1:0"])
+            .args([
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--issuer-listen",
+                "127.0.0.1:0",
+            ])
+            .env_remove("AGORA_APP_ID")
+            .env_remove("AGORA_APP_CERTIFICATE")
+            .env(name, value);
+        let out = blocking(move || run(&mut command)).await;
+        assert_ne!(out.code, Some(0), "{name} alone was accepted: {out:#?}");
+        assert!(
+            out.stderr
+                .contains("set both AGORA_APP_ID and AGORA_APP_CERTIFICATE, or neither"),
+            "{out:#?}"
+        );
+        assert!(!out.stderr.contains(KNOWN_CERT), "{out:#?}");
+        assert!(!out.stdout.contains("TOKENGATE_JWT"), "{out:#?}");
+    }
+}
