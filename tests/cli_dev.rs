@@ -2,7 +2,9 @@
 //! The grpcurl lines are run exactly as printed (through `bash -c`, with
 //! `TOKENGATE_JWT` exported and grpcurl on `PATH`), `dev mint-jwt` mints JWTs
 //! the server accepts, the project comes from `AGORA_*` when set, and only
-//! loopback addresses are accepted. SIGTERM ends the server with exit 0.
+//! loopback addresses are accepted. SIGTERM (or SIGINT) ends the server with
+//! exit 0, and its logs carry no secrets. Nothing in the production config
+//! can turn dev mode on.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -56,6 +58,8 @@ impl Dev {
             .args(extra)
             .env_remove("AGORA_APP_ID")
             .env_remove("AGORA_APP_CERTIFICATE")
+            // The log assertions need the default level, whatever the caller's shell sets.
+            .env_remove("TOKENGATE_LOG")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
