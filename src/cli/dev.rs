@@ -129,7 +129,9 @@ async fn serve(args: DevArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The demo project: from `AGORA_APP_ID` / `AGORA_APP_CERTIFICATE` when both
-/// are set, otherwise generated (and refused by Agora), with a loud warning.
+/// are set, generated (and refused by Agora) with a loud warning when neither
+/// is. Only one of them is a mistake (a typo in the other name): refused,
+/// rather than silently replaced by a generated project.
 fn demo_project() -> anyhow::Result<(Project, bool)> {
     let from_env = (
         std::env::var("AGORA_APP_ID").ok(),
@@ -137,7 +139,10 @@ fn demo_project() -> anyhow::Result<(Project, bool)> {
     );
     let (app_id, certificate, generated) = match from_env {
         (Some(id), Some(cert)) => (id, cert, false),
-        _ => (random_hex32()?, random_hex32()?, true),
+        (None, None) => (random_hex32()?, random_hex32()?, true),
+        (Some(_), None) | (None, Some(_)) => {
+            bail!("set both AGORA_APP_ID and AGORA_APP_CERTIFICATE, or neither")
+        }
     };
     let app_id = AppId::parse(app_id.trim()).context("AGORA_APP_ID")?;
     let certificate = AppCertificate::parse(certificate.trim())

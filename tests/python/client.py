@@ -5,7 +5,10 @@ Generates the tokengate stubs with grpcio-tools into a temporary directory
 one RPC and prints the outcome as one JSON object on stdout:
 
     {"ok": true, "response": {...}}          on success
-    {"ok": false, "code": "PERMISSION_DENIED", "message": "...", "reason": "..."}
+    {"ok": false, "code": "PERMISSION_DENIED", "message": "...", "reason": "...", "fields": [...]}
+
+`reason` is the google.rpc.ErrorInfo reason (or null); `fields` lists the field
+names of a google.rpc.BadRequest (empty without one).
 
 Usage: client.py TARGET METHOD REQUEST_JSON   (the JWT comes from $TOKENGATE_JWT)
 """
@@ -44,18 +47,22 @@ def generate_stubs(out_dir):
     return messages, services
 
 
-def error_reason(error):
-    """The ErrorInfo reason from the grpc-status-details-bin trailer, if any."""
+def error_details(error):
+    """The ErrorInfo reason and BadRequest field names from the grpc-status-details-bin trailer."""
     from google.rpc import error_details_pb2, status_pb2  # noqa: PLC0415
 
+    reason, fields = None, []
     for key, value in error.trailing_metadata() or ():
         if key == "grpc-status-details-bin":
             status = status_pb2.Status.FromString(value)
             for detail in status.details:
                 info = error_details_pb2.ErrorInfo()
+                bad = error_details_pb2.BadRequest()
                 if detail.Unpack(info):
-                    return info.reason
-    return None
+                    reason = info.reason
+                elif detail.Unpack(bad):
+                    fields = [v.field for v in bad.field_violations]
+    return reason, fields
 
 
 def main():
@@ -71,11 +78,13 @@ def main():
             try:
                 response = getattr(stub, method)(request, metadata=metadata, timeout=10)
             except grpc.RpcError as error:
+                reason, fields = error_details(error)
                 print(json.dumps({
                     "ok": False,
                     "code": error.code().name,
                     "message": error.details(),
-                    "reason": error_reason(error),
+                    "reason": reason,
+                    "fields": fields,
                 }))
                 return
             print(json.dumps({

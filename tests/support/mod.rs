@@ -12,6 +12,7 @@ pub mod jwks_server;
 pub mod keys;
 pub mod oidc;
 pub mod server;
+pub mod tools;
 
 use std::path::PathBuf;
 
