@@ -208,8 +208,8 @@ fn banner(
     format!(
         "\n\
 =====================================================================\n\
- tokengate DEV MODE: an embedded development issuer signs any JWT.\n\
- NEVER use this in production; run `tokengate serve --config FILE`.\n\
+\x20tokengate DEV MODE: an embedded development issuer signs any JWT.\n\
+\x20NEVER use this in production; run `tokengate serve --config FILE`.\n\
 =====================================================================\n\
 {warning}\n\
 gRPC:   {grpc}\n\
