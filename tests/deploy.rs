@@ -849,3 +849,61 @@ fn the_dockerfile_builds_and_runs_tokengate_as_non_root() {
         }
     }
 }
+
+/// The oldest Kubernetes the manifests support: the `preStop.sleep` action is 1.30.
+const OLDEST_KUBERNETES: &str = "1.30.0";
+
+#[test]
+fn kubernetes_manifests_match_the_api_schemas() {
+    let validate = tools_dir().join("venv/bin/kubernetes-validate");
+    assert!(
+        validate.is_file(),
+        "{} is missing: run `bash .ci/setup` (kubernetes-validate is in .ci/requirements.txt)",
+        validate.display()
+    );
+    // Every file whose documents are all built-in Kubernetes objects; Istio's
+    // CRDs and kustomize's file have no schema there.
+    let all = yaml();
+    let manifests: Vec<PathBuf> = all
+        .iter()
+        .filter(|(_, docs)| {
+            !docs.is_empty()
+                && docs.iter().all(|d| {
+                    d["apiVersion"]
+                        .as_str()
+                        .is_some_and(|v| !v.contains("istio.io") && !v.starts_with("kustomize."))
+                })
+        })
+        .map(|(path, _)| deploy().join(path))
+        .collect();
+    for expected in [
+        "kubernetes/deployment.yaml",
+        "kubernetes/networkpolicy.yaml",
+        "kubernetes/hpa.yaml",
+    ] {
+        assert!(
+            manifests.contains(&deploy().join(expected)),
+            "{expected} not validated"
+        );
+    }
+    // Strict: an unknown or misspelt field fails, as `kubectl apply` would refuse it.
+    for version in [OLDEST_KUBERNETES, "1.37.0"] {
+        let output = Command::new(&validate)
+            .args(["--strict", "--kubernetes-version", version])
+            .args(&manifests)
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "Kubernetes {version}:\n{report}");
+        assert!(
+            !report.contains("Couldn't find schema"),
+            "Kubernetes {version}:\n{report}"
+        );
+        assert_eq!(
+            report.matches(" passed ").count(),
+            manifests.len(),
+            "Kubernetes {version}:\n{report}"
+        );
+    }
+}
