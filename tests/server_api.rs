@@ -1772,6 +1772,17 @@ async fn malformed_requests_list_every_field_violation() {
         assert_no_secrets(&status, &secrets(&jwt, ""));
     }
 
+    // A request over the configured message size (64 KiB) is refused before decoding.
+    let huge = "h".repeat(70_000);
+    let status = issue_rtc(&server, &jwt, rtc(&huge, pb::Role::Publisher))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(status.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "{status:?}"
+    );
+    assert!(!status.message().contains(&huge[..100]));
+
     // RTM and Chat user ids, and their lifetimes.
     let status = issue_rtm(
         &server,

@@ -141,6 +141,78 @@ async fn health_follows_key_loading_and_shutdown() {
     server.shutdown().await;
 }
 
+#[tokio::test]
+async fn not_serving_until_every_issuer_has_loaded_its_keys() {
+    // A second issuer whose JWKS fails; the first one's keys load at once.
+    let other_key = TestKey::generate(Algorithm::ES256, "other-1");
+    let other = JwksServer::start(&[&other_key]).await;
+    other.fail_next(usize::MAX, 500);
+    let second_issuer = format!(
+        "[[issuers]]\nname = \"other-idp\"\nissuer = \"https://other.test.example\"\naudiences = [\"{}\"]\njwks_url = \"{}\"\n",
+        support::server::AUDIENCE,
+        other.jwks_url()
+    );
+    let server = TestServer::start(&format!("{second_issuer}\n{RULES}")).await;
+    let mut health = HealthClient::new(server.channel().await);
+
+    // The first issuer works: its callers are served even before overall readiness.
+    let jwt = server.mint("alice", serde_json::json!({}));
+    let mut client = server.client().await;
+    let request = || {
+        TestServer::authed(
+            &jwt,
+            tokengate::grpc::pb::IssueRtcTokenRequest {
+                channel: "lobby-1".into(),
+                role: tokengate::grpc::pb::Role::Subscriber as i32,
+                ..Default::default()
+            },
+        )
+    };
+    let mut served = false;
+    for _ in 0..200 {
+        if client.issue_rtc_token(request()).await.is_ok() {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(served, "the first issuer's callers are served");
+    for service in ["", SERVICE] {
+        assert_eq!(
+            status_of(&mut health, service).await,
+            ServingStatus::NotServing as i32,
+            "{service:?} while the second issuer has no keys"
+        );
+    }
+    assert_eq!(admin_status(&server, "/readyz").await, 503);
+
+    // The second issuer's callers are UNAVAILABLE meanwhile.
+    let claims = serde_json::json!({
+        "iss": "https://other.test.example", "aud": support::server::AUDIENCE, "sub": "bob",
+        "iat": support::unix_now(), "exp": support::unix_now() + 600,
+    });
+    let other_jwt = other_key.mint(&claims);
+    let status = client
+        .issue_rtc_token(TestServer::authed(
+            &other_jwt,
+            tokengate::grpc::pb::IssueRtcTokenRequest {
+                channel: "lobby-1".into(),
+                role: tokengate::grpc::pb::Role::Subscriber as i32,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+
+    other.fail_next(0, 500);
+    server.wait_ready().await;
+    for service in ["", SERVICE] {
+        eventually(&mut health, service, ServingStatus::Serving).await;
+    }
+    server.shutdown().await;
+}
+
 mod reflection {
     //! Both reflection versions, through the clients tonic-reflection generates.
 

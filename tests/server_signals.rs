@@ -336,11 +336,49 @@ async fn sigint_exits_zero() {
     // The server answers before the signal.
     let jwt = es256.mint(&TestServer::claims("alice", json!({})));
     let mut client = TokenServiceClient::new(server.channel().await);
-    client.issue_rtc_token(lobby_request(&jwt)).await.unwrap();
+    let issued = client
+        .issue_rtc_token(lobby_request(&jwt))
+        .await
+        .unwrap()
+        .into_inner()
+        .issued
+        .unwrap();
+    // A refused call is logged too.
+    let stranger = es256.mint(&TestServer::claims("mallory", json!({"aud": "other"})));
+    client
+        .issue_rtc_token(lobby_request(&stranger))
+        .await
+        .unwrap_err();
     server.signal("INT");
     let status = server.exit_within(GRACE + Duration::from_secs(5)).await;
     assert_eq!(status.code(), Some(0), "logs: {:#?}", server.logs());
     let logs = server.logs().join("\n");
     assert!(logs.contains("SIGINT received"), "{logs}");
     assert!(logs.contains("drained; exiting"), "{logs}");
+
+    // The audit log has the decision with the token's fingerprint, and no
+    // log line holds a JWT, a token or a certificate.
+    let audit = server
+        .logs()
+        .into_iter()
+        .filter_map(|line| serde_json::from_str::<Value>(&line).ok())
+        .find(|event| event["rpc"] == "IssueRtcToken" && event["decision"] == "allow")
+        .unwrap_or_else(|| panic!("no audit event in {logs}"));
+    assert_eq!(audit["token"], issued.token_fingerprint.as_str());
+    assert_eq!(audit["rule"], "lobby");
+    assert_eq!(audit["caller"], "alice");
+    assert!(logs.contains("\"decision\":\"unauthenticated\""), "{logs}");
+    for secret in [
+        jwt.as_str(),
+        stranger.as_str(),
+        issued.token.as_str(),
+        PRIMARY_CERT,
+        SECONDARY_CERT,
+    ] {
+        assert!(!logs.contains(secret), "a secret in the logs: {logs}");
+    }
+    // Nor any of the JWT's or token's parts (a signature alone is a secret's worth).
+    for part in jwt.split('.').chain(std::iter::once(&issued.token[3..40])) {
+        assert!(!logs.contains(part), "a secret's part in the logs: {logs}");
+    }
 }
