@@ -52,13 +52,24 @@ impl Running {
     /// Starts `tokengate serve` on 127.0.0.1:0 with a config trusting `jwks_url`,
     /// and reads the bound addresses from its "listening" log line.
     fn start(jwks_url: &str) -> Self {
+        Self::start_with_grace(jwks_url, "5s")
+    }
+
+    /// Like [`Running::start`] with another grace period.
+    fn start_with_grace(jwks_url: &str, grace: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokengate.toml");
-        let config = config_text(jwks_url, RULES).replacen(
-            "[server]\n",
-            "[server]\ngrpc_listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n",
-            1,
-        );
+        let config = config_text(jwks_url, RULES)
+            .replacen(
+                "[server]\n",
+                "[server]\ngrpc_listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n",
+                1,
+            )
+            .replacen(
+                "grace_period = \"5s\"",
+                &format!("grace_period = \"{grace}\""),
+                1,
+            );
         std::fs::write(&path, config).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_tokengate"))
             .args(["serve", "--config", path.to_str().unwrap()])
@@ -381,4 +392,28 @@ async fn sigint_exits_zero() {
     for part in jwt.split('.').chain(std::iter::once(&issued.token[3..40])) {
         assert!(!logs.contains(part), "a secret's part in the logs: {logs}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_longer_than_the_grace_period_does_not_hold_the_exit() {
+    let es256 = TestKey::generate(Algorithm::ES256, "es-1");
+    let late = TestKey::generate(Algorithm::ES256, "es-2");
+    let jwks = JwksServer::start(&[&es256]).await;
+    let mut server = Running::start_with_grace(&jwks.jwks_url(), "1s");
+    server.wait_ready().await;
+    // A call that waits about 4 s for a key refetch: longer than the 1 s grace.
+    jwks.set_delay(Duration::from_secs(4));
+    jwks.add_key(&late);
+    let jwt = late.mint(&TestServer::claims("bob", json!({})));
+    let mut client = TokenServiceClient::new(server.channel().await);
+    let call = tokio::spawn(async move { client.issue_rtc_token(lobby_request(&jwt)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.signal("TERM");
+    let status = server.exit_within(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "logs: {:#?}", server.logs());
+    // The overrunning call was cut off by the exit, not answered.
+    let result = call.await.unwrap();
+    assert!(result.is_err(), "the call outlived the grace period");
+    let logs = server.logs().join("\n");
+    assert!(logs.contains("grace period over"), "{logs}");
 }
