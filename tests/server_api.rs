@@ -1893,3 +1893,41 @@ async fn unavailable_when_the_jwks_port_is_closed() {
     assert_eq!(reason(&status, Code::Unavailable).0, "keys_unavailable");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_request_timeout_bounds_every_call() {
+    let limits = "[limits]\nrequest_timeout = \"1s\"\n";
+    let server = ready(&format!("{limits}\n{RULES}")).await;
+    // A JWT signed by a key the JWKS publishes only now, slowly: without the
+    // timeout the call would wait about 3 s for the refetch and then succeed.
+    let late = TestKey::generate(Algorithm::ES256, "es-late");
+    server.jwks.set_delay(std::time::Duration::from_secs(3));
+    server.jwks.add_key(&late);
+    let jwt = late.mint(&TestServer::claims(
+        "alice",
+        json!({"teams": ["blue"], "agora_uid": 4242}),
+    ));
+    let status = issue_rtc(&server, &jwt, rtc("team-blue-standup", pb::Role::Publisher))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(status.code(), Code::Cancelled | Code::DeadlineExceeded),
+        "{status:?}"
+    );
+    assert_no_secrets(&status, &secrets(&jwt, ""));
+    // The key did arrive: the next call is fast and succeeds.
+    server.jwks.set_delay(std::time::Duration::ZERO);
+    let mut ok = false;
+    for _ in 0..100 {
+        if issue_rtc(&server, &jwt, rtc("team-blue-standup", pb::Role::Publisher))
+            .await
+            .is_ok()
+        {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(ok, "the late key is used once fetched");
+    server.shutdown().await;
+}
