@@ -121,6 +121,14 @@ where
     S::Future: Send + 'static,
 {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    // tonic-health starts the overall status "" as SERVING; without this, a
+    // probe that arrives before `track_health` first runs would see SERVING
+    // before any issuer's keys have loaded.
+    for name in ["", TOKEN_SERVICE_NAME] {
+        health_reporter
+            .set_service_status(name, ServingStatus::NotServing)
+            .await;
+    }
     let reflection_v1 = reflection_builder().build_v1()?;
     let reflection_v1alpha = reflection_builder().build_v1alpha()?;
 
