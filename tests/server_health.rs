@@ -389,3 +389,30 @@ async fn reflection_v1_and_v1alpha_list_the_service_and_resolve_error_details() 
     }
     server.shutdown().await;
 }
+
+/// tonic-health starts the overall status "" as SERVING; the server must
+/// report NOT_SERVING before it answers its first health check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_first_health_answer_is_not_serving() {
+    for round in 0..20 {
+        let server = start_without_keys().await;
+        // Connect at once: the server task is starting concurrently.
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
+            .unwrap()
+            .connect_lazy();
+        let mut health = HealthClient::new(channel);
+        let first = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            first.status,
+            ServingStatus::NotServing as i32,
+            "round {round}: SERVING before any key loaded"
+        );
+        server.shutdown().await;
+    }
+}
