@@ -45,6 +45,9 @@ struct Running {
     admin: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
     reader: Option<std::thread::JoinHandle<()>>,
+    /// Keeps its keep-alive connection to the admin port open across the
+    /// signal, as a prober would: it must not hold the exit either.
+    admin_client: reqwest::Client,
     _dir: tempfile::TempDir,
 }
 
@@ -103,6 +106,7 @@ impl Running {
             admin: "127.0.0.1:1".parse().unwrap(),
             logs,
             reader: Some(reader),
+            admin_client: reqwest::Client::new(),
             _dir: dir,
         };
         let fields = rx
@@ -156,7 +160,7 @@ impl Running {
     async fn wait_ready(&self) {
         let url = format!("http://{}/readyz", self.admin);
         for _ in 0..400 {
-            if let Ok(response) = reqwest::get(&url).await
+            if let Ok(response) = self.admin_client.get(&url).send().await
                 && response.status() == 200
             {
                 return;
