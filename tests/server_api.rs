@@ -1189,6 +1189,32 @@ async fn inspect_token_finds_project_certificate_and_diagnoses() {
         }
     }
 
+    // RTM and Chat tokens: the user id, and no RTC service to compare with.
+    let chat = issue_chat(&server, &alice_jwt, Default::default())
+        .await
+        .unwrap();
+    let found = inspect(
+        &server,
+        &debug,
+        pb::InspectTokenRequest {
+            token: chat.token.clone(),
+            expected_channel: "team-blue-standup".into(),
+            expected_identity: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(found.services.len(), 1);
+    assert_eq!(found.services[0].service, pb::Service::Chat as i32);
+    assert_eq!(found.services[0].user_id, "alice");
+    assert_eq!(found.services[0].privileges[0].name, "user");
+    let codes: Vec<(u32, &str)> = found
+        .diagnoses
+        .iter()
+        .map(|d| (d.agora_error, d.code.as_str()))
+        .collect();
+    assert_eq!(codes, [(110, "no_rtc_service")]);
+
     // Absolute times of the expired token.
     let found = inspect(
         &server,
@@ -1636,6 +1662,16 @@ async fn refusals_carry_the_deny_reason_and_rule() {
             rtc("team-blue-standup", pb::Role::Subscriber),
             "missing_identity_claim",
             Some("team rooms"),
+        ),
+        (
+            "wildcard channel",
+            &backend_jwt,
+            pb::IssueRtcTokenRequest {
+                identity: Some(Asked::Uid(5)),
+                ..rtc("*", pb::Role::Subscriber)
+            },
+            "wildcard_channel_not_allowed",
+            Some("backend"),
         ),
         (
             "backend names nobody",
