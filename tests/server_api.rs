@@ -1476,6 +1476,20 @@ async fn unauthenticated_callers_get_the_failed_check() {
             "expired",
         ),
         (
+            "not valid yet",
+            Some(server.es256.mint(&claims(json!({"nbf": now + 3600})))),
+            "not_yet_valid",
+        ),
+        (
+            "issued in the future",
+            Some(
+                server
+                    .es256
+                    .mint(&claims(json!({"iat": now + 3600, "exp": now + 7200}))),
+            ),
+            "issued_in_future",
+        ),
+        (
             "another audience",
             Some(server.es256.mint(&claims(json!({"aud": "someone-else"})))),
             "bad_audience",
