@@ -116,6 +116,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    // tonic-health starts the overall status "" as SERVING; without this, a
+    // probe that arrives before `track_health` first runs would see SERVING
+    // before any issuer's keys have loaded.
+    for name in ["", TOKEN_SERVICE_NAME] {
+        health_reporter
+            .set_service_status(name, ServingStatus::NotServing)
+            .await;
+    }
     let reflection_v1 = reflection_builder(&options.advertised_services).build_v1()?;
     let reflection_v1alpha = reflection_builder(&options.advertised_services).build_v1alpha()?;
 

@@ -183,11 +183,22 @@ impl TestServer {
         panic!("the test server never became ready");
     }
 
-    /// Signals shutdown and waits for the server to drain; re-raises a server panic.
-    pub async fn shutdown(mut self) {
+    /// Signals shutdown without waiting, so a test can watch the drain
+    /// (health going NOT_SERVING, in-flight calls finishing); `shutdown` then waits.
+    pub fn begin_shutdown(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+
+    /// Whether the server task has ended (after a shutdown, once drained).
+    pub fn has_stopped(&self) -> bool {
+        self.join.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Signals shutdown and waits for the server to drain; re-raises a server panic.
+    pub async fn shutdown(mut self) {
+        self.begin_shutdown();
         if let Some(join) = self.join.take() {
             match join.await {
                 Ok(result) => result.expect("the server ended with an error"),

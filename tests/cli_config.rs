@@ -1,0 +1,389 @@
+//! `tokengate check-config` and `tokengate serve` on good and bad configs,
+//! through the real binary: exit codes, the key each error names, and that
+//! no certificate is ever printed.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use tokengate::token::AppCertificate;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
+
+/// The certificates the example config reads from the environment (test values).
+const EXAMPLE_ENV: [(&str, &str); 3] = [
+    (
+        "AGORA_MAIN_CERT_PRIMARY",
+        "5CFd2fd1755d40ecb72977518be15d3b",
+    ),
+    (
+        "AGORA_MAIN_CERT_SECONDARY",
+        "0123456789abcdef0123456789abcdef",
+    ),
+    (
+        "AGORA_EVENTS_CERT_PRIMARY",
+        "fedcba9876543210fedcba9876543210",
+    ),
+];
+
+/// A secret that is not a valid certificate: it must not be echoed either.
+const NOT_A_CERT: &str = "s3cr3t-but-not-hex";
+
+fn example_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/examples")
+}
+
+/// Runs the binary with only the given environment (plus PATH), never hanging.
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(BIN);
+    command.args(args).env_clear();
+    if let Some(path) = std::env::var_os("PATH") {
+        command.env("PATH", path);
+    }
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let child = command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_bounded(child)
+}
+
+/// Waits for `child` for at most 60 s (a serve that wrongly starts would never exit).
+fn wait_bounded(mut child: std::process::Child) -> Output {
+    for _ in 0..600 {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    panic!(
+        "tokengate did not exit; stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn text(output: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn assert_no_certificate(all: &str) {
+    let lower = all.to_lowercase();
+    for (_, cert) in EXAMPLE_ENV {
+        assert!(
+            !lower.contains(&cert.to_lowercase()),
+            "a certificate is printed: {all}"
+        );
+    }
+    assert!(!all.contains(NOT_A_CERT), "a secret is printed: {all}");
+}
+
+#[test]
+fn the_example_config_passes_and_prints_only_fingerprints() {
+    let path = example_dir().join("tokengate.toml");
+    let output = run(&["check-config", path.to_str().unwrap()], &EXAMPLE_ENV);
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert_no_certificate(&format!("{stdout}{stderr}"));
+    for (_, cert) in EXAMPLE_ENV {
+        let fingerprint = AppCertificate::parse(cert)
+            .unwrap()
+            .fingerprint()
+            .to_string();
+        assert!(stdout.contains(&fingerprint), "{fingerprint} in {stdout}");
+    }
+    for expected in [
+        "config ok",
+        "project \"main\": app id 970CA35de60c44645bbae8a215061b33",
+        "project \"events\"",
+        "certificate \"secondary\"",
+        "issuer \"company-sso\"",
+        "issuer \"backend-auth\"",
+        "0.0.0.0:50051",
+        "0.0.0.0:9090",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} in {stdout}");
+    }
+    // The rules come from policy.toml next to it: every rule is listed.
+    let policy = std::fs::read_to_string(example_dir().join("policy.toml")).unwrap();
+    let rules = policy.matches("[[rules]]").count();
+    assert!(rules > 0);
+    assert!(stdout.contains(&format!("rules: {rules}")), "{stdout}");
+    assert!(stdout.contains("suspended users"), "{stdout}");
+}
+
+#[test]
+fn the_example_config_without_its_env_names_the_certificate() {
+    let path = example_dir().join("tokengate.toml");
+    let output = run(&["check-config", path.to_str().unwrap()], &EXAMPLE_ENV[..1]);
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(64), "{stdout}\n{stderr}");
+    assert!(stderr.contains("projects[0].certificates[1]"), "{stderr}");
+    assert!(stderr.contains("AGORA_MAIN_CERT_SECONDARY"), "{stderr}");
+}
+
+/// A valid config with one project, one issuer and one rule; each case edits it.
+fn base_config() -> String {
+    r#"
+[server]
+grpc_listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+grace_period = "5s"
+
+[[projects]]
+name = "main"
+app_id = "970CA35de60c44645bbae8a215061b33"
+signing_certificate = "primary"
+certificates = [{ name = "primary", env = "AGORA_MAIN_CERT_PRIMARY" }]
+
+[[issuers]]
+name = "idp"
+issuer = "https://idp.test.example"
+audiences = ["tokengate"]
+jwks_url = "http://127.0.0.1:9/jwks"
+
+[[rules]]
+name = "lobby"
+actions = ["rtc"]
+channel = "lobby-*"
+project = "main"
+account_claim = "sub"
+"#
+    .to_owned()
+}
+
+fn edit(from: &str, to: &str) -> String {
+    let base = base_config();
+    assert!(base.contains(from), "the case edits {from:?}");
+    base.replacen(from, to, 1)
+}
+
+const SECOND_PROJECT: &str = r#"
+[[projects]]
+name = "main"
+app_id = "0a1b2c3d4e5f60718293a4b5c6d7e8f9"
+signing_certificate = "primary"
+certificates = [{ name = "primary", env = "AGORA_MAIN_CERT_PRIMARY" }]
+"#;
+
+/// `(name, config text, env, the key the error must name)`.
+type BadConfig = (
+    &'static str,
+    String,
+    Vec<(&'static str, &'static str)>,
+    &'static str,
+);
+
+fn bad_configs() -> Vec<BadConfig> {
+    let env = vec![EXAMPLE_ENV[0]];
+    let issuers_start = "[[issuers]]";
+    vec![
+        (
+            "bad app_id",
+            edit("970CA35de60c44645bbae8a215061b33", "not-an-app-id"),
+            env.clone(),
+            "projects[0].app_id",
+        ),
+        (
+            "missing env var",
+            base_config(),
+            vec![],
+            "projects[0].certificates[0]",
+        ),
+        (
+            "certificate that is not hex",
+            base_config(),
+            vec![("AGORA_MAIN_CERT_PRIMARY", NOT_A_CERT)],
+            "projects[0].certificates[0]",
+        ),
+        (
+            "certificate written inline",
+            edit(
+                r#"{ name = "primary", env = "AGORA_MAIN_CERT_PRIMARY" }"#,
+                r#"{ name = "primary", value = "5CFd2fd1755d40ecb72977518be15d3b" }"#,
+            ),
+            env.clone(),
+            "projects[0].certificates[0].value",
+        ),
+        (
+            "duplicate project",
+            edit(issuers_start, &format!("{SECOND_PROJECT}\n{issuers_start}")),
+            env.clone(),
+            "projects[1].name",
+        ),
+        (
+            "unknown field",
+            edit("grace_period = \"5s\"", "grace_period = \"5s\"\nbogus = 1"),
+            env.clone(),
+            "server.bogus",
+        ),
+        (
+            "bad duration",
+            edit("grace_period = \"5s\"", "grace_period = \"5 parsecs\""),
+            env.clone(),
+            "server.grace_period",
+        ),
+        (
+            "bad listen address",
+            edit(
+                "grpc_listen = \"127.0.0.1:0\"",
+                "grpc_listen = \"localhost\"",
+            ),
+            env.clone(),
+            "server.grpc_listen",
+        ),
+        (
+            "signing certificate not listed",
+            edit(
+                "signing_certificate = \"primary\"",
+                "signing_certificate = \"next\"",
+            ),
+            env.clone(),
+            "projects[0].signing_certificate",
+        ),
+        (
+            "rule with unknown project",
+            edit(
+                "project = \"main\"\naccount_claim",
+                "project = \"other\"\naccount_claim",
+            ),
+            env.clone(),
+            "rules[0].project",
+        ),
+        (
+            "bad CEL condition",
+            edit(
+                "account_claim = \"sub\"",
+                "account_claim = \"sub\"\ncondition = 'claims.teams in in'",
+            ),
+            env.clone(),
+            "rules[0].condition",
+        ),
+        (
+            "unknown rule key",
+            edit(
+                "account_claim = \"sub\"",
+                "account_claim = \"sub\"\nmax_rol = \"publisher\"",
+            ),
+            env.clone(),
+            "rules[0].max_rol",
+        ),
+        (
+            "issuer without key source",
+            edit("jwks_url = \"http://127.0.0.1:9/jwks\"\n", ""),
+            env.clone(),
+            "issuers[0].jwks_url",
+        ),
+        (
+            "no issuers",
+            {
+                let base = base_config();
+                let start = base.find(issuers_start).unwrap();
+                let end = base.find("[[rules]]").unwrap();
+                format!("{}{}", &base[..start], &base[end..])
+            },
+            env.clone(),
+            "issuers",
+        ),
+        ("not TOML", "[server\n".to_owned(), env, "(file)"),
+    ]
+}
+
+#[test]
+fn bad_configs_exit_64_and_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    // The base config itself is valid: every failure below is the edit's.
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, base_config()).unwrap();
+    let output = run(&["check-config", good.to_str().unwrap()], &EXAMPLE_ENV[..1]);
+    assert_eq!(output.status.code(), Some(0), "{:?}", text(&output));
+
+    for (i, (name, config, env, key)) in bad_configs().into_iter().enumerate() {
+        let path = dir.path().join(format!("bad-{i}.toml"));
+        std::fs::write(&path, &config).unwrap();
+        let output = run(&["check-config", path.to_str().unwrap()], &env);
+        let (stdout, stderr) = text(&output);
+        assert_eq!(output.status.code(), Some(64), "{name}: {stdout}\n{stderr}");
+        assert!(
+            stderr.contains(&format!("{key}:")),
+            "{name}: the error names {key}: {stderr}"
+        );
+        assert!(!stdout.contains("config ok"), "{name}");
+        assert_no_certificate(&format!("{stdout}{stderr}"));
+    }
+}
+
+#[test]
+fn a_missing_config_file_exits_64() {
+    let output = run(&["check-config", "/nonexistent/tokengate.toml"], &[]);
+    let (_, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("/nonexistent/tokengate.toml"), "{stderr}");
+}
+
+#[test]
+fn serve_with_a_bad_config_exits_64_without_binding() {
+    // Hold the port the config names: if serve bound before validating, it
+    // would fail with "cannot listen" (exit 1) instead of 64.
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    let config = edit(
+        "grpc_listen = \"127.0.0.1:0\"",
+        &format!("grpc_listen = \"127.0.0.1:{port}\""),
+    )
+    .replacen(
+        "channel = \"lobby-*\"",
+        "channel = \"lobby-*\"\nproject_typo = 1",
+        1,
+    );
+    std::fs::write(&path, config).unwrap();
+    let output = run(
+        &[
+            "serve",
+            "--config",
+            path.to_str().unwrap(),
+            "--log-format",
+            "text",
+        ],
+        &EXAMPLE_ENV[..1],
+    );
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(64), "{stdout}\n{stderr}");
+    assert!(stderr.contains("rules[0].project_typo"), "{stderr}");
+    assert!(!stderr.contains("cannot listen"), "{stderr}");
+
+    // Control: a valid config on the held port does try to bind, and fails differently.
+    let path = dir.path().join("busy.toml");
+    std::fs::write(
+        &path,
+        edit(
+            "grpc_listen = \"127.0.0.1:0\"",
+            &format!("grpc_listen = \"127.0.0.1:{port}\""),
+        ),
+    )
+    .unwrap();
+    let output = run(
+        &[
+            "serve",
+            "--config",
+            path.to_str().unwrap(),
+            "--log-format",
+            "text",
+        ],
+        &EXAMPLE_ENV[..1],
+    );
+    let (_, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot listen"), "{stderr}");
+    drop(held);
+}
