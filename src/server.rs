@@ -16,9 +16,9 @@ use tokio::sync::watch;
 use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
-use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
+use tonic_health::pb::health_server::HealthServer;
 
+use crate::grpc::health::{HealthService, HealthState};
 use crate::grpc::pb;
 
 /// The gRPC service name that health reports on, besides the overall server ("").
@@ -115,32 +115,33 @@ pub async fn run(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    // tonic-health starts the overall status "" as SERVING; without this, a
-    // probe that arrives before `track_health` first runs would see SERVING
-    // before any issuer's keys have loaded.
-    for name in ["", TOKEN_SERVICE_NAME] {
-        health_reporter
-            .set_service_status(name, ServingStatus::NotServing)
-            .await;
-    }
     let reflection_v1 = reflection_builder(&options.advertised_services).build_v1()?;
     let reflection_v1alpha = reflection_builder(&options.advertised_services).build_v1alpha()?;
 
-    // The shutdown future is shared by three parties: health (NOT_SERVING first),
-    // the admin port and the gRPC port.
+    // The shutdown future is shared by health (NOT_SERVING first), the gRPC
+    // port (stop accepting, drain) and the admin port (503 on /readyz).
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         stop_tx.send_replace(true);
     });
-
+    // Health starts NOT_SERVING, before the port answers anything.
+    let (health_tx, health_rx) = watch::channel(HealthState::default());
     let health_task = tokio::spawn(track_health(
-        health_reporter,
+        health_tx,
         readiness.subscribe(),
         stop_rx.clone(),
     ));
-    let admin_task = tokio::spawn(serve_admin(admin, readiness.clone(), stop_rx.clone()));
+    let reported: Vec<String> = options
+        .advertised_services
+        .iter()
+        .filter(|name| name.as_str() != HEALTH_SERVICE_NAME)
+        .cloned()
+        .collect();
+    let health_service = HealthServer::new(HealthService::new(health_rx.clone(), reported));
+    // The admin port outlives the drain, so probers see 503 rather than a refused connection.
+    let (done_tx, done_rx) = watch::channel(false);
+    let admin_task = tokio::spawn(serve_admin(admin, health_rx, done_rx));
 
     // tonic ignores `Server::tcp_nodelay` with `serve_with_incoming`, so the
     // incoming stream sets it itself; without it small replies wait ~40 ms for Nagle.
@@ -175,6 +176,7 @@ pub async fn run(
         }
     };
     health_task.abort();
+    done_tx.send_replace(true);
     match admin_task.await {
         Ok(Ok(())) | Err(_) => {}
         Ok(Err(e)) => return Err(e),
@@ -209,23 +211,23 @@ fn reflection_builder(advertised: &[String]) -> tonic_reflection::server::Builde
         .register_encoded_file_descriptor_set(pb::ENVOY_FILE_DESCRIPTOR_SET)
 }
 
-/// Mirrors readiness into gRPC health until shutdown, then reports NOT_SERVING.
+/// Mirrors readiness and the shutdown signal into the health state.
 async fn track_health(
-    reporter: HealthReporter,
+    health: watch::Sender<HealthState>,
     mut ready: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let status = if *ready.borrow_and_update() && !*stop.borrow() {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
+        let state = HealthState {
+            ready: *ready.borrow_and_update(),
+            draining: *stop.borrow_and_update(),
         };
-        reporter.set_service_status("", status).await;
-        reporter
-            .set_service_status(TOKEN_SERVICE_NAME, status)
-            .await;
-        if *stop.borrow() {
+        health.send_if_modified(|current| {
+            let changed = *current != state;
+            *current = state;
+            changed
+        });
+        if state.draining {
             return;
         }
         tokio::select! {
@@ -235,22 +237,24 @@ async fn track_health(
     }
 }
 
-/// `/healthz` answers while the process runs; `/readyz` only while ready and not draining.
+/// `/healthz` answers while the process runs; `/readyz` 200 only while ready
+/// and not draining. Serves until `done` (after the gRPC drain).
 async fn serve_admin(
     listener: TcpListener,
-    readiness: Readiness,
-    mut stop: watch::Receiver<bool>,
+    health: watch::Receiver<HealthState>,
+    mut done: watch::Receiver<bool>,
 ) -> Result<(), ServerError> {
-    let draining = stop.clone();
     let router = AdminRouter::new()
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
         .route(
             "/readyz",
             get(move || {
-                let ready = readiness.is_ready() && !*draining.borrow();
+                let state = *health.borrow();
                 async move {
-                    if ready {
+                    if state.ready && !state.draining {
                         (StatusCode::OK, "ready\n")
+                    } else if state.draining {
+                        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
                     } else {
                         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
                     }
@@ -259,7 +263,7 @@ async fn serve_admin(
         );
     axum::serve(listener, router)
         .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
+            let _ = done.wait_for(|s| *s).await;
         })
         .await
         .map_err(ServerError::Admin)

@@ -416,3 +416,107 @@ async fn the_first_health_answer_is_not_serving() {
         server.shutdown().await;
     }
 }
+
+/// A server with a long grace period: a drain that waited for open Watch
+/// streams would outlive the test's bound below instead of ending.
+async fn start_with_long_grace() -> TestServer {
+    let es256 = TestKey::generate(Algorithm::ES256, "es-1");
+    let rs256 = TestKey::generate(Algorithm::RS256, "rs-1");
+    let jwks = JwksServer::start(&[&es256, &rs256]).await;
+    let text = config_text(&jwks.jwks_url(), RULES)
+        .replace("grace_period = \"5s\"", "grace_period = \"1h\"");
+    assert!(text.contains("grace_period = \"1h\""));
+    TestServer::start_with(text, jwks, es256, rs256).await
+}
+
+#[tokio::test]
+async fn an_open_watch_gets_not_serving_and_ends_so_the_drain_can_finish() {
+    let mut server = start_with_long_grace().await;
+    server.wait_ready().await;
+    let mut health = HealthClient::new(server.channel().await);
+    let mut stream = health
+        .watch(HealthCheckRequest {
+            service: SERVICE.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+
+    server.begin_shutdown();
+    let bound = Duration::from_secs(60);
+    let last = tokio::time::timeout(bound, stream.message()).await.unwrap();
+    assert_eq!(
+        last.unwrap().unwrap().status,
+        ServingStatus::NotServing as i32
+    );
+    // The stream ends (no error, no more messages) rather than staying open.
+    let end = tokio::time::timeout(bound, stream.message()).await;
+    assert!(end.expect("the watch stayed open").unwrap().is_none());
+    // With the watch gone nothing is in flight, so the drain ends long before
+    // the one-hour grace period; the bound only turns a hang into a failure.
+    tokio::time::timeout(Duration::from_secs(60), server.shutdown())
+        .await
+        .expect("the drain waited for the watch");
+}
+
+#[tokio::test]
+async fn a_watch_of_an_unknown_service_says_so() {
+    let server = TestServer::start(RULES).await;
+    server.wait_ready().await;
+    let mut health = HealthClient::new(server.channel().await);
+    let mut stream = health
+        .watch(HealthCheckRequest {
+            service: "no.such.Service".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(first.status, ServingStatus::ServiceUnknown as i32);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn readyz_answers_503_while_draining() {
+    let mut server = start_with_long_grace().await;
+    server.wait_ready().await;
+    assert_eq!(admin_status(&server, "/readyz").await, 200);
+    // An in-flight call keeps the drain open: a JWT whose kid is unknown makes
+    // the server refetch keys from a JWKS that now answers slowly.
+    let other = TestKey::generate(Algorithm::ES256, "es-2");
+    server.jwks.add_key(&other);
+    server.jwks.set_delay(Duration::from_secs(3));
+    let jwt = other.mint(&TestServer::claims("alice", serde_json::json!({})));
+    let mut client = server.client().await;
+    let call = tokio::spawn(async move {
+        client
+            .issue_rtc_token(TestServer::authed(
+                &jwt,
+                tokengate::grpc::pb::IssueRtcTokenRequest {
+                    channel: "lobby-1".into(),
+                    role: tokengate::grpc::pb::Role::Subscriber as i32,
+                    ..Default::default()
+                },
+            ))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.begin_shutdown();
+    let mut answer = 0;
+    for _ in 0..100 {
+        answer = admin_status(&server, "/readyz").await;
+        if answer == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(answer, 503, "/readyz must say draining while calls finish");
+    assert_eq!(admin_status(&server, "/healthz").await, 200);
+    let reply = call.await.unwrap();
+    assert!(reply.is_ok(), "the in-flight call must finish: {reply:?}");
+    tokio::time::timeout(Duration::from_secs(60), server.shutdown())
+        .await
+        .expect("the drain never finished");
+}

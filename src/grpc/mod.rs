@@ -2,6 +2,7 @@
 
 pub mod convert;
 pub mod ext_authz;
+pub mod health;
 pub mod service;
 pub mod status;
 
