@@ -24,6 +24,9 @@ pub enum GateError {
     /// The rules refused.
     #[error("denied: {}", .0.reason.as_str())]
     Denied(Denial),
+    /// The channel given with a renewal contradicts the token's own channel.
+    #[error("the token is for another channel")]
+    ChannelMismatch,
     /// The token given to renew or inspect is not usable; the message says why.
     #[error("{0}")]
     BadToken(String),
@@ -257,6 +260,7 @@ impl Gate {
         &self,
         principal: &Principal,
         token: &str,
+        channel: Option<ChannelScope>,
         lifetimes: Lifetimes,
         now: u64,
         salt: u32,
@@ -278,6 +282,11 @@ impl Gate {
             )));
         }
         let mut request = renewal_request(&parsed.token)?;
+        match (&request.channel, channel) {
+            (Some(own), Some(given)) if *own != given => return Err(GateError::ChannelMismatch),
+            (None, given) => request.channel = given,
+            _ => {}
+        }
         request.project = Some(project.name.clone());
         request.token_lifetime = lifetimes.token;
         request.join_lifetime = lifetimes.join;

@@ -187,6 +187,7 @@ async fn renew(
             pb::RenewTokenRequest {
                 token: token.into(),
                 lifetimes,
+                channel: String::new(),
             },
         ))
         .await
@@ -1997,5 +1998,102 @@ async fn the_request_timeout_bounds_every_call() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(ok, "the late key is used once fetched");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn renewing_a_channel_scoped_rtm_token_needs_its_channel() {
+    let server = ready(RULES).await;
+    let alice = alice(&server);
+    let first = issue_rtm(
+        &server,
+        &alice,
+        pb::IssueRtmTokenRequest {
+            channel: "team-blue-general".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.matched_rule, "team rooms");
+    let renew_in = |channel: &str| {
+        let request = pb::RenewTokenRequest {
+            token: first.token.clone(),
+            lifetimes: None,
+            channel: channel.into(),
+        };
+        let jwt = alice.clone();
+        let server = &server;
+        async move {
+            let mut client = server.client().await;
+            client
+                .renew_token(TestServer::authed(&jwt, request))
+                .await
+                .map(|r| r.into_inner().issued.unwrap())
+        }
+    };
+    // With its channel the same rule decides again, and the RTM2 permissions stay.
+    let renewed = renew_in("team-blue-general").await.unwrap();
+    assert_eq!(renewed.matched_rule, "team rooms");
+    let parsed = v007::parse(&renewed.token).unwrap();
+    assert!(matches!(
+        &parsed.token.services[0].kind,
+        ServiceKind::Rtm2 { user_id, permissions } if user_id == b"4242" && !permissions.is_empty()
+    ));
+    // A channel outside the team no longer fits the rule that granted it: the
+    // next rule decides, and it binds another user id (the subject), so the
+    // renewal is refused rather than re-issued for someone else.
+    let outside = renew_in("team-red-general").await.unwrap_err();
+    assert_eq!(outside.code(), tonic::Code::PermissionDenied);
+    let info = outside.get_error_details();
+    assert_eq!(info.error_info().unwrap().reason, "identity_not_allowed");
+
+    // An RTC token's channel is its own: a different one is refused by field.
+    let rtc = issue_rtc(
+        &server,
+        &alice,
+        pb::IssueRtcTokenRequest {
+            channel: "team-blue-standup".into(),
+            role: pb::Role::Subscriber as i32,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut client = server.client().await;
+    let refused = client
+        .renew_token(TestServer::authed(
+            &alice,
+            pb::RenewTokenRequest {
+                token: rtc.token.clone(),
+                lifetimes: None,
+                channel: "team-blue-other".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    let details = refused.get_error_details();
+    let fields: Vec<&str> = details
+        .bad_request()
+        .unwrap()
+        .field_violations
+        .iter()
+        .map(|v| v.field.as_str())
+        .collect();
+    assert_eq!(fields, ["channel"]);
+    // The same channel repeated is fine.
+    let same = client
+        .renew_token(TestServer::authed(
+            &alice,
+            pb::RenewTokenRequest {
+                token: rtc.token,
+                lifetimes: None,
+                channel: "team-blue-standup".into(),
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(same.into_inner().issued.unwrap().matched_rule, "team rooms");
     server.shutdown().await;
 }

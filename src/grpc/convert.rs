@@ -132,6 +132,13 @@ pub fn renew_lifetimes(msg: Option<&pb::Lifetimes>) -> Result<gate::Lifetimes, I
     errors.into_result().map(|()| lifetimes)
 }
 
+/// The optional channel of a renewal (for RTM and Chat tokens, which carry none).
+pub fn renew_channel(msg: &pb::RenewTokenRequest) -> Result<Option<ChannelScope>, InvalidRequest> {
+    let mut errors = InvalidRequest::default();
+    let scope = channel(&msg.channel, "channel", false, &mut errors);
+    errors.into_result().map(|()| scope)
+}
+
 /// The expectation of an `InspectTokenRequest`.
 pub fn expectation(msg: &pb::InspectTokenRequest) -> gate::Expectation {
     gate::Expectation {

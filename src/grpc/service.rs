@@ -127,10 +127,16 @@ impl TokenService for Api {
         let now = entropy::unix_now();
         let principal = self.authenticate(&request, "RenewToken", now).await?;
         let lifetimes = convert::renew_lifetimes(request.get_ref().lifetimes.as_ref())?;
+        let channel = convert::renew_channel(request.get_ref())?;
         let salt = entropy::random_salt().map_err(|e| internal("RenewToken", &e.to_string()))?;
-        let result = self
-            .gate
-            .renew(&principal, &request.get_ref().token, lifetimes, now, salt);
+        let result = self.gate.renew(
+            &principal,
+            &request.get_ref().token,
+            channel,
+            lifetimes,
+            now,
+            salt,
+        );
         audit_result("RenewToken", &principal, &result);
         let issued = result.map_err(|e| status("RenewToken", &e))?;
         Ok(Response::new(pb::RenewTokenResponse {
@@ -252,7 +258,7 @@ fn audit_result(rpc: &str, principal: &Principal, result: &Result<Issued, GateEr
 fn audit_refusal(rpc: &str, principal: &Principal, error: &GateError) {
     let (reason, rule) = match error {
         GateError::Denied(denial) => (denial.reason.as_str(), denial.rule.as_deref().unwrap_or("")),
-        GateError::BadToken(_) => ("bad_token", ""),
+        GateError::BadToken(_) | GateError::ChannelMismatch => ("bad_token", ""),
         _ => ("internal", ""),
     };
     tracing::info!(

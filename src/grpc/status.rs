@@ -100,6 +100,9 @@ pub fn gate_error(error: &GateError, request_id: &str) -> Status {
             )
         }
         GateError::BadToken(message) => InvalidRequest::field("token", message.clone()).into(),
+        GateError::ChannelMismatch => {
+            InvalidRequest::field("channel", "differs from the token's own channel").into()
+        }
         GateError::UnknownProject(_) | GateError::ClockOutOfRange(_) | GateError::Token(_) => {
             with_reason(
                 Code::Internal,
