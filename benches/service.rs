@@ -1,0 +1,111 @@
+//! One gRPC round trip over loopback to the real server: `IssueRtcToken` next
+//! to Envoy's ext_authz `Check`, for the same caller (an RS256 JWT) and the
+//! same channel, in the same run (issue 6: Check ≤ 1.1 × IssueRtcToken).
+//!
+//! The server runs in process on 127.0.0.1:0 exactly as the integration tests
+//! start it (`tests/support`), with a real JWKS server; the clients are tonic
+//! over loopback. Both calls authenticate the JWT, ask the same gate and mint
+//! a subscriber token; `Check` also carries Envoy's request attributes and
+//! headers, matches a route and builds the header mutations.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+// The test harness, as is: the same server setup the integration tests use.
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use serde_json::json;
+use support::authz::{self, Verdict, envoy_check, ext_authz_section, verdict};
+use support::server::TestServer;
+use tokengate::grpc::pb;
+
+const CHANNEL: &str = "team-blue-standup";
+
+const RULES: &str = r#"
+[[rules]]
+name = "team rooms"
+actions = ["rtc"]
+issuer = "https://idp.test.example"
+channel = "team-{team}-*"
+condition = 'has(claims.teams) && captures.team in claims.teams'
+project = "main"
+max_role = "publisher"
+uid_claim = "agora_uid"
+default_ttl = "1h"
+max_ttl = "8h"
+"#;
+
+fn bench_service(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = runtime.block_on(async {
+        let server = authz::start(RULES, &ext_authz_section("")).await;
+        server.wait_ready().await;
+        server
+    });
+    let claims = TestServer::claims("alice", json!({"teams": ["blue"], "agora_uid": 4242}));
+    let jwt = server.rs256.mint(&claims);
+    let (mut api, mut check) =
+        runtime.block_on(async { (server.client().await, authz::client(&server).await) });
+    let issue = pb::IssueRtcTokenRequest {
+        channel: CHANNEL.into(),
+        role: pb::Role::Subscriber as i32,
+        ..Default::default()
+    };
+    let bearer = format!("Bearer {jwt}");
+    let envoy = envoy_check(
+        "GET",
+        &format!("/rooms/{CHANNEL}/join"),
+        &[("authorization", &bearer)],
+    );
+
+    // Both calls must succeed before they are timed: a fast denial is no result.
+    runtime.block_on(async {
+        let issued = api
+            .issue_rtc_token(TestServer::authed(&jwt, issue.clone()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(issued.issued.is_some());
+        let allowed = verdict(check.check(envoy.clone()).await.unwrap().into_inner());
+        assert!(allowed.set_header("x-agora-token").is_some(), "{allowed:?}");
+        assert!(matches!(allowed, Verdict::Ok { .. }));
+    });
+
+    let mut group = c.benchmark_group("service_rs256");
+    group.bench_function("IssueRtcToken", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let reply = api
+                    .issue_rtc_token(TestServer::authed(&jwt, issue.clone()))
+                    .await
+                    .unwrap();
+                black_box(reply);
+            });
+        });
+    });
+    group.bench_function("Check", |b| {
+        b.iter(|| {
+            runtime.block_on(async {
+                let reply = check.check(envoy.clone()).await.unwrap();
+                black_box(reply);
+            });
+        });
+    });
+    group.finish();
+    runtime.block_on(server.shutdown());
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(50)
+        .measurement_time(std::time::Duration::from_secs(5));
+    targets = bench_service
+}
+criterion_main!(benches);
