@@ -47,6 +47,8 @@ max_ttl = "4h"
 /// A request header `(name, value)`, and a case's headers.
 type Header<'a> = (&'a str, &'a str);
 type Headers<'a> = Vec<Header<'a>>;
+/// Allowed (as a publisher or not), or denied with an HTTP status and reason.
+type Outcome = Result<bool, (i32, &'static str)>;
 
 /// Every header tokengate owns upstream (the defaults).
 const OUR_HEADERS: [&str; 5] = [
@@ -186,6 +188,42 @@ async fn allowed_requests_get_the_token_and_identity_headers() {
     for (method, path, headers, expected) in &cases {
         let got = check(&server, method, path, headers).await;
         assert_allowed(&format!("{method} {path}"), &got, expected);
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn raw_header_maps_are_read_like_header_maps() {
+    // Envoy's `encode_raw_headers: true` sends `header_map` instead of `headers`.
+    let server = start().await;
+    let alice = format!("Bearer {}", alice(&server));
+    let mut client = authz::client(&server).await;
+    #[rustfmt::skip]
+    let cases: Vec<(Headers<'_>, Outcome)> = vec![
+        (vec![("authorization", &alice)], Ok(false)),
+        (vec![("authorization", &alice), ("x-agora-role", "publisher")], Ok(true)),
+        (vec![("x-agora-role", "publisher")], Err((401, "missing"))),
+        (vec![("authorization", &alice), ("x-agora-role", "owner")], Err((400, "invalid_request"))),
+    ];
+    for (headers, expected) in &cases {
+        let request = authz::envoy_check_raw("GET", "/rooms/team-blue-standup/join", headers);
+        let got = verdict(client.check(request).await.unwrap().into_inner());
+        match expected {
+            Ok(publisher) => assert_allowed(
+                &format!("{headers:?}"),
+                &got,
+                &Allowed {
+                    channel: "team-blue-standup",
+                    identity: Identity::Uid(4242),
+                    rule: "team rooms",
+                    publisher: *publisher,
+                    ttl: 3600,
+                },
+            ),
+            Err((status, reason)) => {
+                assert_eq!(got.denial(), (*status, (*reason).to_owned()), "{headers:?}");
+            }
+        }
     }
     server.shutdown().await;
 }

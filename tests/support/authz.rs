@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
-use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress};
+use envoy_types::pb::envoy::config::core::v3::{Address, HeaderMap, HeaderValue, SocketAddress};
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Peer, Request};
 use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
@@ -130,6 +130,30 @@ pub fn envoy_check(method: &str, path: &str, headers: &[(&str, &str)]) -> CheckR
             ..Default::default()
         }),
     }
+}
+
+/// The same request as Envoy sends it with `encode_raw_headers: true`: the
+/// headers travel in `header_map` as raw bytes (key and `raw_value` only) and
+/// the `headers` map is empty.
+pub fn envoy_check_raw(method: &str, path: &str, headers: &[(&str, &str)]) -> CheckRequest {
+    let mut request = envoy_check(method, path, headers);
+    let http = request
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
+        .expect("an HTTP request");
+    let mut raw: Vec<HeaderValue> = std::mem::take(&mut http.headers)
+        .into_iter()
+        .map(|(key, value)| HeaderValue {
+            key,
+            raw_value: value.into_bytes(),
+            ..Default::default()
+        })
+        .collect();
+    raw.sort_by(|a, b| a.key.cmp(&b.key));
+    http.header_map = Some(HeaderMap { headers: raw });
+    request
 }
 
 /// A flat view of a `CheckResponse`.
