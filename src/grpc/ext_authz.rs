@@ -9,7 +9,7 @@
 //! with `{"error": reason}`. When the issuer's keys have never loaded the
 //! answer is a gRPC UNAVAILABLE, so Envoy's `failure_mode_allow` decides.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use envoy_types::ext_authz::v3::pb::{
@@ -18,6 +18,7 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::ext_authz::v3::{
     CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
 };
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use tonic::{Request, Response, Status};
 
 use super::service::audit;
@@ -39,11 +40,12 @@ pub struct ExtAuthz {
     mesh: Arc<Mesh>,
 }
 
-/// The HTTP request as Envoy describes it.
-struct HttpView {
-    method: String,
-    path: String,
-    headers: HashMap<String, String>,
+/// The HTTP request as Envoy describes it, borrowed from the `CheckRequest`:
+/// a check reads a handful of headers, so none is copied until it is read.
+struct HttpView<'a> {
+    method: &'a str,
+    path: &'a str,
+    http: &'a HttpRequest,
 }
 
 impl std::fmt::Debug for ExtAuthz {
@@ -129,8 +131,38 @@ impl ExtAuthz {
         response
     }
 
-    fn header(&self, view: &HttpView, name: &str) -> Option<String> {
-        view.headers.get(name).cloned()
+    fn header(&self, view: &HttpView<'_>, name: &str) -> Option<String> {
+        view.header(name).map(Cow::into_owned)
+    }
+}
+
+impl<'a> HttpView<'a> {
+    /// The value of header `name` (lowercase). Envoy lowercases the keys of
+    /// `headers`, so a map lookup finds them; other senders' keys are matched
+    /// case-insensitively, and raw `header_map` entries win, as they did when
+    /// both were merged.
+    fn header(&self, name: &str) -> Option<Cow<'a, str>> {
+        let http = self.http;
+        if let Some(map) = &http.header_map
+            && let Some(header) = map
+                .headers
+                .iter()
+                .rev()
+                .find(|h| h.key.eq_ignore_ascii_case(name))
+        {
+            return Some(if header.value.is_empty() {
+                String::from_utf8_lossy(&header.raw_value)
+            } else {
+                Cow::Borrowed(&header.value)
+            });
+        }
+        let value = http.headers.get(name).or_else(|| {
+            http.headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v)
+        });
+        value.map(|v| Cow::Borrowed(v.as_str()))
     }
 }
 
@@ -142,7 +174,7 @@ impl Authorization for ExtAuthz {
     ) -> Result<Response<CheckResponse>, Status> {
         let now = entropy::unix_now();
         let view = http_view(request.get_ref())?;
-        let Some(matched) = self.mesh.route(&view.method, &view.path) else {
+        let Some(matched) = self.mesh.route(view.method, view.path) else {
             tracing::info!(target: "audit", rpc = RPC, decision = "deny", reason = "no_matching_route", method = %view.method);
             return Ok(Response::new(deny(
                 HttpStatusCode::Forbidden,
@@ -154,9 +186,8 @@ impl Authorization for ExtAuthz {
             tracing::info!(target: "audit", rpc = RPC, decision = "pass_through", route = matched.template);
             return Ok(Response::new(self.pass_through()));
         }
-        let bearer = self
-            .header(&view, &self.mesh.jwt_header)
-            .map(|v| bearer(&v));
+        let jwt_header = view.header(&self.mesh.jwt_header);
+        let bearer = jwt_header.as_deref().map(bearer);
         let principal = match self
             .authenticator
             .authenticate(bearer.as_deref(), now)
@@ -228,43 +259,29 @@ fn deny(code: HttpStatusCode, reason: &str, challenge: Option<&str>) -> CheckRes
     response
 }
 
-/// The header value as the authenticator expects it: `Bearer <jwt>`.
-fn bearer(value: &str) -> String {
+/// The header value as the authenticator expects it: `Bearer <jwt>`
+/// (borrowed when the header already has the scheme, the usual case).
+fn bearer(value: &str) -> Cow<'_, str> {
     let has_scheme = value.len() > 7 && value[..7].eq_ignore_ascii_case("bearer ");
     if has_scheme {
-        value.to_owned()
+        Cow::Borrowed(value)
     } else {
-        format!("Bearer {value}")
+        Cow::Owned(format!("Bearer {value}"))
     }
 }
 
-/// Method, path and lowercased headers from `attributes.request.http`
-/// (`headers`, or `header_map` when Envoy sends raw headers).
-fn http_view(request: &CheckRequest) -> Result<HttpView, Status> {
+/// Method, path and headers from `attributes.request.http` (`headers`, or
+/// `header_map` when Envoy sends raw headers).
+fn http_view(request: &CheckRequest) -> Result<HttpView<'_>, Status> {
     let http = request
         .attributes
         .as_ref()
         .and_then(|a| a.request.as_ref())
         .and_then(|r| r.http.as_ref())
         .ok_or_else(|| Status::invalid_argument("attributes.request.http is required"))?;
-    let mut headers: HashMap<String, String> = http
-        .headers
-        .iter()
-        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-        .collect();
-    if let Some(map) = &http.header_map {
-        for header in &map.headers {
-            let value = if header.value.is_empty() {
-                String::from_utf8_lossy(&header.raw_value).into_owned()
-            } else {
-                header.value.clone()
-            };
-            headers.insert(header.key.to_ascii_lowercase(), value);
-        }
-    }
     Ok(HttpView {
-        method: http.method.clone(),
-        path: http.path.clone(),
-        headers,
+        method: &http.method,
+        path: &http.path,
+        http,
     })
 }

@@ -8,6 +8,7 @@
 //! Not every test file uses every helper.
 #![allow(dead_code, unused_imports)]
 
+pub mod authz;
 pub mod jwks_server;
 pub mod keys;
 pub mod oidc;

@@ -1,0 +1,157 @@
+//! One gRPC round trip over loopback to the real server: `IssueRtcToken` next
+//! to Envoy's ext_authz `Check`, for the same caller (an RS256 JWT) and the
+//! same channel, in the same run (issue 6: Check ≤ 1.1 × IssueRtcToken).
+//!
+//! The server runs in process on 127.0.0.1:0 exactly as the integration tests
+//! start it (`tests/support`), with a real JWKS server; the clients are tonic
+//! over loopback. Both calls authenticate the JWT, ask the same gate and mint
+//! a subscriber token; `Check` also carries Envoy's request attributes and
+//! headers, matches a route and builds the header mutations.
+//! `Check_minimal_attributes` sends only what tokengate reads, to separate
+//! the cost of Envoy's request shape from tokengate's own work.
+//!
+//! Run: `cargo bench --bench service`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+// The test harness, as is: the same server setup the integration tests use.
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::hint::black_box;
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use serde_json::json;
+use support::authz::{self, Verdict, envoy_check, ext_authz_section, verdict};
+use support::server::TestServer;
+use tokengate::grpc::pb;
+
+const CHANNEL: &str = "team-blue-standup";
+
+const RULES: &str = r#"
+[[rules]]
+name = "team rooms"
+actions = ["rtc"]
+issuer = "https://idp.test.example"
+channel = "team-{team}-*"
+condition = 'has(claims.teams) && captures.team in claims.teams'
+project = "main"
+max_role = "publisher"
+uid_claim = "agora_uid"
+default_ttl = "1h"
+max_ttl = "8h"
+"#;
+
+fn bench_service(c: &mut Criterion) {
+    // One thread runs the client and the server: a call costs the work of
+    // both ends, without cross-thread wake-ups whose latency depends on what
+    // else the machine runs (which made two-thread runs swing by ±20%).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = runtime.block_on(async {
+        let server = authz::start(RULES, &ext_authz_section("")).await;
+        server.wait_ready().await;
+        server
+    });
+    let claims = TestServer::claims("alice", json!({"teams": ["blue"], "agora_uid": 4242}));
+    let jwt = server.rs256.mint(&claims);
+    let (mut api, mut check) =
+        runtime.block_on(async { (server.client().await, authz::client(&server).await) });
+    let issue = pb::IssueRtcTokenRequest {
+        channel: CHANNEL.into(),
+        role: pb::Role::Subscriber as i32,
+        ..Default::default()
+    };
+    let bearer = format!("Bearer {jwt}");
+    let envoy = envoy_check(
+        "GET",
+        &format!("/rooms/{CHANNEL}/join"),
+        &[("authorization", &bearer)],
+    );
+
+    // Both calls must succeed before they are timed: a fast denial is no result.
+    runtime.block_on(async {
+        let issued = api
+            .issue_rtc_token(TestServer::authed(&jwt, issue.clone()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(issued.issued.is_some());
+        let allowed = verdict(check.check(envoy.clone()).await.unwrap().into_inner());
+        assert!(allowed.set_header("x-agora-token").is_some(), "{allowed:?}");
+        assert!(matches!(allowed, Verdict::Ok { .. }));
+    });
+
+    // The requests are built outside the timed routine: Envoy serializes its
+    // own structures, so cloning ours would only measure the benchmark.
+    let mut group = c.benchmark_group("service_rs256");
+    group.bench_function("IssueRtcToken", |b| {
+        b.iter_batched(
+            || TestServer::authed(&jwt, issue.clone()),
+            |request| black_box(runtime.block_on(api.issue_rtc_token(request)).unwrap()),
+            BatchSize::SmallInput,
+        );
+    });
+    group.bench_function("Check", |b| {
+        b.iter_batched(
+            || envoy.clone(),
+            |request| black_box(runtime.block_on(check.check(request)).unwrap()),
+            BatchSize::SmallInput,
+        );
+    });
+    // The same check with only what tokengate reads (method, path, the JWT
+    // header): the difference to "Check" is the cost of carrying Envoy's full
+    // request attributes, which is the proxy's choice, not tokengate's work.
+    let minimal = minimal_check(&envoy);
+    group.bench_function("Check_minimal_attributes", |b| {
+        b.iter_batched(
+            || minimal.clone(),
+            |request| black_box(runtime.block_on(check.check(request)).unwrap()),
+            BatchSize::SmallInput,
+        );
+    });
+    group.finish();
+    runtime.block_on(server.shutdown());
+}
+
+/// `full` with only `attributes.request.http.{method, path}` and the JWT header.
+fn minimal_check(full: &CheckRequest) -> CheckRequest {
+    let http = full
+        .attributes
+        .as_ref()
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref())
+        .unwrap();
+    let headers = http
+        .headers
+        .iter()
+        .filter(|(k, _)| *k == "authorization")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: http.method.clone(),
+                    path: http.path.clone(),
+                    headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .sample_size(50)
+        .measurement_time(std::time::Duration::from_secs(5));
+    targets = bench_service
+}
+criterion_main!(benches);
