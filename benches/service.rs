@@ -20,12 +20,16 @@ mod support;
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use envoy_types::ext_authz::v3::pb::Authorization as _;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
 use serde_json::json;
 use support::authz::{self, Verdict, envoy_check, ext_authz_section, verdict};
 use support::server::TestServer;
+use tokengate::grpc::ext_authz::ExtAuthz;
 use tokengate::grpc::pb;
+use tokengate::grpc::pb::token_service_server::TokenService as _;
+use tokengate::grpc::service::Api;
 
 const CHANNEL: &str = "team-blue-standup";
 
@@ -110,6 +114,54 @@ fn bench_service(c: &mut Criterion) {
         b.iter_batched(
             || minimal.clone(),
             |request| black_box(runtime.block_on(check.check(request)).unwrap()),
+            BatchSize::SmallInput,
+        );
+    });
+    group.finish();
+
+    // The same two calls straight into the handlers, in process: tokengate's
+    // own work per call (authenticate, route, decide, build, reply), without
+    // the transport, whose cost grows with Envoy's much larger request (its
+    // attributes and the JWT travel in the body, where IssueRtcToken's JWT
+    // rides in an HPACK-indexed header).
+    let text = format!(
+        "{}\n{}",
+        support::server::config_text(&server.jwks.jwks_url(), RULES),
+        ext_authz_section("")
+    );
+    let (api_handler, check_handler) = runtime.block_on(async {
+        let config = tokengate::config::load(&text, &support::server::test_env).unwrap();
+        let authenticator =
+            std::sync::Arc::new(tokengate::identity::Authenticator::start(config.issuers).unwrap());
+        authenticator.wait_ready().await;
+        let gate = std::sync::Arc::new(tokengate::gate::Gate::new(config.projects, config.policy));
+        let mesh = std::sync::Arc::new(config.ext_authz.unwrap());
+        (
+            Api::new(
+                std::sync::Arc::clone(&gate),
+                std::sync::Arc::clone(&authenticator),
+            ),
+            ExtAuthz::new(gate, authenticator, mesh),
+        )
+    });
+    let mut group = c.benchmark_group("handler_rs256");
+    group.bench_function("IssueRtcToken", |b| {
+        b.iter_batched(
+            || TestServer::authed(&jwt, issue.clone()),
+            |request| {
+                black_box(
+                    runtime
+                        .block_on(api_handler.issue_rtc_token(request))
+                        .unwrap(),
+                )
+            },
+            BatchSize::SmallInput,
+        );
+    });
+    group.bench_function("Check", |b| {
+        b.iter_batched(
+            || tonic::Request::new(envoy.clone()),
+            |request| black_box(runtime.block_on(check_handler.check(request)).unwrap()),
             BatchSize::SmallInput,
         );
     });
