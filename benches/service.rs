@@ -23,6 +23,8 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use envoy_types::ext_authz::v3::pb::Authorization as _;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+use prost::Message as _;
+use prost::bytes::{Buf as _, BufMut as _};
 use serde_json::json;
 use support::authz::{self, Verdict, envoy_check, ext_authz_section, verdict};
 use support::server::TestServer;
@@ -30,6 +32,8 @@ use tokengate::grpc::ext_authz::ExtAuthz;
 use tokengate::grpc::pb;
 use tokengate::grpc::pb::token_service_server::TokenService as _;
 use tokengate::grpc::service::Api;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::transport::Channel;
 
 const CHANNEL: &str = "team-blue-standup";
 
@@ -119,6 +123,31 @@ fn bench_service(c: &mut Criterion) {
     });
     group.finish();
 
+    // The same round trips with each request encoded once, up front: the
+    // caller's serialization is the proxy's (or backend's) work, not
+    // tokengate's, and Envoy's request is several times larger. What remains
+    // is the transport, tokengate's decoding of the request, its work, and the
+    // reply on the wire (received as bytes, not decoded).
+    let channel = runtime.block_on(server.channel());
+    let issue_bytes = issue.encode_to_vec();
+    let check_bytes = envoy.encode_to_vec();
+    let mut group = c.benchmark_group("service_rs256_preencoded");
+    group.bench_function("IssueRtcToken", |b| {
+        b.iter_batched(
+            || TestServer::authed(&jwt, issue_bytes.clone()),
+            |request| black_box(runtime.block_on(raw_unary(&channel, ISSUE_PATH, request))),
+            BatchSize::SmallInput,
+        );
+    });
+    group.bench_function("Check", |b| {
+        b.iter_batched(
+            || tonic::Request::new(check_bytes.clone()),
+            |request| black_box(runtime.block_on(raw_unary(&channel, CHECK_PATH, request))),
+            BatchSize::SmallInput,
+        );
+    });
+    group.finish();
+
     // The same two calls straight into the handlers, in process: tokengate's
     // own work per call (authenticate, route, decide, build, reply), without
     // the transport, whose cost grows with Envoy's much larger request (its
@@ -167,6 +196,67 @@ fn bench_service(c: &mut Criterion) {
     });
     group.finish();
     runtime.block_on(server.shutdown());
+}
+
+const ISSUE_PATH: &str = "/tokengate.v1.TokenService/IssueRtcToken";
+const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
+
+/// One unary call with an already-encoded request; the reply stays bytes.
+async fn raw_unary(
+    channel: &Channel,
+    path: &'static str,
+    request: tonic::Request<Vec<u8>>,
+) -> Vec<u8> {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static(path);
+    let reply = grpc
+        .unary(request, path, RawCodec)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!reply.is_empty());
+    reply
+}
+
+/// A codec that passes protobuf bytes through unchanged.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let mut bytes = vec![0; src.remaining()];
+        src.copy_to_slice(&mut bytes);
+        Ok(Some(bytes))
+    }
 }
 
 /// `full` with only `attributes.request.http.{method, path}` and the JWT header.
