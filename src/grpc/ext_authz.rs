@@ -262,7 +262,12 @@ fn deny(code: HttpStatusCode, reason: &str, challenge: Option<&str>) -> CheckRes
 /// The header value as the authenticator expects it: `Bearer <jwt>`
 /// (borrowed when the header already has the scheme, the usual case).
 fn bearer(value: &str) -> Cow<'_, str> {
-    let has_scheme = value.len() > 7 && value[..7].eq_ignore_ascii_case("bearer ");
+    // Compared as bytes: slicing the text at 7 could split a multi-byte
+    // character of an attacker-chosen header and panic.
+    let has_scheme = value
+        .as_bytes()
+        .get(..7)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case(b"bearer "));
     if has_scheme {
         Cow::Borrowed(value)
     } else {
@@ -284,4 +289,28 @@ fn http_view(request: &CheckRequest) -> Result<HttpView<'_>, Status> {
         path: &http.path,
         http,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_prefixes_only_bare_values_and_never_panics() {
+        let cases = [
+            ("Bearer abc", "Bearer abc"),
+            ("bearer abc", "bearer abc"),
+            ("abc", "Bearer abc"),
+            // Byte 7 falls inside the euro sign: a text slice would panic.
+            ("abcdef\u{20ac}x", "Bearer abcdef\u{20ac}x"),
+            (
+                "\u{20ac}\u{20ac}\u{20ac}",
+                "Bearer \u{20ac}\u{20ac}\u{20ac}",
+            ),
+            ("", "Bearer "),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(bearer(input), expected, "{input:?}");
+        }
+    }
 }
