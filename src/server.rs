@@ -87,11 +87,6 @@ impl Readiness {
         self.tx.send_replace(ready);
     }
 
-    /// Whether the service is ready now.
-    pub fn is_ready(&self) -> bool {
-        *self.tx.borrow()
-    }
-
     fn subscribe(&self) -> watch::Receiver<bool> {
         self.tx.subscribe()
     }
