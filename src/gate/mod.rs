@@ -1,0 +1,166 @@
+//! The use cases of the service, independent of the wire: issue, renew,
+//! inspect and explain, one file each. The request pipeline calls these, so a
+//! decision is made in exactly one way whatever the transport.
+//!
+//! `Gate` holds the compiled policy and the projects' certificates. It never
+//! reads the clock or the random source: `now` and the salt are arguments,
+//! supplied by the pipeline.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::domain::Principal;
+use crate::policy::{Action, Decision, Denial, Policy, Request};
+use crate::token::{AppCertificate, AppId, TokenError, v007};
+
+mod explain;
+mod inspect;
+mod issue;
+mod renew;
+
+pub use inspect::{Diagnosis, Expectation, InspectedService, Inspection};
+pub use issue::{Issued, bound_identity_text};
+pub use renew::Lifetimes;
+
+/// A failure to serve a use case that is not a policy decision.
+#[derive(Debug, thiserror::Error)]
+pub enum GateError {
+    /// The rules refused.
+    #[error("denied: {}", .0.reason.as_str())]
+    Denied(Denial),
+    /// The channel given with a renewal contradicts the token's own channel.
+    #[error("the token is for another channel")]
+    ChannelMismatch,
+    /// The token given to renew or inspect is not usable; the message says why.
+    #[error("{0}")]
+    BadToken(String),
+    /// A grant named a project that is not configured (a config bug: the policy checks names at load).
+    #[error("project {0:?} is not configured")]
+    UnknownProject(String),
+    /// `now` does not fit AccessToken2's 32-bit `issue_ts` (after 2106).
+    #[error("the clock ({0}) does not fit a 32-bit issue_ts")]
+    ClockOutOfRange(u64),
+    /// The token could not be built.
+    #[error("token build failed: {0}")]
+    Token(#[from] TokenError),
+}
+
+/// One Agora project: its App ID and its named certificates.
+pub struct Project {
+    /// The name rules use.
+    pub name: String,
+    /// The App ID.
+    pub app_id: AppId,
+    /// The certificates by name, in config order; inspect verifies against all.
+    pub certificates: Vec<(String, AppCertificate)>,
+    /// The index into `certificates` of the one that signs new tokens.
+    pub signer: usize,
+}
+
+/// The service's core: projects and the compiled policy.
+pub struct Gate {
+    projects: BTreeMap<String, Project>,
+    policy: Policy,
+}
+
+/// One privilege of an issued or inspected token and when it ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrivilegeExpiry {
+    /// The AccessToken2 service type.
+    pub service_type: u16,
+    /// The privilege id.
+    pub privilege: u16,
+    /// The raw value in the token.
+    pub value: u32,
+    /// The absolute expiry, unix seconds; `None` for 0 ("no privilege-specific limit").
+    pub expires_at: Option<u64>,
+}
+
+impl fmt::Debug for Project {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Project")
+            .field("name", &self.name)
+            .field("app_id", &self.app_id.as_str())
+            .field(
+                "certificates",
+                &self
+                    .certificates
+                    .iter()
+                    .map(|(name, cert)| format!("{name}:{}", cert.fingerprint()))
+                    .collect::<Vec<_>>(),
+            )
+            .field("signer", &self.signer)
+            .finish()
+    }
+}
+
+impl fmt::Debug for Gate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gate")
+            .field("projects", &self.projects.keys().collect::<Vec<_>>())
+            .field("rules", &self.policy.len())
+            .finish()
+    }
+}
+
+impl Project {
+    /// The certificate that signs new tokens.
+    pub fn signing_certificate(&self) -> Option<&AppCertificate> {
+        self.certificates.get(self.signer).map(|(_, cert)| cert)
+    }
+
+    /// The name of the first certificate that verifies `token`.
+    fn verifying_certificate(&self, token: &v007::ParsedToken) -> Option<String> {
+        let named: Vec<(&str, &AppCertificate)> = self
+            .certificates
+            .iter()
+            .map(|(name, cert)| (name.as_str(), cert))
+            .collect();
+        token.verify_any(&named).map(str::to_owned)
+    }
+}
+
+impl Gate {
+    /// A gate over `projects` and `policy` (whose project names were checked against them).
+    pub fn new(projects: Vec<Project>, policy: Policy) -> Self {
+        Self {
+            projects: projects.into_iter().map(|p| (p.name.clone(), p)).collect(),
+            policy,
+        }
+    }
+
+    /// The configured project names.
+    pub fn project_names(&self) -> impl Iterator<Item = &str> {
+        self.projects.keys().map(String::as_str)
+    }
+
+    /// Checks that `principal` may use `action` (inspect or explain), which issue nothing.
+    pub fn authorize(
+        &self,
+        principal: &Principal,
+        action: Action,
+        now: u64,
+    ) -> Result<(), GateError> {
+        match self.policy.evaluate(principal, &Request::new(action), now) {
+            Decision::Allow(_) => Ok(()),
+            Decision::Deny(denial) => Err(GateError::Denied(denial)),
+        }
+    }
+}
+
+/// The privileges of one service with their absolute expiries.
+fn privilege_expiries(
+    service_type: u16,
+    privileges: &BTreeMap<u16, u32>,
+    issue_ts: u32,
+) -> Vec<PrivilegeExpiry> {
+    privileges
+        .iter()
+        .map(|(&privilege, &value)| PrivilegeExpiry {
+            service_type,
+            privilege,
+            value,
+            expires_at: crate::token::privilege_expires_at(issue_ts, value),
+        })
+        .collect()
+}
