@@ -28,7 +28,7 @@ use prost::bytes::{Buf as _, BufMut as _};
 use serde_json::json;
 use support::authz::{self, Verdict, envoy_check, ext_authz_section, verdict};
 use support::server::TestServer;
-use tokengate::grpc::ext_authz::ExtAuthz;
+use tokengate::grpc::envoy_check::EnvoyCheck;
 use tokengate::grpc::pb;
 use tokengate::grpc::pb::token_service_server::TokenService as _;
 use tokengate::grpc::service::Api;
@@ -164,13 +164,15 @@ fn bench_service(c: &mut Criterion) {
             std::sync::Arc::new(tokengate::identity::Authenticator::start(config.issuers).unwrap());
         authenticator.wait_ready().await;
         let gate = std::sync::Arc::new(tokengate::gate::Gate::new(config.projects, config.policy));
-        let mesh = std::sync::Arc::new(config.ext_authz.unwrap());
+        let routes = std::sync::Arc::new(config.ext_authz.unwrap());
+        let pipeline = std::sync::Arc::new(tokengate::pipeline::Pipeline::new(
+            gate,
+            authenticator,
+            Some(std::sync::Arc::clone(&routes)),
+        ));
         (
-            Api::new(
-                std::sync::Arc::clone(&gate),
-                std::sync::Arc::clone(&authenticator),
-            ),
-            ExtAuthz::new(gate, authenticator, mesh),
+            Api::new(std::sync::Arc::clone(&pipeline)),
+            EnvoyCheck::new(pipeline, routes),
         )
     });
     let mut group = c.benchmark_group("handler_rs256");

@@ -17,8 +17,8 @@ use serde::Deserialize;
 
 use crate::gate::Project;
 use crate::identity::{IdentityConfigError, IssuerConfig, validate_issuers};
-use crate::mesh::{ExtAuthzSection, Mesh};
 use crate::policy::{Policy, PolicyError, PolicyWarning, RuleConfig};
+use crate::routes::{ExtAuthzSection, Routes};
 use crate::token::{AppCertificate, AppId};
 
 /// A configuration that cannot be used. The message always names the key.
@@ -94,7 +94,7 @@ pub struct Config {
     /// Problems that do not stop loading (shadowed rules).
     pub warnings: Vec<PolicyWarning>,
     /// The compiled `[ext_authz]` section, when `enabled = true`.
-    pub ext_authz: Option<Mesh>,
+    pub ext_authz: Option<Routes>,
 }
 
 /// Listen addresses and shutdown behaviour.
@@ -216,7 +216,7 @@ pub fn resolve(
     validate_issuers(&file.issuers, "issuers").map_err(identity_error)?;
     let names: Vec<&str> = projects.iter().map(|p| p.name.as_str()).collect();
     let (policy, warnings) = Policy::compile(&file.rules, &names).map_err(policy_error)?;
-    let mesh = Mesh::compile(&file.ext_authz, &names).map_err(|e| ConfigError::Invalid {
+    let mesh = Routes::compile(&file.ext_authz, &names).map_err(|e| ConfigError::Invalid {
         key: e.key,
         message: e.message,
     })?;

@@ -327,7 +327,13 @@ pub async fn serve(
         tracing::info!("every issuer's keys have loaded; serving");
         ready.set(true);
     });
-    let api = crate::grpc::service::Api::new(Arc::clone(&gate), Arc::clone(&authenticator));
+    let routes_config = config.ext_authz.map(Arc::new);
+    let pipeline = Arc::new(crate::pipeline::Pipeline::new(
+        gate,
+        Arc::clone(&authenticator),
+        routes_config.clone(),
+    ));
+    let api = crate::grpc::service::Api::new(Arc::clone(&pipeline));
     let mut routes = Routes::new(
         pb::token_service_server::TokenServiceServer::new(api)
             .max_decoding_message_size(config.limits.max_message_size),
@@ -336,10 +342,9 @@ pub async fn serve(
         TOKEN_SERVICE_NAME.to_owned(),
         HEALTH_SERVICE_NAME.to_owned(),
     ];
-    if let Some(mesh) = config.ext_authz {
+    if let Some(ext_authz) = routes_config {
         advertised_services.push(EXT_AUTHZ_SERVICE_NAME.to_owned());
-        let check =
-            crate::grpc::ext_authz::ExtAuthz::new(gate, Arc::clone(&authenticator), Arc::new(mesh));
+        let check = crate::grpc::envoy_check::EnvoyCheck::new(pipeline, ext_authz);
         routes = routes.add_service(
             envoy_types::ext_authz::v3::pb::AuthorizationServer::new(check)
                 .max_decoding_message_size(config.limits.max_message_size),

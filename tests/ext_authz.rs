@@ -488,7 +488,7 @@ async fn unmatched_paths_are_denied_and_public_ones_pass_through() {
 }
 
 #[tokio::test]
-async fn keys_never_loaded_is_a_grpc_unavailable() {
+async fn keys_never_loaded_is_a_503_with_retry_after_never_a_grpc_error() {
     let es256 = TestKey::generate(jsonwebtoken::Algorithm::ES256, "es-1");
     let rs256 = TestKey::generate(jsonwebtoken::Algorithm::RS256, "rs-1");
     let jwks = JwksServer::start(&[&es256, &rs256]).await;
@@ -501,16 +501,39 @@ async fn keys_never_loaded_is_a_grpc_unavailable() {
     let server = TestServer::start_with(text, jwks, es256, rs256).await;
     let jwt = format!("Bearer {}", alice(&server));
     let mut client = authz::client(&server).await;
-    let status = client
-        .check(envoy_check(
-            "GET",
-            "/rooms/team-blue-standup/join",
-            &[("authorization", &jwt)],
-        ))
-        .await
-        .expect_err("no decision without keys");
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
-    assert!(!status.message().contains(&jwt[7..]), "the JWT never leaks");
+    // A gRPC error would hand the decision to Envoy's `failure_mode_allow`,
+    // a path the request must never be able to choose: the answer is a 503.
+    let got = verdict(
+        client
+            .check(envoy_check(
+                "GET",
+                "/rooms/team-blue-standup/join",
+                &[("authorization", &jwt)],
+            ))
+            .await
+            .expect("an HTTP denial, not a gRPC error")
+            .into_inner(),
+    );
+    assert_eq!(
+        got.denial(),
+        (503, "keys_unavailable".to_owned()),
+        "{got:?}"
+    );
+    let Verdict::Denied {
+        grpc_code,
+        headers,
+        body,
+        ..
+    } = &got
+    else {
+        unreachable!()
+    };
+    assert_eq!(*grpc_code, Code::Unavailable as i32);
+    assert!(
+        headers.contains(&("retry-after".to_owned(), "1".to_owned())),
+        "{headers:?}"
+    );
+    assert!(!body.contains(&jwt[7..]), "the JWT never leaks");
     // Routes that need no JWT still answer: the public route passes through.
     let got = verdict(
         client

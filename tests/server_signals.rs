@@ -5,23 +5,20 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
 use tokio::task::JoinSet;
-use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt;
 
-use support::server::{PRIMARY_CERT, SECONDARY_CERT, TestServer, config_text};
+use support::binary::Running;
+use support::server::{PRIMARY_CERT, SECONDARY_CERT, TestServer};
 use support::{JwksServer, TestKey};
 use tokengate::grpc::pb;
 use tokengate::grpc::pb::token_service_client::TokenServiceClient;
@@ -37,160 +34,6 @@ account_claim = "sub"
 
 /// The config's grace period (`config_text` sets 5s).
 const GRACE: Duration = Duration::from_secs(5);
-
-/// The binary, running; killed if the test fails before it exits.
-struct Running {
-    child: Option<Child>,
-    grpc: SocketAddr,
-    admin: SocketAddr,
-    logs: Arc<Mutex<Vec<String>>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-    /// Keeps its keep-alive connection to the admin port open across the
-    /// signal, as a prober would: it must not hold the exit either.
-    admin_client: reqwest::Client,
-    /// When the last signal was sent.
-    signalled_at: Option<Instant>,
-    _dir: tempfile::TempDir,
-}
-
-impl Running {
-    /// Starts `tokengate serve` on 127.0.0.1:0 with a config trusting `jwks_url`,
-    /// and reads the bound addresses from its "listening" log line.
-    fn start(jwks_url: &str) -> Self {
-        Self::start_with_grace(jwks_url, "5s")
-    }
-
-    /// Like [`Running::start`] with another grace period.
-    fn start_with_grace(jwks_url: &str, grace: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tokengate.toml");
-        let config = config_text(jwks_url, RULES)
-            .replacen(
-                "[server]\n",
-                "[server]\ngrpc_listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n",
-                1,
-            )
-            .replacen(
-                "grace_period = \"5s\"",
-                &format!("grace_period = \"{grace}\""),
-                1,
-            );
-        std::fs::write(&path, config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tokengate"))
-            .args(["serve", "--config", path.to_str().unwrap()])
-            .args(["--log-format", "json"])
-            .env("TEST_PRIMARY_CERT", PRIMARY_CERT)
-            .env("TEST_SECONDARY_CERT", SECONDARY_CERT)
-            .env("TOKENGATE_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = Arc::clone(&logs);
-        // Drains stderr for the whole run so the child never blocks on a full pipe.
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                // The JSON logger flattens event fields into the top-level object.
-                if let Ok(event) = serde_json::from_str::<Value>(&line)
-                    && event["message"] == "tokengate listening"
-                {
-                    let _ = tx.send(event);
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let mut running = Self {
-            child: Some(child),
-            grpc: "127.0.0.1:1".parse().unwrap(),
-            admin: "127.0.0.1:1".parse().unwrap(),
-            logs,
-            reader: Some(reader),
-            admin_client: reqwest::Client::new(),
-            signalled_at: None,
-            _dir: dir,
-        };
-        let fields = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| panic!("no listening line; logs: {:?}", running.logs()));
-        running.grpc = fields["grpc"].as_str().unwrap().parse().unwrap();
-        running.admin = fields["admin"].as_str().unwrap().parse().unwrap();
-        running
-    }
-
-    fn logs(&self) -> Vec<String> {
-        self.logs.lock().unwrap().clone()
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-
-    /// Sends `signal` ("TERM", "INT") to the child, by its pid.
-    fn signal(&mut self, signal: &str) {
-        self.signalled_at = Some(Instant::now());
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.pid().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{signal}");
-    }
-
-    /// Waits for the child to exit, at most `limit` after the signal.
-    async fn exit_within(&mut self, limit: Duration) -> ExitStatus {
-        let started = self.signalled_at.expect("a signal was sent");
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                self.child = None;
-                // The last lines may still be in the pipe: read to its end.
-                if let Some(reader) = self.reader.take() {
-                    reader.join().unwrap();
-                }
-                return status;
-            }
-            if started.elapsed() > limit {
-                panic!(
-                    "still running {limit:?} after the signal; logs: {:#?}",
-                    self.logs()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn wait_ready(&self) {
-        let url = format!("http://{}/readyz", self.admin);
-        for _ in 0..400 {
-            if let Ok(response) = self.admin_client.get(&url).send().await
-                && response.status() == 200
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("never ready; logs: {:#?}", self.logs());
-    }
-
-    async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.grpc))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 fn lobby_request(jwt: &str) -> tonic::Request<pb::IssueRtcTokenRequest> {
     TestServer::authed(
@@ -214,7 +57,7 @@ async fn sigterm_drains_in_flight_calls_and_exits_zero() {
     let es256 = TestKey::generate(Algorithm::ES256, "es-1");
     let late = TestKey::generate(Algorithm::ES256, "es-2");
     let jwks = JwksServer::start(&[&es256]).await;
-    let mut server = Running::start(&jwks.jwks_url());
+    let mut server = Running::start(&jwks.jwks_url(), RULES);
     server.wait_ready().await;
     let jwt = es256.mint(&TestServer::claims("alice", json!({})));
 
@@ -355,7 +198,7 @@ async fn sigterm_drains_in_flight_calls_and_exits_zero() {
 async fn sigint_exits_zero() {
     let es256 = TestKey::generate(Algorithm::ES256, "es-1");
     let jwks = JwksServer::start(&[&es256]).await;
-    let mut server = Running::start(&jwks.jwks_url());
+    let mut server = Running::start(&jwks.jwks_url(), RULES);
     server.wait_ready().await;
     // The server answers before the signal.
     let jwt = es256.mint(&TestServer::claims("alice", json!({})));
@@ -412,7 +255,7 @@ async fn a_call_longer_than_the_grace_period_does_not_hold_the_exit() {
     let es256 = TestKey::generate(Algorithm::ES256, "es-1");
     let late = TestKey::generate(Algorithm::ES256, "es-2");
     let jwks = JwksServer::start(&[&es256]).await;
-    let mut server = Running::start_with_grace(&jwks.jwks_url(), "1s");
+    let mut server = Running::start_with_grace(&jwks.jwks_url(), RULES, "1s");
     server.wait_ready().await;
     // A call that waits about 4 s for a key refetch: longer than the 1 s grace.
     jwks.set_delay(Duration::from_secs(4));

@@ -1,9 +1,26 @@
-//! Log output: JSON lines for production, readable text for a terminal.
+//! Log output: JSON lines for production, readable text for a terminal, and
+//! the audit events as JSON lines in both cases.
 //!
 //! Logs never carry secrets, JWTs or tokens, only their fingerprints; that
 //! rule is kept by the code that logs, and this module only picks the format.
+//! Audit events (target `audit`) get their own writer: every field of the
+//! schema is declared by the pipeline in every event, and a field that does
+//! not apply is written as `null`, so each audit line has the same keys
+//! whatever the log format, and an operator can route them by
+//! `"target":"audit"` (or drop them with `TOKENGATE_LOG=info,audit=off`).
 
+use std::io::Write as _;
+
+use serde_json::{Map, Value};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt as _};
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+use crate::pipeline::AUDIT_TARGET;
 
 /// The log format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -14,21 +31,138 @@ pub enum LogFormat {
     Text,
 }
 
+/// Writes audit events as one JSON object per line, undeclared-or-unrecorded fields as `null`.
+#[derive(Debug)]
+pub struct AuditLayer<W> {
+    writer: W,
+}
+
+/// Collects an event's recorded fields into a JSON map.
+struct JsonFields<'a>(&'a mut Map<String, Value>);
+
 /// Installs the global subscriber. The level comes from `TOKENGATE_LOG`
 /// (`info` by default), in `tracing`'s `EnvFilter` syntax. Logs go to stderr so
 /// that stdout stays for command output.
 pub fn init(format: LogFormat) {
     let filter =
         EnvFilter::try_from_env("TOKENGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let not_audit = filter_fn(|metadata| metadata.target() != AUDIT_TARGET);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // Colour only on a terminal: escape codes corrupt logs piped to a file or collector.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(AuditLayer::new(std::io::stderr));
     // A second init (tests, or a subcommand calling another) keeps the first subscriber.
     let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => registry
+            .with(fmt.json().flatten_event(true).with_filter(not_audit))
+            .try_init(),
+        LogFormat::Text => registry.with(fmt.with_filter(not_audit)).try_init(),
     };
+}
+
+impl<W> AuditLayer<W> {
+    /// A layer writing audit lines to `writer`.
+    pub fn new(writer: W) -> Self {
+        Self { writer }
+    }
+}
+
+impl<S, W> Layer<S> for AuditLayer<W>
+where
+    S: Subscriber,
+    W: for<'w> MakeWriter<'w> + 'static,
+{
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let metadata = event.metadata();
+        if metadata.target() != AUDIT_TARGET {
+            return;
+        }
+        let mut fields = Map::new();
+        fields.insert("target".into(), Value::from(AUDIT_TARGET));
+        fields.insert("level".into(), Value::from(metadata.level().as_str()));
+        for field in metadata.fields() {
+            fields.insert(field.name().into(), Value::Null);
+        }
+        event.record(&mut JsonFields(&mut fields));
+        let mut line = Value::Object(fields).to_string();
+        line.push('\n');
+        // One write per line, so concurrent events never interleave mid-line.
+        let _ = self.writer.make_writer().write_all(line.as_bytes());
+    }
+}
+
+impl Visit for JsonFields<'_> {
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.insert(field.name().into(), Value::from(value));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .insert(field.name().into(), Value::from(format!("{value:?}")));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'w> MakeWriter<'w> for Buffer {
+        type Writer = Buffer;
+        fn make_writer(&'w self) -> Buffer {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn audit_lines_have_every_declared_field_and_nulls_for_the_rest() {
+        let buffer = Buffer::default();
+        let subscriber = tracing_subscriber::registry().with(AuditLayer::new(buffer.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            let absent: Option<&str> = None;
+            tracing::info!(target: "audit", schema = 1u64, rpc = "X", rule = absent, caller = Some("a\nb"));
+            tracing::info!(target: "other", ignored = true);
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        let event: Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(event["target"], "audit");
+        assert_eq!(event["schema"], 1);
+        assert_eq!(event["rpc"], "X");
+        assert_eq!(event["rule"], Value::Null);
+        assert!(event.as_object().unwrap().contains_key("rule"));
+        // Control characters are escaped by JSON, so no forged second line.
+        assert_eq!(event["caller"], "a\nb");
+    }
 }

@@ -29,6 +29,30 @@ pub struct Issued {
     pub renew_after: u64,
     /// The token's fingerprint.
     pub fingerprint: Fingerprint,
+    /// The names of the Agora services in the token, read back from it.
+    pub services: Vec<&'static str>,
+}
+
+impl Issued {
+    /// The rule that granted the token.
+    pub fn rule(&self) -> &str {
+        &self.grant.rule
+    }
+
+    /// The identity the token binds, as text for replies and logs.
+    pub fn identity_text(&self) -> String {
+        bound_identity_text(&self.grant.identity)
+    }
+
+    /// The RTC role, for tokens with an RTC service.
+    pub fn role(&self) -> Option<crate::domain::Role> {
+        (self.grant.action == Action::Issue(policy::Service::Rtc)).then_some(self.grant.role)
+    }
+
+    /// The names of the Agora services in the token (`rtc`, `rtm`, ...).
+    pub fn services(&self) -> &[&'static str] {
+        &self.services
+    }
 }
 
 impl Gate {
@@ -68,7 +92,7 @@ impl Gate {
         // The reply reports what is in the token, read back from it, so the
         // two can never disagree.
         let parsed = v007::parse(&token)
-            .map_err(|e| GateError::BadToken(format!("built token does not parse: {e}")))?;
+            .map_err(|e| GateError::Bug(format!("built token does not parse: {e}")))?;
         let privileges: Vec<PrivilegeExpiry> = parsed
             .token
             .services
@@ -81,7 +105,14 @@ impl Gate {
             .filter_map(|p| p.expires_at)
             .fold(expires_at, u64::min);
         let issued_at = grant.issued_at;
+        let services = parsed
+            .token
+            .services
+            .iter()
+            .map(|s| s.kind.name())
+            .collect();
         Ok(Issued {
+            services,
             fingerprint: Fingerprint::of(token.as_bytes()),
             token,
             app_id: project.app_id.as_str().to_owned(),
@@ -158,7 +189,7 @@ fn build_token(issue: &Issue<'_>, grant: &Grant) -> Result<String, GateError> {
             Ok(raw::chat_app_token(issue, join)?)
         }
         (Action::Issue(policy::Service::Fpa), _) => Ok(raw::fpa_token(issue)?),
-        (action, identity) => Err(GateError::BadToken(format!(
+        (action, identity) => Err(GateError::Bug(format!(
             "no builder for action {action} with identity {identity:?}"
         ))),
     }
@@ -169,9 +200,9 @@ fn rtm2_permissions(grants: &[policy::Rtm2Permission]) -> Result<Rtm2Permissions
     let mut permissions = Rtm2Permissions::new();
     for grant in grants {
         let resource = ResourceType::from_code(grant.resource_type.code())
-            .ok_or_else(|| GateError::BadToken("unknown rtm2 resource type".into()))?;
+            .ok_or_else(|| GateError::Bug("unknown rtm2 resource type".into()))?;
         let access = PermissionType::from_code(grant.access.code())
-            .ok_or_else(|| GateError::BadToken("unknown rtm2 permission type".into()))?;
+            .ok_or_else(|| GateError::Bug("unknown rtm2 permission type".into()))?;
         permissions.add(resource, access, grant.resources.iter().map(String::as_str));
     }
     Ok(permissions)

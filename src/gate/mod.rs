@@ -31,7 +31,7 @@ pub enum GateError {
     /// The channel given with a renewal contradicts the token's own channel.
     #[error("the token is for another channel")]
     ChannelMismatch,
-    /// The token given to renew or inspect is not usable; the message says why.
+    /// The token the caller gave to renew or inspect is not usable; the message says why.
     #[error("{0}")]
     BadToken(String),
     /// A grant named a project that is not configured (a config bug: the policy checks names at load).
@@ -43,6 +43,10 @@ pub enum GateError {
     /// The token could not be built.
     #[error("token build failed: {0}")]
     Token(#[from] TokenError),
+    /// An invariant of the service itself broke (a built token that does not
+    /// read back, a grant with no builder): a server bug, never the caller's fault.
+    #[error("server bug: {0}")]
+    Bug(String),
 }
 
 /// One Agora project: its App ID and its named certificates.

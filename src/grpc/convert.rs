@@ -7,9 +7,9 @@ use std::num::NonZeroU32;
 use prost_types::{Duration, Timestamp};
 
 use super::pb;
-use super::status::InvalidRequest;
 use crate::domain::{Account, ChannelName, Lifetime, Role, RtmUserId, Uid};
 use crate::gate::{self, Diagnosis, Inspection, Issued, PrivilegeExpiry};
+use crate::pipeline::{InvalidRequest, RenewRequest};
 use crate::policy::{
     self, Action, BoundIdentity, ChannelScope, Decision, Request, RequestedIdentity, Trace,
 };
@@ -118,10 +118,11 @@ pub fn chat_request(
     errors.into_result().map(|()| request)
 }
 
-/// The lifetimes of a renewal.
-pub fn renew_lifetimes(msg: Option<&pb::Lifetimes>) -> Result<gate::Lifetimes, InvalidRequest> {
+/// A `RenewTokenRequest`: the token, its lifetimes and the optional channel
+/// (for RTM and Chat tokens, which carry none), every violation collected.
+pub fn renew_request(msg: &pb::RenewTokenRequest) -> Result<RenewRequest, InvalidRequest> {
     let mut errors = InvalidRequest::default();
-    let lifetimes = match msg {
+    let lifetimes = match &msg.lifetimes {
         None => gate::Lifetimes::default(),
         Some(l) => gate::Lifetimes {
             token: lifetime(l.token.as_ref(), "lifetimes.token", &mut errors),
@@ -129,14 +130,12 @@ pub fn renew_lifetimes(msg: Option<&pb::Lifetimes>) -> Result<gate::Lifetimes, I
             publish: lifetime(l.publish.as_ref(), "lifetimes.publish", &mut errors),
         },
     };
-    errors.into_result().map(|()| lifetimes)
-}
-
-/// The optional channel of a renewal (for RTM and Chat tokens, which carry none).
-pub fn renew_channel(msg: &pb::RenewTokenRequest) -> Result<Option<ChannelScope>, InvalidRequest> {
-    let mut errors = InvalidRequest::default();
-    let scope = channel(&msg.channel, "channel", false, &mut errors);
-    errors.into_result().map(|()| scope)
+    let channel = channel(&msg.channel, "channel", false, &mut errors);
+    errors.into_result().map(|()| RenewRequest {
+        token: msg.token.clone(),
+        channel,
+        lifetimes,
+    })
 }
 
 /// The expectation of an `InspectTokenRequest`.

@@ -1,10 +1,9 @@
 //! The thin tonic adapter: the only module that knows protobuf and `tonic::Status`.
 
 pub mod convert;
-pub mod ext_authz;
+pub mod envoy_check;
 pub mod health;
 pub mod service;
-pub mod status;
 
 /// The generated protobuf types and tonic stubs of `proto/tokengate/v1`.
 #[allow(missing_docs, clippy::all, missing_debug_implementations)]

@@ -9,6 +9,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod authz;
+pub mod binary;
 pub mod jwks_server;
 pub mod keys;
 pub mod oidc;

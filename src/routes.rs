@@ -1,9 +1,9 @@
-//! The HTTP side of Envoy's ext_authz: how a request that a mesh sidecar
+//! ext_authz routes: how an HTTP request that a proxy or mesh sidecar
 //! forwards (method, path, headers) becomes a token request for the rules.
 //!
 //! This module knows HTTP routes and header names, not protobuf: the
 //! `grpc::ext_authz` adapter reads Envoy's `CheckRequest` into plain values,
-//! asks [`Mesh::request`] for a policy request, and lets the gate decide
+//! asks [`Routes::request`] for a policy request, and lets the gate decide
 //! exactly as for the gRPC API.
 //!
 //! Route templates are matched segment by segment on the path (the query
@@ -19,7 +19,7 @@ use crate::policy::{self, Action, ChannelScope, Request, RequestedIdentity};
 /// An `[ext_authz]` setting that cannot be used; the key is named.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{key}: {message}")]
-pub struct MeshError {
+pub struct RoutesError {
     /// The dotted key, e.g. `ext_authz.routes[1].path`.
     pub key: String,
     /// What is wrong with it.
@@ -116,7 +116,7 @@ pub struct RouteSection {
 
 /// The compiled `[ext_authz]` section.
 #[derive(Debug, Clone)]
-pub struct Mesh {
+pub struct Routes {
     /// The JWT header, lowercase.
     pub jwt_header: String,
     /// Whether to remove the JWT header upstream.
@@ -217,9 +217,12 @@ impl ResponseHeaders {
     }
 }
 
-impl Mesh {
+impl Routes {
     /// Checks and compiles the section; `known_projects` are the configured project names.
-    pub fn compile(section: &ExtAuthzSection, known_projects: &[&str]) -> Result<Self, MeshError> {
+    pub fn compile(
+        section: &ExtAuthzSection,
+        known_projects: &[&str],
+    ) -> Result<Self, RoutesError> {
         let header_keys = [
             ("ext_authz.jwt_header", section.jwt_header.as_str()),
             (
@@ -371,7 +374,7 @@ impl Mesh {
 }
 
 impl Route {
-    fn compile(section: &RouteSection, key: &str, projects: &[&str]) -> Result<Self, MeshError> {
+    fn compile(section: &RouteSection, key: &str, projects: &[&str]) -> Result<Self, RoutesError> {
         let path_key = format!("{key}.path");
         if !section.path.starts_with('/') {
             return Err(error(&path_key, "must start with /"));
@@ -504,7 +507,7 @@ fn percent_decode(segment: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-fn check_header_name(key: &str, name: &str) -> Result<(), MeshError> {
+fn check_header_name(key: &str, name: &str) -> Result<(), RoutesError> {
     let valid = !name.is_empty()
         && name
             .bytes()
@@ -527,8 +530,8 @@ fn default_service() -> String {
     "rtc".into()
 }
 
-fn error(key: &str, message: &str) -> MeshError {
-    MeshError {
+fn error(key: &str, message: &str) -> RoutesError {
+    RoutesError {
         key: key.to_owned(),
         message: message.to_owned(),
     }
@@ -545,10 +548,10 @@ fn bad(field: &str, message: &str) -> BadHttpRequest {
 mod tests {
     use super::*;
 
-    fn mesh(routes: &str) -> Mesh {
+    fn mesh(routes: &str) -> Routes {
         let text = format!("enabled = true\n{routes}");
         let section: ExtAuthzSection = toml::from_str(&text).unwrap();
-        Mesh::compile(&section, &["main"]).unwrap()
+        Routes::compile(&section, &["main"]).unwrap()
     }
 
     #[test]
@@ -688,7 +691,7 @@ path = "/users/{uid}/rooms/*"
         ];
         for (text, key) in cases {
             let section: ExtAuthzSection = toml::from_str(text).unwrap();
-            let error = Mesh::compile(&section, &["main"]).unwrap_err();
+            let error = Routes::compile(&section, &["main"]).unwrap_err();
             assert_eq!(error.key, *key, "{text}");
         }
     }

@@ -1,0 +1,211 @@
+//! `envoy.service.auth.v3.Authorization/Check`: Envoy's (and Istio's CUSTOM
+//! action's) external authorization, on the same gRPC port as the token API.
+//!
+//! The adapter reads the HTTP request out of Envoy's `CheckRequest`, hands it
+//! to the pipeline's `check` (routes, authentication, rules, build, audit),
+//! and renders the outcome: OK with the token and the bound identity in
+//! headers (client copies replaced or removed), or the refusal's HTTP denial
+//! (`render::http_denial`). Every refusal is an HTTP answer, never a gRPC
+//! error, so a request can never steer Envoy onto its `failure_mode_allow` path.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use envoy_types::ext_authz::v3::pb::{
+    Authorization, CheckRequest, CheckResponse, HeaderAppendAction, HttpStatusCode,
+};
+use envoy_types::ext_authz::v3::{
+    CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
+};
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest as EnvoyHttp;
+use tonic::{Request, Response, Status};
+
+use crate::domain::RtcIdentity;
+use crate::gate::Issued;
+use crate::pipeline::{Call, Checked, HttpRequest, InvalidRequest, Pipeline, Refusal, Rpc};
+use crate::policy::BoundIdentity;
+use crate::render;
+use crate::routes::Routes;
+
+/// The ext_authz service.
+pub struct EnvoyCheck {
+    pipeline: Arc<Pipeline>,
+    routes: Arc<Routes>,
+}
+
+/// The HTTP request as Envoy describes it, borrowed from the `CheckRequest`:
+/// a check reads a handful of headers, so none is copied until it is read.
+struct HttpView<'a> {
+    http: &'a EnvoyHttp,
+}
+
+impl std::fmt::Debug for EnvoyCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnvoyCheck")
+            .field("routes", &self.routes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EnvoyCheck {
+    /// A check service over the pipeline, with `routes` naming the headers it sets.
+    pub fn new(pipeline: Arc<Pipeline>, routes: Arc<Routes>) -> Self {
+        Self { pipeline, routes }
+    }
+
+    /// An OK response that forwards the token and identity headers upstream.
+    fn allow(&self, issued: &Issued) -> CheckResponse {
+        let names = &self.routes.response_headers;
+        let mut ok = OkHttpResponseBuilder::new();
+        // Overwrite, never append: a client-supplied copy must not survive next to ours.
+        let mut set = |name: &str, value: String| {
+            ok.add_header(
+                name,
+                value,
+                Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
+                false,
+            );
+        };
+        set(&names.token, issued.token.clone());
+        set(&names.expires_at, issued.expires_at.to_string());
+        set(&names.rule, issued.rule().to_owned());
+        let (identity_header, other_header) = match &issued.grant.identity {
+            BoundIdentity::Rtc(RtcIdentity::Uid(uid)) => {
+                set(&names.uid, uid.get().to_string());
+                (&names.uid, &names.account)
+            }
+            BoundIdentity::Rtc(RtcIdentity::AnyUid) => {
+                set(&names.uid, "0".to_owned());
+                (&names.uid, &names.account)
+            }
+            BoundIdentity::Rtc(RtcIdentity::Account(account)) => {
+                set(&names.account, account.as_str().to_owned());
+                (&names.account, &names.uid)
+            }
+            BoundIdentity::User(user) => {
+                set(&names.account, user.as_str().to_owned());
+                (&names.account, &names.uid)
+            }
+            BoundIdentity::App | BoundIdentity::None => (&names.token, &names.uid),
+        };
+        // The output header this grant does not set is removed, so a client
+        // cannot slip in a uid next to our account (or the reverse).
+        if other_header != identity_header {
+            ok.remove_header(other_header.as_str());
+        }
+        if matches!(
+            issued.grant.identity,
+            BoundIdentity::App | BoundIdentity::None
+        ) {
+            ok.remove_header(names.account.as_str());
+        }
+        if self.routes.remove_jwt_header {
+            ok.remove_header(self.routes.jwt_header.as_str());
+        }
+        let mut response = CheckResponse::with_status(render::allowed());
+        response.set_http_response(ok);
+        response
+    }
+
+    /// An OK response for a pass-through route: no token, and every header we own removed.
+    fn pass_through(&self) -> CheckResponse {
+        let mut ok = OkHttpResponseBuilder::new();
+        for name in self.routes.response_headers.all() {
+            ok.remove_header(name);
+        }
+        let mut response = CheckResponse::with_status(render::allowed());
+        response.set_http_response(ok);
+        response
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for EnvoyCheck {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        let view = http_view(request.get_ref());
+        let http = view
+            .as_ref()
+            .map(|v| v as &dyn HttpRequest)
+            .map_err(Clone::clone);
+        let call = Call {
+            rpc: Rpc::ExtAuthz,
+            peer: request.remote_addr(),
+            authorization: None,
+        };
+        let outcome = self.pipeline.check(call, http).await;
+        Ok(Response::new(match outcome.result {
+            Ok(Checked::Allowed { issued, .. }) => self.allow(&issued),
+            Ok(Checked::PassThrough { .. }) => self.pass_through(),
+            Err(refusal) => deny(&refusal, &outcome.request_id),
+        }))
+    }
+}
+
+/// The refusal's HTTP denial, with the matching gRPC status for Envoy's logs.
+fn deny(refusal: &Refusal, request_id: &str) -> CheckResponse {
+    let denial = render::http_denial(refusal, request_id);
+    let mut denied = DeniedHttpResponseBuilder::new();
+    let code = HttpStatusCode::try_from(i32::from(denial.status))
+        .unwrap_or(HttpStatusCode::InternalServerError);
+    denied.set_http_status(code);
+    for (name, value) in &denial.headers {
+        denied.add_header(*name, value.as_str(), None, false);
+    }
+    denied.set_body(denial.body);
+    let mut response = CheckResponse::with_status(render::status(refusal, request_id));
+    response.set_http_response(denied);
+    response
+}
+
+/// Method, path and headers from `attributes.request.http` (`headers`, or
+/// `header_map` when Envoy sends raw headers).
+fn http_view(request: &CheckRequest) -> Result<HttpView<'_>, InvalidRequest> {
+    let http = request
+        .attributes
+        .as_ref()
+        .and_then(|a| a.request.as_ref())
+        .and_then(|r| r.http.as_ref())
+        .ok_or_else(|| InvalidRequest::field("attributes.request.http", "is required"))?;
+    Ok(HttpView { http })
+}
+
+impl HttpRequest for HttpView<'_> {
+    fn method(&self) -> &str {
+        &self.http.method
+    }
+
+    fn path(&self) -> &str {
+        &self.http.path
+    }
+
+    /// The value of header `name` (lowercase). Envoy lowercases the keys of
+    /// `headers`, so a map lookup finds them; other senders' keys are matched
+    /// case-insensitively, and raw `header_map` entries win, as they did when
+    /// both were merged.
+    fn header(&self, name: &str) -> Option<Cow<'_, str>> {
+        let http = self.http;
+        if let Some(map) = &http.header_map
+            && let Some(header) = map
+                .headers
+                .iter()
+                .rev()
+                .find(|h| h.key.eq_ignore_ascii_case(name))
+        {
+            return Some(if header.value.is_empty() {
+                String::from_utf8_lossy(&header.raw_value)
+            } else {
+                Cow::Borrowed(&header.value)
+            });
+        }
+        let value = http.headers.get(name).or_else(|| {
+            http.headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v)
+        });
+        value.map(|v| Cow::Borrowed(v.as_str()))
+    }
+}

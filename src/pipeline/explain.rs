@@ -1,0 +1,40 @@
+//! Explaining: a dry run of the rules, for a caller allowed to explain.
+
+use super::audit::{AuditEvent, Audited};
+use super::{Call, InvalidRequest, Outcome, Pipeline};
+use crate::policy::{Decision, Request, Trace};
+
+/// What a dry run decided, with the trace of every rule considered.
+#[derive(Debug, Clone)]
+pub struct Explanation {
+    /// The decision the request would get.
+    pub decision: Decision,
+    /// Each rule considered, in order.
+    pub trace: Trace,
+}
+
+impl Pipeline {
+    /// Explains how the rules would decide `request` for the caller.
+    pub async fn explain(
+        &self,
+        call: Call<'_>,
+        request: Result<Request, InvalidRequest>,
+    ) -> Outcome<Explanation> {
+        let mut flow = self.begin(&call);
+        let result = async {
+            let principal = self.authenticate(&mut flow, call.authorization).await?;
+            let request = request?;
+            flow.event.channel = request.channel.as_ref().map(|c| c.as_str().to_owned());
+            let (decision, trace) = self.gate.explain(&principal, &request, flow.now)?;
+            Ok(Explanation { decision, trace })
+        }
+        .await;
+        self.finish(flow, result)
+    }
+}
+
+impl Audited for Explanation {
+    // The event records that the caller was allowed to explain; the dry-run
+    // decision is the reply, not an access decision.
+    fn describe(&self, _event: &mut AuditEvent) {}
+}

@@ -1,0 +1,42 @@
+//! Inspecting a token: decode, verify and diagnose errors 109 and 110.
+
+use super::audit::{AuditEvent, Audited};
+use super::{Call, InvalidRequest, Outcome, Pipeline};
+use crate::gate::{Expectation, Inspection};
+
+/// An inspection as the adapters convert it.
+#[derive(Debug, Clone)]
+pub struct InspectRequest {
+    /// The 006 or 007 token. Never logged.
+    pub token: String,
+    /// What the client joined with, to explain a 110.
+    pub expected: Expectation,
+}
+
+impl Pipeline {
+    /// Inspects a token, if the caller may.
+    pub async fn inspect(
+        &self,
+        call: Call<'_>,
+        request: Result<InspectRequest, InvalidRequest>,
+    ) -> Outcome<Inspection> {
+        let mut flow = self.begin(&call);
+        let result = async {
+            let principal = self.authenticate(&mut flow, call.authorization).await?;
+            let request = request?;
+            flow.event.channel = request.expected.channel.clone();
+            Ok(self
+                .gate
+                .inspect(&principal, &request.token, &request.expected, flow.now)?)
+        }
+        .await;
+        self.finish(flow, result)
+    }
+}
+
+impl Audited for Inspection {
+    fn describe(&self, event: &mut AuditEvent) {
+        event.project.clone_from(&self.project);
+        event.token = Some(self.fingerprint.clone());
+    }
+}

@@ -1,0 +1,44 @@
+//! Renewing a token this service issued: the rules are re-run for the
+//! token's own channel, identity, role and services.
+
+use super::{Call, InvalidRequest, Outcome, Pipeline};
+use crate::gate::{Issued, Lifetimes};
+use crate::policy::ChannelScope;
+
+/// A renewal as the adapters convert it.
+#[derive(Debug, Clone)]
+pub struct RenewRequest {
+    /// The 007 token to renew. Never logged.
+    pub token: String,
+    /// The channel, for RTM and Chat tokens that carry none.
+    pub channel: Option<ChannelScope>,
+    /// The lifetimes the caller asks for.
+    pub lifetimes: Lifetimes,
+}
+
+impl Pipeline {
+    /// Renews `request.token` for the caller, never beyond today's grant.
+    pub async fn renew(
+        &self,
+        call: Call<'_>,
+        request: Result<RenewRequest, InvalidRequest>,
+    ) -> Outcome<Issued> {
+        let mut flow = self.begin(&call);
+        let result = async {
+            let principal = self.authenticate(&mut flow, call.authorization).await?;
+            let request = request?;
+            flow.event.channel = request.channel.as_ref().map(|c| c.as_str().to_owned());
+            let salt = Self::salt()?;
+            Ok(self.gate.renew(
+                &principal,
+                &request.token,
+                request.channel,
+                request.lifetimes,
+                flow.now,
+                salt,
+            )?)
+        }
+        .await;
+        self.finish(flow, result)
+    }
+}

@@ -1,0 +1,374 @@
+//! The one place a [`Refusal`] becomes wire: a `tonic::Status` with
+//! `google.rpc` details for gRPC callers, and an HTTP denial (status code,
+//! headers, small JSON body) for ext_authz and forward-auth. Both renderings
+//! live side by side so that the two transports can never disagree: the
+//! README's error table is checked against them by a test below.
+//!
+//! This is also the only module that constructs a `tonic::Status`. Every
+//! refusal carries `google.rpc.RequestInfo` with the request id, and messages
+//! never contain a JWT, a certificate or a token.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+use crate::identity::AuthError;
+use crate::pipeline::Refusal;
+
+/// The `ErrorInfo.domain` of every error tokengate returns.
+pub const ERROR_DOMAIN: &str = "tokengate.v1";
+
+/// A refusal as an HTTP response, for a proxy to send to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpDenial {
+    /// The HTTP status code.
+    pub status: u16,
+    /// Response headers (lowercase names).
+    pub headers: Vec<(&'static str, String)>,
+    /// `{"error": reason}`.
+    pub body: String,
+}
+
+/// The gRPC status for `refusal`. `request_id` ties it to the audit event and logs.
+pub fn status(refusal: &Refusal, request_id: &str) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_request_info(request_id, "");
+    let message = match refusal {
+        Refusal::BadInput(invalid) => {
+            let violations: Vec<FieldViolation> = invalid
+                .violations
+                .iter()
+                .map(|(field, description)| FieldViolation::new(field.clone(), description.clone()))
+                .collect();
+            details.set_bad_request(violations);
+            invalid.to_string()
+        }
+        Refusal::Denied(denial) => {
+            let mut metadata = HashMap::new();
+            if let Some(rule) = &denial.rule {
+                metadata.insert("rule".to_owned(), rule.clone());
+            }
+            details.set_error_info(refusal.reason(), ERROR_DOMAIN, metadata);
+            format!("{}: {}", denial.reason.as_str(), denial.detail)
+        }
+        Refusal::Unauthenticated(error) => {
+            details.set_error_info(refusal.reason(), ERROR_DOMAIN, HashMap::new());
+            error.to_string()
+        }
+        Refusal::NoRoute { .. } => {
+            details.set_error_info(refusal.reason(), ERROR_DOMAIN, HashMap::new());
+            "no ext_authz route matches the request".to_owned()
+        }
+        Refusal::Unavailable {
+            detail,
+            retry_after_secs,
+            ..
+        } => {
+            details.set_error_info(refusal.reason(), ERROR_DOMAIN, HashMap::new());
+            details.set_retry_info(Some(Duration::from_secs(u64::from(*retry_after_secs))));
+            detail.clone()
+        }
+        Refusal::Internal(_) => {
+            details.set_error_info(refusal.reason(), ERROR_DOMAIN, HashMap::new());
+            format!("internal error; request id {request_id}")
+        }
+    };
+    let mut status = Status::with_error_details(grpc_code(refusal), message, details);
+    tag_request_id(status.metadata_mut(), request_id);
+    status
+}
+
+/// The response header that returns the request id to the caller.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Adds `x-request-id` to a reply's metadata, so a user can hand it to an operator.
+pub fn tag_request_id(metadata: &mut tonic::metadata::MetadataMap, request_id: &str) {
+    // Request ids are hex, always valid metadata; a failure would only drop the header.
+    if let Ok(value) = request_id.parse() {
+        metadata.insert(REQUEST_ID_HEADER, value);
+    }
+}
+
+/// The HTTP denial for `refusal`.
+pub fn http_denial(refusal: &Refusal, request_id: &str) -> HttpDenial {
+    let mut headers = vec![
+        ("content-type", "application/json".to_owned()),
+        (REQUEST_ID_HEADER, request_id.to_owned()),
+    ];
+    match refusal {
+        // RFC 6750 §3.1: a request without credentials gets no error code.
+        Refusal::Unauthenticated(AuthError::Missing) => {}
+        Refusal::Unauthenticated(_) => {
+            headers.push((
+                "www-authenticate",
+                "Bearer error=\"invalid_token\"".to_owned(),
+            ));
+        }
+        Refusal::Unavailable {
+            retry_after_secs, ..
+        } => headers.push(("retry-after", retry_after_secs.to_string())),
+        _ => {}
+    }
+    // The body stays minimal; the request id travels in `x-request-id`.
+    let body = serde_json::json!({ "error": refusal.reason() });
+    HttpDenial {
+        status: http_status(refusal),
+        headers,
+        body: body.to_string(),
+    }
+}
+
+/// The OK status of an allowed ext_authz check.
+pub fn allowed() -> Status {
+    Status::ok("")
+}
+
+/// The gRPC code of each refusal.
+pub fn grpc_code(refusal: &Refusal) -> Code {
+    match refusal {
+        Refusal::Unauthenticated(_) => Code::Unauthenticated,
+        Refusal::Denied(_) | Refusal::NoRoute { .. } => Code::PermissionDenied,
+        Refusal::BadInput(_) => Code::InvalidArgument,
+        Refusal::Unavailable { .. } => Code::Unavailable,
+        Refusal::Internal(_) => Code::Internal,
+    }
+}
+
+/// The HTTP status of each refusal.
+pub fn http_status(refusal: &Refusal) -> u16 {
+    match refusal {
+        Refusal::Unauthenticated(_) => 401,
+        Refusal::Denied(_) | Refusal::NoRoute { .. } => 403,
+        Refusal::BadInput(_) => 400,
+        Refusal::Unavailable { .. } => 503,
+        Refusal::Internal(_) => 500,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::InvalidRequest;
+    use crate::policy::{Denial, DenyReason};
+
+    /// One refusal of each kind, with every reason it can carry.
+    fn every_refusal() -> Vec<(&'static str, Vec<Refusal>)> {
+        let auth = [
+            AuthError::Missing,
+            AuthError::Malformed("x"),
+            AuthError::TooLarge { size: 2, max: 1 },
+            AuthError::UnknownIssuer,
+            AuthError::UnknownKey { issuer: "a".into() },
+            AuthError::AlgorithmNotAllowed,
+            AuthError::BadSignature,
+            AuthError::Expired,
+            AuthError::NotYetValid,
+            AuthError::IssuedInFuture,
+            AuthError::BadIssuer,
+            AuthError::BadAudience,
+            AuthError::MissingClaim("email".into()),
+            AuthError::KeysExpired { issuer: "a".into() },
+        ];
+        let denials = DenyReason::ALL
+            .into_iter()
+            .filter(|r| *r != DenyReason::UnknownProject)
+            .map(|reason| {
+                Refusal::Denied(Denial {
+                    reason,
+                    rule: Some("r".into()),
+                    detail: "d".into(),
+                })
+            });
+        vec![
+            (
+                "unauthenticated",
+                auth.into_iter().map(Refusal::Unauthenticated).collect(),
+            ),
+            ("denied", denials.collect()),
+            (
+                "no route",
+                vec![Refusal::NoRoute {
+                    method: "GET".into(),
+                    path: "/x".into(),
+                }],
+            ),
+            (
+                "bad input",
+                vec![Refusal::BadInput(InvalidRequest::field("channel", "empty"))],
+            ),
+            (
+                "unavailable",
+                vec![Refusal::from(AuthError::KeysNotLoaded {
+                    issuer: "a".into(),
+                })],
+            ),
+            ("internal", vec![Refusal::Internal("bug".into())]),
+        ]
+    }
+
+    /// The README's "Errors" table: `| refusal | gRPC code | HTTP | reasons |`.
+    fn readme_rows() -> Vec<(String, String, u16, Vec<String>)> {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split("\n## Errors\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .unwrap_or_default();
+        section
+            .lines()
+            .filter(|l| l.starts_with("| `") || l.starts_with("| "))
+            .filter_map(|line| {
+                let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+                let http = cells.get(2)?.trim_matches('`').parse::<u16>().ok()?;
+                let reasons = cells
+                    .get(3)?
+                    .split('`')
+                    .skip(1)
+                    .step_by(2)
+                    .map(str::to_owned)
+                    .collect();
+                Some((
+                    cells[0].to_owned(),
+                    cells[1].trim_matches('`').to_owned(),
+                    http,
+                    reasons,
+                ))
+            })
+            .collect()
+    }
+
+    fn code_name(code: Code) -> String {
+        // `Code::PermissionDenied` -> `PERMISSION_DENIED`, as the README writes it.
+        let debug = format!("{code:?}");
+        let mut out = String::new();
+        for (i, c) in debug.chars().enumerate() {
+            if c.is_uppercase() && i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_uppercase());
+        }
+        out
+    }
+
+    #[test]
+    fn the_readme_error_table_is_what_the_code_renders() {
+        let rows = readme_rows();
+        assert_eq!(
+            rows.len(),
+            every_refusal().len(),
+            "one README row per refusal kind: {rows:?}"
+        );
+        for (kind, refusals) in every_refusal() {
+            let row = rows
+                .iter()
+                .find(|(name, ..)| name == kind)
+                .unwrap_or_else(|| panic!("README has no row for {kind:?}: {rows:?}"));
+            for refusal in &refusals {
+                assert_eq!(code_name(grpc_code(refusal)), row.1, "{kind}: {refusal:?}");
+                assert_eq!(http_status(refusal), row.2, "{kind}: {refusal:?}");
+                assert!(
+                    row.3.iter().any(|r| r == refusal.reason()),
+                    "{kind}: README lacks reason {:?}",
+                    refusal.reason()
+                );
+                let status = status(refusal, "rid");
+                assert_eq!(status.code(), grpc_code(refusal));
+                let denial = http_denial(refusal, "rid");
+                assert_eq!(denial.status, http_status(refusal));
+            }
+            // And the README lists no reason the code cannot produce.
+            for reason in &row.3 {
+                assert!(
+                    refusals.iter().any(|r| r.reason() == reason),
+                    "{kind}: README reason {reason:?} is never produced"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_status_and_denial_carries_the_request_id_and_the_reason() {
+        for (_, refusals) in every_refusal() {
+            for refusal in refusals {
+                let status = status(&refusal, "0123abcd");
+                let details = status.get_error_details();
+                assert_eq!(
+                    details.request_info().map(|r| r.request_id.as_str()),
+                    Some("0123abcd")
+                );
+                let denial = http_denial(&refusal, "0123abcd");
+                let body: serde_json::Value = serde_json::from_str(&denial.body).unwrap();
+                assert_eq!(body["error"], refusal.reason());
+                assert!(
+                    denial
+                        .headers
+                        .contains(&(REQUEST_ID_HEADER, "0123abcd".to_owned()))
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bad_input_carries_every_violation() {
+        let mut error = InvalidRequest::field("channel", "must not be empty");
+        error.push("uid", "out of range");
+        let status = status(&Refusal::BadInput(error), "r");
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let details = status.get_error_details();
+        let fields: Vec<_> = details
+            .bad_request()
+            .unwrap()
+            .field_violations
+            .iter()
+            .map(|v| v.field.clone())
+            .collect();
+        assert_eq!(fields, ["channel", "uid"]);
+        assert_eq!(
+            status.message(),
+            "invalid request: channel: must not be empty; uid: out of range"
+        );
+    }
+
+    #[test]
+    fn denials_name_the_rule_and_internal_errors_only_the_request_id() {
+        let denied = status(
+            &Refusal::Denied(Denial {
+                reason: DenyReason::RoleNotAllowed,
+                rule: Some("lobby".into()),
+                detail: "publisher is above max_role".into(),
+            }),
+            "r",
+        );
+        let info = denied.get_error_details().error_info().unwrap().clone();
+        assert_eq!(info.reason, "role_not_allowed");
+        assert_eq!(info.domain, ERROR_DOMAIN);
+        assert_eq!(info.metadata.get("rule").map(String::as_str), Some("lobby"));
+        let internal = status(&Refusal::Internal("secret detail".into()), "abc");
+        assert_eq!(internal.message(), "internal error; request id abc");
+    }
+
+    #[test]
+    fn challenges_follow_rfc_6750_and_unavailable_says_when_to_retry() {
+        let missing = http_denial(&Refusal::Unauthenticated(AuthError::Missing), "r");
+        assert!(
+            !missing
+                .headers
+                .iter()
+                .any(|(n, _)| *n == "www-authenticate")
+        );
+        let bad = http_denial(&Refusal::Unauthenticated(AuthError::Expired), "r");
+        assert!(bad.headers.iter().any(|(n, _)| *n == "www-authenticate"));
+        let unavailable = http_denial(
+            &Refusal::from(AuthError::KeysNotLoaded { issuer: "a".into() }),
+            "r",
+        );
+        assert_eq!(unavailable.status, 503);
+        assert!(
+            unavailable
+                .headers
+                .contains(&("retry-after", "1".to_owned()))
+        );
+    }
+}

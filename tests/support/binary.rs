@@ -1,0 +1,176 @@
+//! The real `tokengate serve` binary as a child process, with its JSON logs
+//! collected line by line, its bound addresses read from its "listening"
+//! line, and signals sent by pid.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tonic::transport::Channel;
+
+use super::server::{PRIMARY_CERT, SECONDARY_CERT, config_text};
+
+/// The binary, running; killed if the test fails before it exits.
+pub struct Running {
+    child: Option<Child>,
+    grpc: SocketAddr,
+    admin: SocketAddr,
+    logs: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    /// Keeps its keep-alive connection to the admin port open across the
+    /// signal, as a prober would: it must not hold the exit either.
+    admin_client: reqwest::Client,
+    /// When the last signal was sent.
+    signalled_at: Option<Instant>,
+    _dir: tempfile::TempDir,
+}
+
+/// The test config `text` listening on 127.0.0.1:0 for both ports.
+pub fn loopback(text: &str) -> String {
+    text.replacen(
+        "[server]\n",
+        "[server]\ngrpc_listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n",
+        1,
+    )
+}
+
+impl Running {
+    /// Starts `tokengate serve` on 127.0.0.1:0 with a config trusting `jwks_url`,
+    /// and reads the bound addresses from its "listening" log line.
+    pub fn start(jwks_url: &str, rules: &str) -> Self {
+        Self::start_with_grace(jwks_url, rules, "5s")
+    }
+
+    /// Like [`Running::start`] with another grace period.
+    pub fn start_with_grace(jwks_url: &str, rules: &str, grace: &str) -> Self {
+        let config = loopback(&config_text(jwks_url, rules)).replacen(
+            "grace_period = \"5s\"",
+            &format!("grace_period = \"{grace}\""),
+            1,
+        );
+        Self::start_config(&config)
+    }
+
+    /// Starts `tokengate serve` with this whole config text (its listen addresses must be port 0).
+    pub fn start_config(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tokengate.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+            .args(["serve", "--config", path.to_str().unwrap()])
+            .args(["--log-format", "json"])
+            .env("TEST_PRIMARY_CERT", PRIMARY_CERT)
+            .env("TEST_SECONDARY_CERT", SECONDARY_CERT)
+            .env("TOKENGATE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = Arc::clone(&logs);
+        // Drains stderr for the whole run so the child never blocks on a full pipe.
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // The JSON logger flattens event fields into the top-level object.
+                if let Ok(event) = serde_json::from_str::<Value>(&line)
+                    && event["message"] == "tokengate listening"
+                {
+                    let _ = tx.send(event);
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut running = Self {
+            child: Some(child),
+            grpc: "127.0.0.1:1".parse().unwrap(),
+            admin: "127.0.0.1:1".parse().unwrap(),
+            logs,
+            reader: Some(reader),
+            admin_client: reqwest::Client::new(),
+            signalled_at: None,
+            _dir: dir,
+        };
+        let fields = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no listening line; logs: {:?}", running.logs()));
+        running.grpc = fields["grpc"].as_str().unwrap().parse().unwrap();
+        running.admin = fields["admin"].as_str().unwrap().parse().unwrap();
+        running
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends `signal` ("TERM", "INT") to the child, by its pid.
+    pub fn signal(&mut self, signal: &str) {
+        self.signalled_at = Some(Instant::now());
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal}");
+    }
+
+    /// Waits for the child to exit, at most `limit` after the signal.
+    pub async fn exit_within(&mut self, limit: Duration) -> ExitStatus {
+        let started = self.signalled_at.expect("a signal was sent");
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                self.child = None;
+                // The last lines may still be in the pipe: read to its end.
+                if let Some(reader) = self.reader.take() {
+                    reader.join().unwrap();
+                }
+                return status;
+            }
+            if started.elapsed() > limit {
+                panic!(
+                    "still running {limit:?} after the signal; logs: {:#?}",
+                    self.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn wait_ready(&self) {
+        let url = format!("http://{}/readyz", self.admin);
+        for _ in 0..400 {
+            if let Ok(response) = self.admin_client.get(&url).send().await
+                && response.status() == 200
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("never ready; logs: {:#?}", self.logs());
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
