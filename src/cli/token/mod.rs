@@ -6,8 +6,8 @@
 //! the `AGORA_APP_CERTIFICATE` environment variable, never from a flag whose
 //! value would show in `ps`, and it is never printed.
 //!
-//! One file per job: [`args`] (the clap structs), [`build`] (the builders),
-//! [`spec`] (the `--spec` JSON form) and [`inspect`] (printing an inspection
+//! One file per job: `args` (the clap structs), `build` (the builders),
+//! `spec` (the `--spec` JSON form) and `inspect` (printing an inspection
 //! and the decoded JSON views, [`decoded_007`] and [`decoded_006`], which
 //! live here rather than in `token`, so the pure core needs no serde).
 
