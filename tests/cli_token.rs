@@ -655,3 +655,42 @@ fn inspect_006_json_has_the_decoded_fields_and_exit_codes() {
         );
     }
 }
+
+/// A 006 token's expiry is the earlier of `ts` and its join deadline, whichever
+/// order they come in: the same value the InspectToken RPC reports
+/// (tests/server_api.rs, `inspect_006_expiry_is_the_earlier_of_ts_and_join`).
+#[test]
+fn inspect_006_expiry_is_the_earlier_of_ts_and_join() {
+    use std::collections::BTreeMap;
+    use tokengate::token::{AppCertificate, AppId, v006};
+
+    let app_id = AppId::parse(APP_ID).unwrap();
+    let cert = AppCertificate::parse(CERT).unwrap();
+    let t: u32 = 1_700_000_000;
+    // (ts, join deadline): the builders' shape (ts = now + 86400 after the
+    // join deadline) and the official vector's (ts first).
+    for (ts, join) in [(t + 86_400, t + 600), (t + 600, t + 86_400)] {
+        let privileges = BTreeMap::from([(v006::JOIN_CHANNEL, join)]);
+        let token = v006::build(&app_id, &cert, "c", "7", 9, ts, &privileges).unwrap();
+        let out = run(
+            &[
+                "token",
+                "inspect",
+                "--json",
+                &token,
+                "--channel",
+                "c",
+                "--uid",
+                "7",
+            ],
+            &[("AGORA_APP_CERTIFICATE", CERT)],
+            "",
+        );
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let view: Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(view["ts"], ts, "{ts} {join}");
+        assert_eq!(view["expires_at"], t + 600, "ts {ts}, join {join}");
+        assert_eq!(view["privilege_expires_at"], json!({"1": join}));
+        assert_eq!(view["signature_valid"], true);
+    }
+}

@@ -1326,6 +1326,54 @@ async fn inspect_token_finds_project_certificate_and_diagnoses() {
     server.shutdown().await;
 }
 
+/// A 006 token's expiry is the earlier of `ts` and its join deadline, whichever
+/// order they come in: the same value `tokengate token inspect` prints
+/// (tests/cli_token.rs, `inspect_006_expiry_is_the_earlier_of_ts_and_join`).
+#[tokio::test]
+async fn inspect_006_expiry_is_the_earlier_of_ts_and_join() {
+    let server = ready(RULES).await;
+    let debug = debugger(&server);
+    let app_id = AppId::parse(APP_ID).unwrap();
+    let primary = AppCertificate::parse(PRIMARY_CERT).unwrap();
+    let t: u32 = 1_700_000_000;
+    // (ts, join deadline): the builders' shape (ts = now + 86400 after the
+    // join deadline) and the official vector's (ts first).
+    for (ts, join) in [(t + 86_400, t + 600), (t + 600, t + 86_400)] {
+        let privileges = std::collections::BTreeMap::from([(v006::JOIN_CHANNEL, join)]);
+        let token = v006::build(&app_id, &primary, "c", "7", 9, ts, &privileges).unwrap();
+        let found = inspect(
+            &server,
+            &debug,
+            pb::InspectTokenRequest {
+                token,
+                expected_channel: "c".into(),
+                expected_identity: Some(pb::inspect_token_request::ExpectedIdentity::ExpectedUid(
+                    7,
+                )),
+            },
+        )
+        .await
+        .unwrap();
+        assert!(found.signature_valid, "ts {ts}, join {join}");
+        assert_eq!(
+            found.expires_at.unwrap().seconds,
+            i64::from(t + 600),
+            "ts {ts}, join {join}"
+        );
+        let privilege = &found.services[0].privileges[0];
+        assert_eq!((privilege.id, privilege.name.as_str()), (1, "join_channel"));
+        assert_eq!(privilege.expires_at.unwrap().seconds, i64::from(join));
+        // Long past: Agora would refuse it as expired (109).
+        let codes: Vec<(u32, &str)> = found
+            .diagnoses
+            .iter()
+            .map(|d| (d.agora_error, d.code.as_str()))
+            .collect();
+        assert_eq!(codes, [(109, "expired")], "ts {ts}, join {join}");
+    }
+    server.shutdown().await;
+}
+
 #[tokio::test]
 async fn explain_access_traces_allow_and_deny() {
     let server = ready(RULES).await;

@@ -11,6 +11,7 @@ use std::fmt;
 
 use crate::domain::Principal;
 use crate::policy::{Action, Decision, Denial, Policy, Request};
+use crate::token::inspect::privilege_expiries;
 use crate::token::{AppCertificate, AppId, TokenError, v007};
 
 mod explain;
@@ -18,7 +19,9 @@ mod inspect;
 mod issue;
 mod renew;
 
-pub use inspect::{Diagnosis, Expectation, InspectedService, Inspection};
+pub use crate::token::inspect::{
+    Diagnosis, Expectation, InspectedService, Inspection, PrivilegeExpiry,
+};
 pub use issue::{Issued, bound_identity_text};
 pub use renew::Lifetimes;
 
@@ -65,19 +68,6 @@ pub struct Project {
 pub struct Gate {
     projects: BTreeMap<String, Project>,
     policy: Policy,
-}
-
-/// One privilege of an issued or inspected token and when it ends.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PrivilegeExpiry {
-    /// The AccessToken2 service type.
-    pub service_type: u16,
-    /// The privilege id.
-    pub privilege: u16,
-    /// The raw value in the token.
-    pub value: u32,
-    /// The absolute expiry, unix seconds; `None` for 0 ("no privilege-specific limit").
-    pub expires_at: Option<u64>,
 }
 
 impl fmt::Debug for Project {
@@ -150,21 +140,4 @@ impl Gate {
             Decision::Deny(denial) => Err(GateError::Denied(denial)),
         }
     }
-}
-
-/// The privileges of one service with their absolute expiries.
-fn privilege_expiries(
-    service_type: u16,
-    privileges: &BTreeMap<u16, u32>,
-    issue_ts: u32,
-) -> Vec<PrivilegeExpiry> {
-    privileges
-        .iter()
-        .map(|(&privilege, &value)| PrivilegeExpiry {
-            service_type,
-            privilege,
-            value,
-            expires_at: crate::token::privilege_expires_at(issue_ts, value),
-        })
-        .collect()
 }

@@ -13,6 +13,7 @@ use crate::pipeline::{InvalidRequest, RenewRequest};
 use crate::policy::{
     self, Action, BoundIdentity, ChannelScope, Decision, Request, RequestedIdentity, Trace,
 };
+use crate::token::services;
 
 /// The channel string that asks for a wildcard-channel token; no Agora channel can contain `*`.
 pub const WILDCARD_CHANNEL: &str = "*";
@@ -398,26 +399,9 @@ fn service_enum(service_type: u16) -> i32 {
     }
 }
 
-/// The snake_case name of a privilege (spec §2.5); 1000 is 006's RTM login.
+/// The snake_case name of a privilege (spec §2.5), from the token core's one table.
 fn privilege_name(service_type: u16, privilege: u16) -> &'static str {
-    match (service_type, privilege) {
-        (1, 1) => "join_channel",
-        (1, 2) => "publish_audio_stream",
-        (1, 3) => "publish_video_stream",
-        (1, 4) => "publish_data_stream",
-        (1, 1000) => "rtm_login",
-        (2 | 4 | 8, 1) => "login",
-        (3, 1) => "publish_mix_stream",
-        (3, 2) => "publish_raw_stream",
-        (5, 1) => "user",
-        (5, 2) => "app",
-        (6, 1) => "publish",
-        (6, 2) => "play",
-        (7, 1) => "room_user",
-        (7, 2) => "user",
-        (7, 3) => "app",
-        _ => "unknown",
-    }
+    services::privilege_snake_name(service_type, privilege).unwrap_or("unknown")
 }
 
 /// A unix time as a protobuf timestamp (saturating far beyond any token's range).

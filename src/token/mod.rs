@@ -11,9 +11,12 @@
 //! * [`v007`]: the raw AccessToken2: build, parse, constant-time verify.
 //! * [`builders`]: every official builder API of spec §2.6, typed and raw.
 //! * [`v006`]: the legacy AccessToken.
+//! * [`inspect`]: decode, verify against candidate certificates, per-privilege
+//!   expiries and the 109/110 diagnosis, shared by the RPC and the CLI.
 
 pub mod builders;
 pub mod codec;
+pub mod inspect;
 pub mod services;
 pub mod v006;
 pub mod v007;

@@ -2,12 +2,14 @@
 //!
 //! Strings are raw bytes: a parsed token may carry anything, and the signature
 //! covers bytes, not text. The typed builders in [`super::builders`] are where
-//! Agora's product limits apply.
+//! Agora's product limits apply. [`privilege_name`] reads the one table of
+//! privilege names.
 
 use std::collections::BTreeMap;
 
-use super::TokenError;
+use super::builders::raw;
 use super::codec::{ParseError, Reader, Writer};
+use super::{TokenError, v006};
 
 /// One service of a token: its privileges (id -> expiry in seconds from
 /// `issue_ts`, 0 = no privilege-specific limit) and its type-specific fields.
@@ -391,6 +393,67 @@ impl Rtm2Permissions {
     }
 }
 
+/// Every known privilege name: (service type, privilege id, the spec's name, the
+/// snake_case name of the gRPC API). It is the one table of privilege names,
+/// so the CLI and the RPC cannot drift apart; spec §2.5 lists them.
+///
+/// 006's RTM login (1000) is listed under RTC, where an inspection of a 006
+/// token puts its privileges. Streaming and FCDN have no builder and so no
+/// privilege constants: their ids are the spec's numbers.
+const PRIVILEGE_NAMES: &[(u16, u16, &str, &str)] = &[
+    (1, raw::RTC_JOIN_CHANNEL, "joinChannel", "join_channel"),
+    (
+        1,
+        raw::RTC_PUBLISH_AUDIO,
+        "publishAudioStream",
+        "publish_audio_stream",
+    ),
+    (
+        1,
+        raw::RTC_PUBLISH_VIDEO,
+        "publishVideoStream",
+        "publish_video_stream",
+    ),
+    (
+        1,
+        raw::RTC_PUBLISH_DATA,
+        "publishDataStream",
+        "publish_data_stream",
+    ),
+    (1, v006::RTM_LOGIN, "rtmLogin", "rtm_login"),
+    (2, raw::LOGIN, "login", "login"),
+    (3, 1, "publishMixStream", "publish_mix_stream"),
+    (3, 2, "publishRawStream", "publish_raw_stream"),
+    (4, raw::LOGIN, "login", "login"),
+    (5, raw::CHAT_USER, "user", "user"),
+    (5, raw::CHAT_APP, "app", "app"),
+    (6, 1, "publish", "publish"),
+    (6, 2, "play", "play"),
+    (7, raw::APAAS_ROOM_USER, "roomUser", "room_user"),
+    (7, raw::APAAS_USER, "user", "user"),
+    (7, raw::APAAS_APP, "app", "app"),
+    (8, raw::LOGIN, "login", "login"),
+];
+
+/// The spec's name of privilege `id` of `service_type` ("joinChannel"), if it is a known one.
+pub fn privilege_name(service_type: u16, id: u16) -> Option<&'static str> {
+    privilege_row(service_type, id).map(|(_, _, name, _)| *name)
+}
+
+/// The snake_case name of privilege `id` of `service_type` ("join_channel"), as the gRPC API spells it.
+pub fn privilege_snake_name(service_type: u16, id: u16) -> Option<&'static str> {
+    privilege_row(service_type, id).map(|(_, _, _, name)| *name)
+}
+
+fn privilege_row(
+    service_type: u16,
+    id: u16,
+) -> Option<&'static (u16, u16, &'static str, &'static str)> {
+    PRIVILEGE_NAMES
+        .iter()
+        .find(|(t, i, _, _)| *t == service_type && *i == id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -489,5 +552,35 @@ mod tests {
         assert_eq!(ResourceType::from_code(5), None);
         assert_eq!(PermissionType::from_code(1), Some(PermissionType::Write));
         assert_eq!(PermissionType::from_code(2), None);
+    }
+
+    #[test]
+    fn privilege_names_have_one_spelling_in_two_cases() {
+        assert_eq!(privilege_name(1, 1), Some("joinChannel"));
+        assert_eq!(privilege_snake_name(1, 1), Some("join_channel"));
+        assert_eq!(privilege_snake_name(1, 1000), Some("rtm_login"));
+        assert_eq!(privilege_name(7, 1), Some("roomUser"));
+        assert_eq!(privilege_name(1, 5), None);
+        assert_eq!(privilege_snake_name(9, 1), None);
+        // The snake_case column is the spec's name with each capital lowered after an underscore.
+        for (service_type, id, name, snake) in PRIVILEGE_NAMES {
+            let mut derived = String::new();
+            for c in name.chars() {
+                if c.is_ascii_uppercase() {
+                    derived.push('_');
+                }
+                derived.push(c.to_ascii_lowercase());
+            }
+            assert_eq!(derived, *snake, "{service_type}/{id}");
+        }
+        // No (type, id) pair is listed twice.
+        for (n, (t, i, _, _)) in PRIVILEGE_NAMES.iter().enumerate() {
+            assert!(
+                !PRIVILEGE_NAMES[n + 1..]
+                    .iter()
+                    .any(|(t2, i2, _, _)| t2 == t && i2 == i),
+                "{t}/{i}"
+            );
+        }
     }
 }
