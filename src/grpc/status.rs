@@ -103,13 +103,14 @@ pub fn gate_error(error: &GateError, request_id: &str) -> Status {
         GateError::ChannelMismatch => {
             InvalidRequest::field("channel", "differs from the token's own channel").into()
         }
-        GateError::UnknownProject(_) | GateError::ClockOutOfRange(_) | GateError::Token(_) => {
-            with_reason(
-                Code::Internal,
-                "internal",
-                format!("internal error; request id {request_id}"),
-            )
-        }
+        GateError::UnknownProject(_)
+        | GateError::NothingToIssue(_)
+        | GateError::ClockOutOfRange(_)
+        | GateError::Token(_) => with_reason(
+            Code::Internal,
+            "internal",
+            format!("internal error; request id {request_id}"),
+        ),
     }
 }
 
