@@ -5,6 +5,11 @@
 //! holds one never re-checks it. The limits come from the official builder
 //! comments quoted in `spec/agora-token-format.md` §6.
 //!
+//! The values both the policy and the token layer speak also live here, so
+//! neither has to translate: the [`ChannelScope`] a grant names and a token
+//! carries, and the RTM 2 permission enums ([`Rtm2ResourceType`],
+//! [`Rtm2PermissionType`]) that rules name and tokens pack as codes.
+//!
 //! This module knows nothing of protobuf, tokio or serde: the wire layers
 //! convert into these types, never the other way round.
 
@@ -96,6 +101,44 @@ pub enum RtcIdentity {
     Account(Account),
     /// Any user (uid 0, encoded as the empty string). Only granted when asked for explicitly.
     AnyUid,
+}
+
+/// The channel a token names: one channel, or every channel.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ChannelScope {
+    /// Exactly this channel.
+    Named(ChannelName),
+    /// Any channel, written `*` on the wire, which no Agora channel name can
+    /// contain. Asked for explicitly and granted only by a rule with
+    /// `allow_wildcard_channel = true`.
+    Wildcard,
+}
+
+/// An RTM 2 resource type, with its wire code (spec §2.5).
+///
+/// The one definition for rules and tokens: the policy parses it from a rule,
+/// the token's permission block packs its code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Rtm2ResourceType {
+    /// `message_channels` (code 0).
+    MessageChannels,
+    /// `stream_channels` (code 1).
+    StreamChannels,
+    /// `group_channels` (code 2).
+    GroupChannels,
+    /// `server_groups` (code 3).
+    ServerGroups,
+    /// `users` (code 4).
+    Users,
+}
+
+/// An RTM 2 permission type (the access granted on a resource), with its wire code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Rtm2PermissionType {
+    /// `read` (code 0).
+    Read,
+    /// `write` (code 1).
+    Write,
 }
 
 /// The RTC role. Agora's builders treat anything that is not publisher as subscriber;
@@ -256,6 +299,108 @@ impl RtcIdentity {
     }
 }
 
+impl ChannelScope {
+    /// The channel as text; the wildcard is `*`.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ChannelScope::Named(name) => name.as_str(),
+            ChannelScope::Wildcard => "*",
+        }
+    }
+}
+
+impl From<ChannelName> for ChannelScope {
+    fn from(name: ChannelName) -> Self {
+        ChannelScope::Named(name)
+    }
+}
+
+impl From<&ChannelName> for ChannelScope {
+    fn from(name: &ChannelName) -> Self {
+        ChannelScope::Named(name.clone())
+    }
+}
+
+impl From<&ChannelScope> for ChannelScope {
+    fn from(scope: &ChannelScope) -> Self {
+        scope.clone()
+    }
+}
+
+impl Rtm2ResourceType {
+    /// Every type, in code order.
+    pub const ALL: [Rtm2ResourceType; 5] = [
+        Rtm2ResourceType::MessageChannels,
+        Rtm2ResourceType::StreamChannels,
+        Rtm2ResourceType::GroupChannels,
+        Rtm2ResourceType::ServerGroups,
+        Rtm2ResourceType::Users,
+    ];
+
+    /// The wire code, 0..=4.
+    pub fn code(self) -> u16 {
+        match self {
+            Rtm2ResourceType::MessageChannels => 0,
+            Rtm2ResourceType::StreamChannels => 1,
+            Rtm2ResourceType::GroupChannels => 2,
+            Rtm2ResourceType::ServerGroups => 3,
+            Rtm2ResourceType::Users => 4,
+        }
+    }
+
+    /// The type of a wire code, if it is one.
+    pub fn from_code(code: u16) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.code() == code)
+    }
+
+    /// The name used in rules.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rtm2ResourceType::MessageChannels => "message_channels",
+            Rtm2ResourceType::StreamChannels => "stream_channels",
+            Rtm2ResourceType::GroupChannels => "group_channels",
+            Rtm2ResourceType::ServerGroups => "server_groups",
+            Rtm2ResourceType::Users => "users",
+        }
+    }
+
+    /// Parses a name as written in rules.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+}
+
+impl Rtm2PermissionType {
+    /// Both types, in code order.
+    pub const ALL: [Rtm2PermissionType; 2] = [Rtm2PermissionType::Read, Rtm2PermissionType::Write];
+
+    /// The wire code, 0..=1.
+    pub fn code(self) -> u16 {
+        match self {
+            Rtm2PermissionType::Read => 0,
+            Rtm2PermissionType::Write => 1,
+        }
+    }
+
+    /// The type of a wire code, if it is one.
+    pub fn from_code(code: u16) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.code() == code)
+    }
+
+    /// The name used in rules.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rtm2PermissionType::Read => "read",
+            Rtm2PermissionType::Write => "write",
+        }
+    }
+
+    /// Parses `read` or `write`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+}
+
 impl Role {
     /// Parses `publisher` or `subscriber` (case-insensitive); anything else is refused.
     pub fn parse(s: &str) -> Result<Self, InvalidValue> {
@@ -330,6 +475,12 @@ impl fmt::Display for Uid {
     }
 }
 
+impl fmt::Display for ChannelScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -369,6 +520,31 @@ pub fn is_agora_char(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rtm2_codes_and_names_round_trip() {
+        for t in Rtm2ResourceType::ALL {
+            assert_eq!(Rtm2ResourceType::from_code(t.code()), Some(t));
+            assert_eq!(Rtm2ResourceType::parse(t.as_str()), Some(t));
+        }
+        let codes: Vec<u16> = Rtm2ResourceType::ALL.iter().map(|t| t.code()).collect();
+        assert_eq!(codes, [0, 1, 2, 3, 4]);
+        assert_eq!(Rtm2ResourceType::from_code(5), None);
+        for p in Rtm2PermissionType::ALL {
+            assert_eq!(Rtm2PermissionType::from_code(p.code()), Some(p));
+            assert_eq!(Rtm2PermissionType::parse(p.as_str()), Some(p));
+        }
+        assert_eq!(Rtm2PermissionType::Write.code(), 1);
+        assert_eq!(Rtm2PermissionType::from_code(2), None);
+        assert_eq!(Rtm2PermissionType::parse("admin"), None);
+    }
+
+    #[test]
+    fn a_channel_scope_is_its_name_or_the_star() {
+        let name = ChannelName::parse("room-1").unwrap();
+        assert_eq!(ChannelScope::from(&name).as_str(), "room-1");
+        assert_eq!(ChannelScope::Wildcard.to_string(), "*");
+    }
 
     #[test]
     fn the_character_set_has_89_members() {

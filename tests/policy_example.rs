@@ -65,10 +65,27 @@ fn rtc(channel: &str, role: Role) -> Request {
 fn allowed(decision: Decision, rule: &str) -> Grant {
     match decision {
         Decision::Allow(grant) => {
-            assert_eq!(grant.rule, rule);
+            assert_eq!(grant.rule(), rule);
             grant
         }
+        Decision::Permit(p) => panic!("expected a grant by {rule:?}, got a permit by {:?}", p.rule),
         Decision::Deny(d) => panic!("expected an allow by {rule:?}, got {d}"),
+    }
+}
+
+/// An allowed inspect or explain, which issues nothing.
+fn permitted(decision: Decision, rule: &str) {
+    match decision {
+        Decision::Permit(p) => assert_eq!(p.rule, rule),
+        other => panic!("expected a permit by {rule:?}, got {other:?}"),
+    }
+}
+
+/// The publish lifetime of an RTC grant, in seconds.
+fn publish_secs(grant: &Grant) -> Option<u32> {
+    match grant {
+        Grant::Rtc(rtc) => rtc.publish_lifetime.map(|l| l.secs()),
+        other => panic!("expected an rtc grant, got {other:?}"),
     }
 }
 
@@ -77,7 +94,7 @@ fn denied(decision: Decision, reason: DenyReason, rule: Option<&str>) {
         Decision::Deny(d) => {
             assert_eq!((d.reason, d.rule.as_deref()), (reason, rule), "{d}");
         }
-        Decision::Allow(g) => panic!("expected {reason}, got an allow by {:?}", g.rule),
+        other => panic!("expected {reason}, got an allow by {:?}", other.rule()),
     }
 }
 
@@ -95,11 +112,11 @@ fn team_members_publish_in_their_team_rooms() {
         "team rooms",
     );
     assert_eq!(
-        grant.identity,
+        grant.identity(),
         BoundIdentity::Rtc(RtcIdentity::Uid(Uid::new(1001).unwrap()))
     );
-    assert_eq!(grant.project.as_deref(), Some("main"));
-    assert_eq!(grant.publish_lifetime.map(|l| l.secs()), Some(3600));
+    assert_eq!(grant.project(), "main");
+    assert_eq!(publish_secs(&grant), Some(3600));
     denied(
         p.evaluate(&alice, &rtc("team-red-standup", Role::Subscriber), NOW),
         DenyReason::NoMatchingRule,
@@ -111,7 +128,7 @@ fn team_members_publish_in_their_team_rooms() {
     long.token_lifetime = NonZeroU32::new(12 * 3600);
     let grant = allowed(p.evaluate(&alice, &long, NOW), "team rooms");
     assert_eq!(
-        (grant.token_lifetime.secs(), grant.clamped),
+        (grant.terms().token_lifetime.secs(), grant.terms().clamped),
         (8 * 3600, true)
     );
 
@@ -119,8 +136,11 @@ fn team_members_publish_in_their_team_rooms() {
     let rtm = Request::new(Action::Issue(Service::Rtm))
         .with_channel(ChannelName::parse("team-blue-chat").unwrap());
     let grant = allowed(p.evaluate(&alice, &rtm, NOW), "team rooms");
-    let perms: Vec<(&str, &str, Vec<String>)> = grant
-        .rtm_permissions
+    let Grant::Rtm(rtm) = &grant else {
+        panic!("expected an rtm grant, got {grant:?}")
+    };
+    let perms: Vec<(&str, &str, Vec<String>)> = rtm
+        .permissions
         .iter()
         .map(|p| {
             (
@@ -168,19 +188,19 @@ fn webinar_hosts_publish_and_attendees_watch() {
         "webinar hosts",
     );
     assert_eq!(
-        grant.identity,
+        grant.identity(),
         BoundIdentity::Rtc(RtcIdentity::Account(Account::parse("host-7").unwrap()))
     );
-    assert_eq!(grant.project.as_deref(), Some("events"));
-    assert_eq!(grant.token_lifetime.secs(), 7200);
-    assert_eq!(grant.publish_lifetime.map(|l| l.secs()), Some(3 * 3600));
+    assert_eq!(grant.project(), "events");
+    assert_eq!(grant.terms().token_lifetime.secs(), 7200);
+    assert_eq!(publish_secs(&grant), Some(3 * 3600));
 
     let grant = allowed(
         p.evaluate(&attendee, &rtc("webinar-launch", Role::Subscriber), NOW),
         "webinar attendees",
     );
-    assert_eq!(grant.role, Role::Subscriber);
-    assert_eq!(grant.publish_lifetime, None);
+    assert_eq!(grant.role(), Role::Subscriber);
+    assert_eq!(publish_secs(&grant), None);
     denied(
         p.evaluate(&attendee, &rtc("webinar-launch", Role::Publisher), NOW),
         DenyReason::RoleNotAllowed,
@@ -211,7 +231,7 @@ fn the_backend_chooses_identities_for_its_users() {
         "backend acts for users",
     );
     assert_eq!(
-        grant.identity,
+        grant.identity(),
         BoundIdentity::Rtc(RtcIdentity::Uid(Uid::new(555).unwrap()))
     );
 
@@ -274,7 +294,7 @@ fn suspended_users_are_denied_before_anything_else() {
         p.evaluate(&active, &Request::new(Action::Issue(Service::Chat)), NOW),
         "chat users",
     );
-    assert_eq!(grant.token_lifetime.secs(), 12 * 3600);
+    assert_eq!(grant.terms().token_lifetime.secs(), 12 * 3600);
 }
 
 #[test]
@@ -283,7 +303,7 @@ fn only_engineers_inspect_and_explain() {
     let engineer = person(LOGIN, "eve", &["tokengate:debug"], json!({}));
     let user = person(LOGIN, "dan", &[], json!({}));
     for action in [Action::Inspect, Action::Explain] {
-        allowed(
+        permitted(
             p.evaluate(&engineer, &Request::new(action), NOW),
             "engineers debug",
         );

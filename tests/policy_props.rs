@@ -8,8 +8,8 @@ use std::num::NonZeroU32;
 use proptest::prelude::*;
 use tokengate::domain::{ChannelName, ClaimValue, Fingerprint, Principal, Role, Uid};
 use tokengate::policy::{
-    Action, ChannelScope, Decision, DenyReason, Effect, Policy, Request, RequestedIdentity,
-    RuleConfig, RuleOutcome, Service,
+    Action, ChannelScope, Decision, DenyReason, Effect, Grant, Policy, Request, RequestedIdentity,
+    RtcGrant, RuleConfig, RuleOutcome, Service,
 };
 
 const NOW: u64 = 1_800_000_000;
@@ -218,12 +218,13 @@ proptest! {
     ) {
         let (policy, _) = Policy::compile(&rules, &["main", "eu"]).unwrap();
         let (decision, trace) = policy.explain(&principal(claims), &request, NOW);
-        if let Decision::Allow(grant) = &decision {
+        if decision.is_allowed() {
+            let rule = decision.rule().unwrap();
             let last = trace.rules.last().unwrap();
             let matched = matches!(last.outcome, RuleOutcome::Matched { .. });
             prop_assert!(matched);
-            prop_assert_eq!(&last.name, &grant.rule);
-            let config = rules.iter().find(|r| r.name == grant.rule).unwrap();
+            prop_assert_eq!(last.name.as_str(), rule);
+            let config = rules.iter().find(|r| r.name == rule).unwrap();
             prop_assert_eq!(config.effect, Effect::Allow);
             prop_assert!(config.actions.iter().any(|a| a == request.action.as_str()));
             // Every earlier rule was considered and did not match.
@@ -254,28 +255,38 @@ proptest! {
     ) {
         let (policy, _) = Policy::compile(&rules, &["main", "eu"]).unwrap();
         let decision = policy.evaluate(&principal(claims), &request, NOW);
-        let Decision::Allow(grant) = decision else { return Ok(()) };
-        let rule = rules.iter().find(|r| r.name == grant.rule).unwrap();
+        let grant = match decision {
+            Decision::Allow(grant) => grant,
+            // Inspect and explain issue nothing: a permit, with no project or lifetimes.
+            Decision::Permit(_) => {
+                prop_assert!(!matches!(request.action, Action::Issue(_)));
+                return Ok(());
+            }
+            Decision::Deny(_) => return Ok(()),
+        };
+        let rule = rules.iter().find(|r| r.name == grant.rule()).unwrap();
         if request.action == Action::Issue(Service::Rtc) {
             let max_role = Role::parse(rule.max_role.as_deref().unwrap()).unwrap();
-            prop_assert!(grant.role <= max_role);
-            prop_assert_eq!(grant.role, request.role.unwrap_or(Role::Subscriber));
+            prop_assert!(grant.role() <= max_role);
+            prop_assert_eq!(grant.role(), request.role.unwrap_or(Role::Subscriber));
         }
+        let terms = grant.terms();
         let max = secs_of(rule.max_ttl.as_deref().unwrap());
-        prop_assert!(grant.token_lifetime.secs() <= max);
+        prop_assert!(terms.token_lifetime.secs() <= max);
         let join_max = rule.join_ttl.as_deref().map_or(max, secs_of);
-        prop_assert!(grant.join_lifetime.secs() <= join_max);
-        if let Some(publish) = grant.publish_lifetime {
+        prop_assert!(terms.join_lifetime.secs() <= join_max);
+        if let Grant::Rtc(RtcGrant { publish_lifetime: Some(publish), .. }) = &grant {
             prop_assert!(publish.secs() <= rule.publish_ttl.as_deref().map_or(max, secs_of));
         }
         if !rule.clamp_ttl {
-            prop_assert!(!grant.clamped);
+            prop_assert!(!terms.clamped);
             if let Some(t) = request.token_lifetime {
-                prop_assert_eq!(grant.token_lifetime.secs(), t.get());
+                prop_assert_eq!(terms.token_lifetime.secs(), t.get());
             }
         }
-        prop_assert_eq!(grant.issued_at, NOW);
-        prop_assert_eq!(grant.project.is_some(), matches!(request.action, Action::Issue(_)));
+        prop_assert_eq!(terms.issued_at, NOW);
+        prop_assert!(matches!(request.action, Action::Issue(_)));
+        prop_assert_eq!(Some(grant.project()), rule.project.as_deref());
     }
 
     #[test]
@@ -290,8 +301,8 @@ proptest! {
         request.token_lifetime = NonZeroU32::new(ttl);
         let decision = policy.evaluate(&principal(claims), &request, NOW);
         match (ttl <= 3600, clamp) {
-            (true, _) => prop_assert_eq!(decision.grant().unwrap().token_lifetime.secs(), ttl),
-            (false, true) => prop_assert_eq!(decision.grant().unwrap().token_lifetime.secs(), 3600),
+            (true, _) => prop_assert_eq!(decision.grant().unwrap().terms().token_lifetime.secs(), ttl),
+            (false, true) => prop_assert_eq!(decision.grant().unwrap().terms().token_lifetime.secs(), 3600),
             (false, false) => prop_assert_eq!(decision.deny_reason(), Some(DenyReason::TtlTooLong)),
         }
     }
@@ -311,7 +322,7 @@ proptest! {
         };
         match (wanted, &decision) {
             (Some(uid), Decision::Allow(grant)) => prop_assert_eq!(
-                &grant.identity,
+                &grant.identity(),
                 &tokengate::policy::BoundIdentity::Rtc(tokengate::domain::RtcIdentity::Uid(Uid::new(uid).unwrap()))
             ),
             (None, Decision::Deny(d)) => prop_assert!(matches!(
@@ -332,7 +343,7 @@ proptest! {
         let ask = |c: &str| {
             let mut r = Request::new(Action::Inspect);
             r.channel = Some(ChannelScope::Named(ChannelName::parse(c).unwrap()));
-            policy.evaluate(&who, &r, NOW).grant().is_some()
+            policy.evaluate(&who, &r, NOW).is_allowed()
         };
         prop_assert!(ask(&channel));
         prop_assert_eq!(ask(&other), other == channel);
@@ -486,7 +497,7 @@ proptest! {
         request.channel = Some(ChannelScope::Named(ChannelName::parse("team-a-b").unwrap()));
         let (decision, trace) = policy.explain(&principal(claims), &request, NOW);
         // An allow only ever comes from a condition that said true.
-        if decision.grant().is_some() {
+        if decision.is_allowed() {
             prop_assert!(!deny);
             let matched = matches!(trace.rules[0].outcome, RuleOutcome::Matched { .. });
             prop_assert!(matched);
@@ -600,7 +611,7 @@ proptest! {
         let (decision, trace) = policy.explain(&principal(claims), &request, NOW);
         let outcome = &trace.rules[0].outcome;
         match &decision {
-            Decision::Allow(_) => {
+            Decision::Allow(_) | Decision::Permit(_) => {
                 let matched = !deny && matches!(outcome, RuleOutcome::Matched { .. });
                 prop_assert!(matched, "{trace}");
             }

@@ -8,8 +8,8 @@ use std::num::NonZeroU32;
 use serde_json::json;
 use tokengate::domain::{ChannelName, ClaimValue, Fingerprint, Principal, Role, RtcIdentity, Uid};
 use tokengate::policy::{
-    Action, BoundIdentity, ChannelScope, Decision, DenyReason, Policy, PolicyError, PolicyWarning,
-    Request, RequestedIdentity, RuleOutcome, Service,
+    Action, BoundIdentity, ChannelScope, Decision, DenyReason, Grant, Policy, PolicyError,
+    PolicyWarning, Request, RequestedIdentity, RuleOutcome, Service,
 };
 
 const NOW: u64 = 1_800_000_000;
@@ -88,41 +88,47 @@ fn summary(decision: &Decision) -> String {
             d.reason.as_str(),
             d.rule.as_deref().unwrap_or("-")
         ),
+        // Inspect and explain issue nothing: the rule and the action are all there is.
+        Decision::Permit(p) => format!("allow rule={} {}", p.rule, p.action),
         Decision::Allow(g) => {
-            let identity = match &g.identity {
+            let identity = match g.identity() {
                 BoundIdentity::Rtc(RtcIdentity::Uid(u)) => format!("uid:{u}"),
                 BoundIdentity::Rtc(RtcIdentity::Account(a)) => format!("account:{a}"),
                 BoundIdentity::Rtc(RtcIdentity::AnyUid) => "uid:0".to_owned(),
                 BoundIdentity::User(u) => format!("user:{u}"),
                 BoundIdentity::App => "app".to_owned(),
-                BoundIdentity::None => "none".to_owned(),
             };
+            let terms = g.terms();
             let mut s = format!(
                 "allow rule={} {} project={} channel={} id={} role={} ttl={} join={}",
-                g.rule,
-                g.action,
-                g.project.as_deref().unwrap_or("-"),
-                g.channel.as_ref().map_or("-", ChannelScope::as_str),
+                terms.rule,
+                g.action(),
+                terms.project,
+                g.channel().map_or("-", ChannelScope::as_str),
                 identity,
-                g.role,
-                g.token_lifetime.secs(),
-                g.join_lifetime.secs(),
+                g.role(),
+                terms.token_lifetime.secs(),
+                terms.join_lifetime.secs(),
             );
-            if let Some(p) = g.publish_lifetime {
-                s += &format!(" publish={}", p.secs());
+            if let Grant::Rtc(rtc) = g {
+                if let Some(p) = rtc.publish_lifetime {
+                    s += &format!(" publish={}", p.secs());
+                }
+                if let Some(rtm) = &rtc.rtm_user_id {
+                    s += &format!(" rtm={rtm}");
+                }
             }
-            if let Some(rtm) = &g.rtm_user_id {
-                s += &format!(" rtm={rtm}");
+            if let Grant::Rtm(rtm) = g {
+                for p in &rtm.permissions {
+                    s += &format!(
+                        " perm={}:{}:{}",
+                        p.resource_type.as_str(),
+                        p.access.as_str(),
+                        p.resources.join(",")
+                    );
+                }
             }
-            for p in &g.rtm_permissions {
-                s += &format!(
-                    " perm={}:{}:{}",
-                    p.resource_type.as_str(),
-                    p.access.as_str(),
-                    p.resources.join(",")
-                );
-            }
-            if g.clamped {
+            if terms.clamped {
                 s += " clamped";
             }
             s
@@ -179,7 +185,7 @@ fn a_matching_allow_rule_grants_within_its_limits() {
     );
     check(&p, &member, &rtc("lobby"), "deny no_matching_rule rule=-");
     let grant = p.evaluate(&member, &publisher, NOW);
-    assert_eq!(grant.grant().unwrap().issued_at, NOW);
+    assert_eq!(grant.grant().unwrap().terms().issued_at, NOW);
     assert_eq!(grant.grant().unwrap().expires_at(), NOW + 3600);
 }
 
@@ -773,10 +779,11 @@ resources = ["team-{team}-{room}"]
         "deny wildcard_uid_not_allowed rule=team chat",
     );
     let grant = p.evaluate(&who, &rtm, NOW);
-    let codes: Vec<(u16, u16)> = grant
-        .grant()
-        .unwrap()
-        .rtm_permissions
+    let Some(Grant::Rtm(rtm)) = grant.grant() else {
+        panic!("expected an rtm grant, got {grant:?}")
+    };
+    let codes: Vec<(u16, u16)> = rtm
+        .permissions
         .iter()
         .map(|p| (p.resource_type.code(), p.access.code()))
         .collect();
@@ -804,13 +811,13 @@ project = "main"
         &p,
         &engineer,
         &Request::new(Action::Inspect),
-        "allow rule=debuggers inspect project=- channel=- id=none role=subscriber ttl=3600 join=3600",
+        "allow rule=debuggers inspect",
     );
     check(
         &p,
         &engineer,
         &Request::new(Action::Explain),
-        "allow rule=debuggers explain project=- channel=- id=none role=subscriber ttl=3600 join=3600",
+        "allow rule=debuggers explain",
     );
     check(
         &p,

@@ -40,6 +40,9 @@ pub enum GateError {
     /// A grant named a project that is not configured (a config bug: the policy checks names at load).
     #[error("project {0:?} is not configured")]
     UnknownProject(String),
+    /// The request's action issues no token (`inspect`, `explain`): a caller bug, never the client's.
+    #[error("action {0} issues no token")]
+    NothingToIssue(Action),
     /// `now` does not fit AccessToken2's 32-bit `issue_ts` (after 2106).
     #[error("the clock ({0}) does not fit a 32-bit issue_ts")]
     ClockOutOfRange(u64),
@@ -136,7 +139,7 @@ impl Gate {
         now: u64,
     ) -> Result<(), GateError> {
         match self.policy.evaluate(principal, &Request::new(action), now) {
-            Decision::Allow(_) => Ok(()),
+            Decision::Allow(_) | Decision::Permit(_) => Ok(()),
             Decision::Deny(denial) => Err(GateError::Denied(denial)),
         }
     }

@@ -5,7 +5,8 @@
 use super::{Gate, GateError};
 use crate::domain::{Principal, Uid};
 use crate::policy::{self, Action, ChannelScope, Request, RequestedIdentity};
-use crate::token::services::ServiceKind;
+use crate::token::builders::{RTC_PUBLISH_AUDIO, RTC_PUBLISH_DATA, RTC_PUBLISH_VIDEO};
+use crate::token::services::{SERVICE_RTM, ServiceKind};
 use crate::token::v007;
 
 use super::issue::Issued;
@@ -80,7 +81,9 @@ fn renewal_request(token: &v007::AccessToken2) -> Result<Request, GateError> {
                             .map_err(|e| GateError::BadToken(format!("channel: {e}")))?,
                     )
                 };
-                let publisher = (2..=4).any(|p| service.privileges.contains_key(&p));
+                let publisher = [RTC_PUBLISH_AUDIO, RTC_PUBLISH_VIDEO, RTC_PUBLISH_DATA]
+                    .iter()
+                    .any(|p| service.privileges.contains_key(p));
                 let mut request = Request::new(Action::Issue(policy::Service::Rtc));
                 request.channel = Some(channel);
                 request.identity = requested_identity(uid)?;
@@ -89,7 +92,7 @@ fn renewal_request(token: &v007::AccessToken2) -> Result<Request, GateError> {
                 } else {
                     crate::domain::Role::Subscriber
                 });
-                request.also_rtm = has(2);
+                request.also_rtm = has(SERVICE_RTM);
                 return Ok(request);
             }
             ServiceKind::Rtm { user_id } | ServiceKind::Rtm2 { user_id, .. } => {

@@ -11,7 +11,7 @@ use crate::domain::{Account, ChannelName, Lifetime, Role, RtmUserId, Uid};
 use crate::gate::{self, Diagnosis, Inspection, Issued, PrivilegeExpiry};
 use crate::pipeline::{InvalidRequest, RenewRequest};
 use crate::policy::{
-    self, Action, BoundIdentity, ChannelScope, Decision, Request, RequestedIdentity, Trace,
+    self, Action, BoundIdentity, ChannelScope, Decision, Grant, Request, RequestedIdentity, Trace,
 };
 use crate::token::services;
 
@@ -165,21 +165,20 @@ pub fn issued(issued: &Issued) -> pb::IssuedToken {
         app_id: issued.app_id.clone(),
         project: issued.project.clone(),
         channel: grant
-            .channel
-            .as_ref()
+            .channel()
             .map(|c| c.as_str().to_owned())
             .unwrap_or_default(),
-        identity: identity(&grant.identity),
-        role: match (grant.action, grant.role) {
-            (Action::Issue(policy::Service::Rtc), Role::Publisher) => pb::Role::Publisher as i32,
-            (Action::Issue(policy::Service::Rtc), Role::Subscriber) => pb::Role::Subscriber as i32,
-            _ => pb::Role::Unspecified as i32,
+        identity: identity(&grant.identity()),
+        role: match grant {
+            Grant::Rtc(rtc) if rtc.role() == Role::Publisher => pb::Role::Publisher as i32,
+            Grant::Rtc(_) => pb::Role::Subscriber as i32,
+            Grant::Rtm(_) | Grant::Chat(_) | Grant::Fpa(_) => pb::Role::Unspecified as i32,
         },
         issued_at: Some(timestamp(issued.issued_at)),
         expires_at: Some(timestamp(issued.expires_at)),
         privileges: issued.privileges.iter().map(privilege_expiry).collect(),
         renew_after: Some(timestamp(issued.renew_after)),
-        matched_rule: grant.rule.clone(),
+        matched_rule: grant.rule().to_owned(),
         token_fingerprint: issued.fingerprint.to_string(),
     }
 }
@@ -237,9 +236,18 @@ pub fn explanation(decision: &Decision, trace: &Trace) -> pb::ExplainAccessRespo
         Decision::Allow(grant) => pb::ExplainAccessResponse {
             decision: pb::Decision::Allow as i32,
             deny_reason: String::new(),
-            matched_rule: grant.rule.clone(),
+            matched_rule: grant.rule().to_owned(),
             trace: rules,
             grant: describe_grant(grant),
+        },
+        // ExplainAccess explains issue requests only, so a permit cannot
+        // reach here; it is still an allow, with nothing issued to describe.
+        Decision::Permit(permit) => pb::ExplainAccessResponse {
+            decision: pb::Decision::Allow as i32,
+            deny_reason: String::new(),
+            matched_rule: permit.rule.clone(),
+            trace: rules,
+            grant: format!("{} issues nothing", permit.action),
         },
         Decision::Deny(denial) => pb::ExplainAccessResponse {
             decision: pb::Decision::Deny as i32,
@@ -252,30 +260,33 @@ pub fn explanation(decision: &Decision, trace: &Trace) -> pb::ExplainAccessRespo
 }
 
 /// A one-line description of a grant, for `ExplainAccess` and logs.
-pub fn describe_grant(grant: &policy::Grant) -> String {
+pub fn describe_grant(grant: &Grant) -> String {
+    let terms = grant.terms();
     let mut text = format!(
         "{} for {} as {} in project {}: token {}s, join {}s",
-        grant.action,
-        gate::bound_identity_text(&grant.identity),
-        grant.role,
-        grant.project.as_deref().unwrap_or("-"),
-        grant.token_lifetime.secs(),
-        grant.join_lifetime.secs(),
+        grant.action(),
+        gate::bound_identity_text(&grant.identity()),
+        grant.role(),
+        terms.project,
+        terms.token_lifetime.secs(),
+        terms.join_lifetime.secs(),
     );
-    if let Some(channel) = &grant.channel {
+    if let Some(channel) = grant.channel() {
         text.push_str(&format!(", channel {channel}"));
     }
-    if let Some(publish) = grant.publish_lifetime {
-        text.push_str(&format!(", publish {}s", publish.secs()));
-    }
-    if grant.rtm_user_id.is_some() {
-        text.push_str(", with RTM login");
-    }
-    if !grant.rtm_permissions.is_empty() {
-        text.push_str(&format!(
-            ", {} RTM2 permission sets",
-            grant.rtm_permissions.len()
-        ));
+    match grant {
+        Grant::Rtc(rtc) => {
+            if let Some(publish) = rtc.publish_lifetime {
+                text.push_str(&format!(", publish {}s", publish.secs()));
+            }
+            if rtc.rtm_user_id.is_some() {
+                text.push_str(", with RTM login");
+            }
+        }
+        Grant::Rtm(rtm) if !rtm.permissions.is_empty() => {
+            text.push_str(&format!(", {} RTM2 permission sets", rtm.permissions.len()));
+        }
+        Grant::Rtm(_) | Grant::Chat(_) | Grant::Fpa(_) => {}
     }
     text
 }
@@ -372,7 +383,7 @@ fn identity(identity: &BoundIdentity) -> Option<pb::issued_token::Identity> {
             Some(Identity::Account(account.as_str().to_owned()))
         }
         BoundIdentity::User(user) => Some(Identity::UserId(user.as_str().to_owned())),
-        BoundIdentity::App | BoundIdentity::None => None,
+        BoundIdentity::App => None,
     }
 }
 

@@ -69,7 +69,7 @@ impl EnvoyCheck {
         set(&names.token, issued.token.clone());
         set(&names.expires_at, issued.expires_at.to_string());
         set(&names.rule, issued.rule().to_owned());
-        let (identity_header, other_header) = match &issued.grant.identity {
+        let (identity_header, other_header) = match &issued.grant.identity() {
             BoundIdentity::Rtc(RtcIdentity::Uid(uid)) => {
                 set(&names.uid, uid.get().to_string());
                 (&names.uid, &names.account)
@@ -86,17 +86,14 @@ impl EnvoyCheck {
                 set(&names.account, user.as_str().to_owned());
                 (&names.account, &names.uid)
             }
-            BoundIdentity::App | BoundIdentity::None => (&names.token, &names.uid),
+            BoundIdentity::App => (&names.token, &names.uid),
         };
         // The output header this grant does not set is removed, so a client
         // cannot slip in a uid next to our account (or the reverse).
         if other_header != identity_header {
             ok.remove_header(other_header.as_str());
         }
-        if matches!(
-            issued.grant.identity,
-            BoundIdentity::App | BoundIdentity::None
-        ) {
+        if matches!(issued.grant.identity(), BoundIdentity::App) {
             ok.remove_header(names.account.as_str());
         }
         if self.routes.remove_jwt_header {

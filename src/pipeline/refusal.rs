@@ -117,6 +117,7 @@ impl From<GateError> for Refusal {
             bug @ (GateError::UnknownProject(_)
             | GateError::ClockOutOfRange(_)
             | GateError::Token(_)
+            | GateError::NothingToIssue(_)
             | GateError::Bug(_)) => Refusal::Internal(bug.to_string()),
         }
     }

@@ -9,12 +9,11 @@ use std::time::Duration;
 
 use cel::Env;
 
-use crate::domain::{Lifetime, Role};
+use crate::domain::{Lifetime, Role, Rtm2PermissionType, Rtm2ResourceType};
 
 use super::PolicyError;
 use super::condition::Condition;
 use super::config::{Effect, Rtm2PermissionConfig, RuleConfig};
-use super::decision::{Rtm2Access, Rtm2ResourceType};
 use super::pattern::{ChannelPattern, Template};
 use super::request::{Action, Service};
 
@@ -67,7 +66,7 @@ pub(crate) struct Lifetimes {
 #[derive(Debug)]
 pub(crate) struct PermissionTemplate {
     pub(crate) resource_type: Rtm2ResourceType,
-    pub(crate) access: Rtm2Access,
+    pub(crate) access: Rtm2PermissionType,
     pub(crate) resources: Vec<Template>,
 }
 
@@ -345,7 +344,7 @@ fn compile_permissions(
                 ),
             )
         })?;
-        let access = Rtm2Access::parse(&config.access).ok_or_else(|| {
+        let access = Rtm2PermissionType::parse(&config.access).ok_or_else(|| {
             site.error(
                 format!("{key}.access"),
                 format!("{:?} is not read or write", config.access),

@@ -1,55 +1,123 @@
 //! The outcome of a policy evaluation: a grant saying exactly what to put in
-//! the token, or a denial with a stable reason.
+//! the token (one kind per token), a permit for an action that issues
+//! nothing, or a denial with a stable reason.
 //!
 //! A denial is a value, not an error: it is logged, counted and returned to
 //! the caller as `PERMISSION_DENIED` with [`DenyReason::as_str`].
 
 use std::fmt;
 
-use crate::domain::{Lifetime, Role, RtcIdentity, RtmUserId};
+use crate::domain::{
+    ChannelScope, Lifetime, Role, RtcIdentity, Rtm2PermissionType, Rtm2ResourceType, RtmUserId,
+};
 
-use super::request::{Action, ChannelScope};
+use super::request::{Action, Service};
 
 /// What the rules decided.
+///
+/// Issuing and access checks have different outcomes because they do
+/// different things: an allowed issue action carries the [`Grant`] the token
+/// is built from, with the project that signs it; `inspect` and `explain`
+/// issue nothing, so an allowed one is a [`Permit`] naming only the rule.
+/// A separate variant, rather than a grant kind without a project, keeps every
+/// [`Grant`] buildable: the token layer never meets a grant it has no builder for.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
-    /// The request is allowed, with exactly this grant.
+    /// A token-issuing action is allowed, with exactly this grant.
     Allow(Grant),
+    /// `inspect` or `explain` is allowed; nothing is issued.
+    Permit(Permit),
     /// The request is refused.
     Deny(Denial),
 }
 
-/// Everything the token layer needs to build the token, decided by one rule.
+/// Everything the token layer needs to build one token, decided by one rule:
+/// one variant per kind of token, each with only the fields that kind uses.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Grant {
+pub enum Grant {
+    /// An RTC token, optionally with an RTM login for the same identity.
+    Rtc(RtcGrant),
+    /// An RTM 2 login, optionally with permission sets.
+    Rtm(RtmGrant),
+    /// A Chat user or app token.
+    Chat(ChatGrant),
+    /// An FPA (Fast Path Acceleration) login: project-level, no user.
+    Fpa(FpaGrant),
+}
+
+/// What every grant has: the deciding rule, the signing project and the lifetimes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Terms {
     /// The name of the rule that decided.
     pub rule: String,
-    /// The action allowed.
-    pub action: Action,
-    /// The Agora project (by name) that signs the token; `None` for `inspect` and `explain`.
-    pub project: Option<String>,
-    /// The channel of the token, if the service has one.
-    pub channel: Option<ChannelScope>,
-    /// Whom the token admits.
-    pub identity: BoundIdentity,
-    /// The RTC role; subscriber for every other service.
-    pub role: Role,
+    /// The Agora project (by name) that signs the token.
+    pub project: String,
     /// `now` as given to `evaluate`: the token's issue time, unix seconds.
     pub issued_at: u64,
-    /// The token lifetime (for `inspect` and `explain`, the rule's default, unused).
+    /// The token lifetime.
     pub token_lifetime: Lifetime,
-    /// The join (RTC) or login (RTM, Chat, FPA) privilege lifetime.
+    /// The join (RTC) or login (RTM, Chat) privilege lifetime.
     pub join_lifetime: Lifetime,
-    /// The publish privileges' lifetime; `Some` only for an RTC publisher.
-    pub publish_lifetime: Option<Lifetime>,
-    /// For RTC with `also_rtm`: the RTM user id of the same identity, with the join lifetime.
-    pub rtm_user_id: Option<RtmUserId>,
-    /// For RTM: the RTM 2 permission sets, captures substituted. Empty means a plain login.
-    pub rtm_permissions: Vec<Rtm2Permission>,
-    /// Whether the rule allows app-level tokens (`allow_app_token`).
-    pub app_token_allowed: bool,
     /// Whether a requested lifetime was reduced because the rule says `clamp_ttl = true`.
     pub clamped: bool,
+}
+
+/// An RTC grant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RtcGrant {
+    /// Rule, project and lifetimes.
+    pub terms: Terms,
+    /// The channel: RTC always names one (or the wildcard).
+    pub channel: ChannelScope,
+    /// Whom the token admits.
+    pub identity: RtcIdentity,
+    /// The publish privileges' lifetime. `Some` makes the token a publisher's,
+    /// `None` a subscriber's: the role is this field, so the two cannot disagree.
+    pub publish_lifetime: Option<Lifetime>,
+    /// With `also_rtm`: the RTM user id of the same identity, logged in for the join lifetime.
+    pub rtm_user_id: Option<RtmUserId>,
+}
+
+/// An RTM 2 grant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RtmGrant {
+    /// Rule, project and lifetimes (the login is the join lifetime).
+    pub terms: Terms,
+    /// The channel the request named for the rules and the permission
+    /// resources, if any; the token itself carries none.
+    pub channel: Option<ChannelScope>,
+    /// The user who logs in.
+    pub user: RtmUserId,
+    /// The permission sets, captures substituted; empty means a plain login.
+    pub permissions: Vec<Rtm2Permission>,
+}
+
+/// A Chat grant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChatGrant {
+    /// Rule, project and lifetimes (the privilege is the join lifetime).
+    pub terms: Terms,
+    /// The channel the request named for the rules, if any; the token carries none.
+    pub channel: Option<ChannelScope>,
+    /// The user; `None` is an app token (`allow_app_token`).
+    pub user: Option<RtmUserId>,
+}
+
+/// An FPA grant. The official builder fixes the token's shape (a 24-hour
+/// token, login 0), so the terms are all there is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FpaGrant {
+    /// Rule, project and lifetimes.
+    pub terms: Terms,
+}
+
+/// An allowed `inspect` or `explain`: which rule allowed which action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permit {
+    /// The name of the rule that decided.
+    pub rule: String,
+    /// The action allowed: [`Action::Inspect`] or [`Action::Explain`].
+    pub action: Action,
 }
 
 /// A refusal: why, which rule (if one decided) and a log-safe detail.
@@ -63,7 +131,7 @@ pub struct Denial {
     pub detail: String,
 }
 
-/// The identity a grant binds.
+/// The identity a grant binds, one view over every kind (for replies and logs).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum BoundIdentity {
     /// An RTC uid, account or the wildcard uid 0.
@@ -72,8 +140,6 @@ pub enum BoundIdentity {
     User(RtmUserId),
     /// No user: a Chat app token or an FPA token.
     App,
-    /// The action binds nobody: `inspect` and `explain`.
-    None,
 }
 
 /// One RTM 2 permission set: an access on a list of resources of one type.
@@ -82,33 +148,9 @@ pub struct Rtm2Permission {
     /// The kind of resource.
     pub resource_type: Rtm2ResourceType,
     /// Read or write.
-    pub access: Rtm2Access,
+    pub access: Rtm2PermissionType,
     /// The resource names, with the rule's captures substituted, in rule order.
     pub resources: Vec<String>,
-}
-
-/// RTM 2 resource types, with the wire codes of spec §2.5.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Rtm2ResourceType {
-    /// `message_channels` (code 0).
-    MessageChannels,
-    /// `stream_channels` (code 1).
-    StreamChannels,
-    /// `group_channels` (code 2).
-    GroupChannels,
-    /// `server_groups` (code 3).
-    ServerGroups,
-    /// `users` (code 4).
-    Users,
-}
-
-/// RTM 2 permission types, with their wire codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Rtm2Access {
-    /// `read` (code 0).
-    Read,
-    /// `write` (code 1).
-    Write,
 }
 
 /// Why a request was refused. The names are stable: they are returned to
@@ -150,18 +192,23 @@ pub enum DenyReason {
 }
 
 impl Decision {
-    /// The grant, if allowed.
+    /// The grant, if an issue action was allowed.
     pub fn grant(&self) -> Option<&Grant> {
         match self {
             Decision::Allow(grant) => Some(grant),
-            Decision::Deny(_) => None,
+            Decision::Permit(_) | Decision::Deny(_) => None,
         }
+    }
+
+    /// Whether the request is allowed (a grant or a permit).
+    pub fn is_allowed(&self) -> bool {
+        !matches!(self, Decision::Deny(_))
     }
 
     /// The reason, if denied.
     pub fn deny_reason(&self) -> Option<DenyReason> {
         match self {
-            Decision::Allow(_) => None,
+            Decision::Allow(_) | Decision::Permit(_) => None,
             Decision::Deny(denial) => Some(denial.reason),
         }
     }
@@ -169,79 +216,93 @@ impl Decision {
     /// The rule that decided, if any.
     pub fn rule(&self) -> Option<&str> {
         match self {
-            Decision::Allow(grant) => Some(&grant.rule),
+            Decision::Allow(grant) => Some(grant.rule()),
+            Decision::Permit(permit) => Some(&permit.rule),
             Decision::Deny(denial) => denial.rule.as_deref(),
         }
     }
 }
 
 impl Grant {
+    /// The terms every kind shares.
+    pub fn terms(&self) -> &Terms {
+        match self {
+            Grant::Rtc(g) => &g.terms,
+            Grant::Rtm(g) => &g.terms,
+            Grant::Chat(g) => &g.terms,
+            Grant::Fpa(g) => &g.terms,
+        }
+    }
+
+    /// The name of the rule that decided.
+    pub fn rule(&self) -> &str {
+        &self.terms().rule
+    }
+
+    /// The project that signs the token.
+    pub fn project(&self) -> &str {
+        &self.terms().project
+    }
+
     /// When the token expires: `issued_at + token_lifetime`, unix seconds.
     pub fn expires_at(&self) -> u64 {
-        self.issued_at + u64::from(self.token_lifetime.secs())
+        let terms = self.terms();
+        terms.issued_at + u64::from(terms.token_lifetime.secs())
+    }
+
+    /// The service the token is for.
+    pub fn service(&self) -> Service {
+        match self {
+            Grant::Rtc(_) => Service::Rtc,
+            Grant::Rtm(_) => Service::Rtm,
+            Grant::Chat(_) => Service::Chat,
+            Grant::Fpa(_) => Service::Fpa,
+        }
+    }
+
+    /// The action this grant allowed.
+    pub fn action(&self) -> Action {
+        Action::Issue(self.service())
+    }
+
+    /// The channel, if the grant has one.
+    pub fn channel(&self) -> Option<&ChannelScope> {
+        match self {
+            Grant::Rtc(g) => Some(&g.channel),
+            Grant::Rtm(g) => g.channel.as_ref(),
+            Grant::Chat(g) => g.channel.as_ref(),
+            Grant::Fpa(_) => None,
+        }
+    }
+
+    /// Whom the token admits.
+    pub fn identity(&self) -> BoundIdentity {
+        match self {
+            Grant::Rtc(g) => BoundIdentity::Rtc(g.identity.clone()),
+            Grant::Rtm(g) => BoundIdentity::User(g.user.clone()),
+            Grant::Chat(ChatGrant {
+                user: Some(user), ..
+            }) => BoundIdentity::User(user.clone()),
+            Grant::Chat(ChatGrant { user: None, .. }) | Grant::Fpa(_) => BoundIdentity::App,
+        }
+    }
+
+    /// The RTC role; every other service is a subscriber.
+    pub fn role(&self) -> Role {
+        match self {
+            Grant::Rtc(g) => g.role(),
+            Grant::Rtm(_) | Grant::Chat(_) | Grant::Fpa(_) => Role::Subscriber,
+        }
     }
 }
 
-impl Rtm2ResourceType {
-    /// Every type, in code order.
-    pub const ALL: [Rtm2ResourceType; 5] = [
-        Rtm2ResourceType::MessageChannels,
-        Rtm2ResourceType::StreamChannels,
-        Rtm2ResourceType::GroupChannels,
-        Rtm2ResourceType::ServerGroups,
-        Rtm2ResourceType::Users,
-    ];
-
-    /// The wire code.
-    pub fn code(self) -> u16 {
-        match self {
-            Rtm2ResourceType::MessageChannels => 0,
-            Rtm2ResourceType::StreamChannels => 1,
-            Rtm2ResourceType::GroupChannels => 2,
-            Rtm2ResourceType::ServerGroups => 3,
-            Rtm2ResourceType::Users => 4,
+impl RtcGrant {
+    /// Publisher when the grant has publish privileges, else subscriber.
+    pub fn role(&self) -> Role {
+        match self.publish_lifetime {
+            Some(_) => Role::Publisher,
+            None => Role::Subscriber,
         }
-    }
-
-    /// The name used in rules.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Rtm2ResourceType::MessageChannels => "message_channels",
-            Rtm2ResourceType::StreamChannels => "stream_channels",
-            Rtm2ResourceType::GroupChannels => "group_channels",
-            Rtm2ResourceType::ServerGroups => "server_groups",
-            Rtm2ResourceType::Users => "users",
-        }
-    }
-
-    /// Parses a name as written in rules.
-    pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| t.as_str() == name)
-    }
-}
-
-impl Rtm2Access {
-    /// The wire code.
-    pub fn code(self) -> u16 {
-        match self {
-            Rtm2Access::Read => 0,
-            Rtm2Access::Write => 1,
-        }
-    }
-
-    /// The name used in rules.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Rtm2Access::Read => "read",
-            Rtm2Access::Write => "write",
-        }
-    }
-
-    /// Parses `read` or `write`.
-    pub fn parse(name: &str) -> Option<Self> {
-        [Rtm2Access::Read, Rtm2Access::Write]
-            .into_iter()
-            .find(|a| a.as_str() == name)
     }
 }
 

@@ -8,7 +8,8 @@
 //! none does the answer is deny (`no_matching_rule`). A rule matches on the
 //! action, the caller's issuer, the requested project, a channel pattern with
 //! captures and a CEL condition; an allow rule then decides the grant (role,
-//! identity, lifetimes, project, RTM 2 permissions) or denies with a stable
+//! identity, lifetimes, project, RTM 2 permissions), or for `inspect` and
+//! `explain`, which issue nothing, a [`Permit`]; or it denies with a stable
 //! [`DenyReason`]. The syntax is documented in the README ("Policy rules") and
 //! taught by `deploy/examples/policy.toml`.
 
@@ -17,6 +18,7 @@ mod condition;
 mod config;
 mod decision;
 mod evaluate;
+mod grant;
 mod pattern;
 mod request;
 mod trace;
@@ -29,12 +31,14 @@ use cel::Env;
 
 use compile::{Rule, compile_rule};
 
+/// Requests and grants name channels with the domain's scope, which the token layer also takes.
+pub use crate::domain::ChannelScope;
 pub use config::{Effect, PolicyConfig, Rtm2PermissionConfig, RuleConfig};
 pub use decision::{
-    BoundIdentity, Decision, Denial, DenyReason, Grant, Rtm2Access, Rtm2Permission,
-    Rtm2ResourceType,
+    BoundIdentity, ChatGrant, Decision, Denial, DenyReason, FpaGrant, Grant, Permit, RtcGrant,
+    Rtm2Permission, RtmGrant, Terms,
 };
-pub use request::{Action, ChannelScope, Request, RequestedIdentity, Service};
+pub use request::{Action, Request, RequestedIdentity, Service};
 pub use trace::{RuleOutcome, RuleTrace, Trace};
 
 /// A compiled policy: immutable, cheap to share behind an `Arc`.

@@ -5,6 +5,7 @@
 use std::fmt;
 use std::num::NonZeroU32;
 
+pub(crate) use crate::domain::ChannelScope;
 use crate::domain::{ChannelName, Role, Uid};
 
 /// One request to decide.
@@ -53,17 +54,6 @@ pub enum Service {
     Chat,
     /// Fast Path Acceleration login (service 4): project-level, no user.
     Fpa,
-}
-
-/// A requested channel: a name, or every channel.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ChannelScope {
-    /// Exactly this channel.
-    Named(ChannelName),
-    /// Any channel. Asked for explicitly (the gRPC layer maps the channel
-    /// string `*`, which no Agora channel can contain) and granted only by a
-    /// rule with `allow_wildcard_channel = true`.
-    Wildcard,
 }
 
 /// Whom the caller wants the token to admit.
@@ -149,23 +139,7 @@ impl Service {
     }
 }
 
-impl ChannelScope {
-    /// The channel as text; the wildcard is `*`.
-    pub fn as_str(&self) -> &str {
-        match self {
-            ChannelScope::Named(name) => name.as_str(),
-            ChannelScope::Wildcard => "*",
-        }
-    }
-}
-
 impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl fmt::Display for ChannelScope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }

@@ -110,7 +110,8 @@ impl fmt::Display for Trace {
             writeln!(f, "rules[{}] {:?}: {}", rule.index, rule.name, rule.outcome)?;
         }
         match &self.decision {
-            Some(Decision::Allow(grant)) => write!(f, "allow by rule {:?}", grant.rule),
+            Some(Decision::Allow(grant)) => write!(f, "allow by rule {:?}", grant.rule()),
+            Some(Decision::Permit(permit)) => write!(f, "allow by rule {:?}", permit.rule),
             Some(Decision::Deny(denial)) => write!(f, "deny: {denial}"),
             None => f.write_str("no decision"),
         }

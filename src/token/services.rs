@@ -11,6 +11,31 @@ use super::builders::raw;
 use super::codec::{ParseError, Reader, Writer};
 use super::{TokenError, v006};
 
+/// The RTM2 permission enums are the domain's, so a rule's permission reaches
+/// the token without translation; these are the names the official builders use.
+pub use crate::domain::{Rtm2PermissionType as PermissionType, Rtm2ResourceType as ResourceType};
+
+/// Service type 1: RTC.
+pub const SERVICE_RTC: u16 = 1;
+/// Service type 2: RTM.
+pub const SERVICE_RTM: u16 = 2;
+/// Service type 3: Streaming.
+pub const SERVICE_STREAMING: u16 = 3;
+/// Service type 4: FPA.
+pub const SERVICE_FPA: u16 = 4;
+/// Service type 5: Chat.
+pub const SERVICE_CHAT: u16 = 5;
+/// Service type 6: FCDN.
+pub const SERVICE_FCDN: u16 = 6;
+/// Service type 7: APaaS.
+pub const SERVICE_APAAS: u16 = 7;
+/// Service type 8: RTM2.
+pub const SERVICE_RTM2: u16 = 8;
+/// Service type 9: ConvoAI.
+pub const SERVICE_CONVOAI: u16 = 9;
+/// Service type 10: STT.
+pub const SERVICE_STT: u16 = 10;
+
 /// One service of a token: its privileges (id -> expiry in seconds from
 /// `issue_ts`, 0 = no privilege-specific limit) and its type-specific fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,30 +107,6 @@ pub enum ServiceKind {
         /// The service type number.
         service_type: u16,
     },
-}
-
-/// An RTM2 resource type (spec §2.5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum ResourceType {
-    /// 0: message channels.
-    MessageChannels,
-    /// 1: stream channels.
-    StreamChannels,
-    /// 2: group channels.
-    GroupChannels,
-    /// 3: server groups.
-    ServerGroups,
-    /// 4: users.
-    Users,
-}
-
-/// An RTM2 permission type (spec §2.5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum PermissionType {
-    /// 0: read.
-    Read,
-    /// 1: write.
-    Write,
 }
 
 /// An RTM2 permission set: resource type -> permission type -> resources.
@@ -198,35 +199,35 @@ impl Service {
         let privileges = r.map("privileges")?;
         let mut s = |what| r.string(what).map(<[u8]>::to_vec);
         let kind = match service_type {
-            1 => ServiceKind::Rtc {
+            SERVICE_RTC => ServiceKind::Rtc {
                 channel_name: s("rtc channel name")?,
                 uid: s("rtc uid")?,
             },
-            2 => ServiceKind::Rtm {
+            SERVICE_RTM => ServiceKind::Rtm {
                 user_id: s("rtm user id")?,
             },
-            3 => ServiceKind::Streaming {
+            SERVICE_STREAMING => ServiceKind::Streaming {
                 channel_name: s("streaming channel name")?,
                 account: s("streaming account")?,
             },
-            5 => ServiceKind::Chat {
+            SERVICE_CHAT => ServiceKind::Chat {
                 user_id: s("chat user id")?,
             },
-            6 => ServiceKind::Fcdn {
+            SERVICE_FCDN => ServiceKind::Fcdn {
                 channel_name: s("fcdn channel name")?,
                 account: s("fcdn account")?,
             },
-            7 => ServiceKind::Apaas {
+            SERVICE_APAAS => ServiceKind::Apaas {
                 room_uuid: s("apaas room uuid")?,
                 user_uuid: s("apaas user uuid")?,
                 role: r.i16("apaas role")?,
             },
-            8 => ServiceKind::Rtm2 {
+            SERVICE_RTM2 => ServiceKind::Rtm2 {
                 user_id: s("rtm2 user id")?,
                 permissions: Rtm2Permissions::unpack(r)?,
             },
-            9 => ServiceKind::ConvoAi,
-            10 => ServiceKind::Stt,
+            SERVICE_CONVOAI => ServiceKind::ConvoAi,
+            SERVICE_STT => ServiceKind::Stt,
             _ => ServiceKind::Fpa,
         };
         Ok(Some(Self { privileges, kind }))
@@ -237,16 +238,16 @@ impl ServiceKind {
     /// The wire type number.
     pub fn service_type(&self) -> u16 {
         match self {
-            ServiceKind::Rtc { .. } => 1,
-            ServiceKind::Rtm { .. } => 2,
-            ServiceKind::Streaming { .. } => 3,
-            ServiceKind::Fpa => 4,
-            ServiceKind::Chat { .. } => 5,
-            ServiceKind::Fcdn { .. } => 6,
-            ServiceKind::Apaas { .. } => 7,
-            ServiceKind::Rtm2 { .. } => 8,
-            ServiceKind::ConvoAi => 9,
-            ServiceKind::Stt => 10,
+            ServiceKind::Rtc { .. } => SERVICE_RTC,
+            ServiceKind::Rtm { .. } => SERVICE_RTM,
+            ServiceKind::Streaming { .. } => SERVICE_STREAMING,
+            ServiceKind::Fpa => SERVICE_FPA,
+            ServiceKind::Chat { .. } => SERVICE_CHAT,
+            ServiceKind::Fcdn { .. } => SERVICE_FCDN,
+            ServiceKind::Apaas { .. } => SERVICE_APAAS,
+            ServiceKind::Rtm2 { .. } => SERVICE_RTM2,
+            ServiceKind::ConvoAi => SERVICE_CONVOAI,
+            ServiceKind::Stt => SERVICE_STT,
             ServiceKind::Generic { service_type } => *service_type,
         }
     }
@@ -270,44 +271,7 @@ impl ServiceKind {
 
     /// Whether `service_type` is one of the ten types this parser reads.
     pub fn is_known(service_type: u16) -> bool {
-        (1..=10).contains(&service_type)
-    }
-}
-
-impl ResourceType {
-    /// Every resource type, in wire order.
-    pub const ALL: [ResourceType; 5] = [
-        ResourceType::MessageChannels,
-        ResourceType::StreamChannels,
-        ResourceType::GroupChannels,
-        ResourceType::ServerGroups,
-        ResourceType::Users,
-    ];
-
-    /// The wire code, 0..=4.
-    pub fn code(self) -> u16 {
-        self as u16
-    }
-
-    /// The resource type of a wire code, if it is one.
-    pub fn from_code(code: u16) -> Option<Self> {
-        Self::ALL.get(usize::from(code)).copied()
-    }
-}
-
-impl PermissionType {
-    /// The wire code, 0..=1.
-    pub fn code(self) -> u16 {
-        self as u16
-    }
-
-    /// The permission type of a wire code, if it is one.
-    pub fn from_code(code: u16) -> Option<Self> {
-        match code {
-            0 => Some(PermissionType::Read),
-            1 => Some(PermissionType::Write),
-            _ => None,
-        }
+        (SERVICE_RTC..=SERVICE_STT).contains(&service_type)
     }
 }
 
@@ -542,16 +506,6 @@ mod tests {
             set.pack(&mut w).unwrap();
             assert_eq!(hex::encode(w.as_slice()), *wire);
         }
-    }
-
-    #[test]
-    fn resource_codes_round_trip() {
-        for r in ResourceType::ALL {
-            assert_eq!(ResourceType::from_code(r.code()), Some(r));
-        }
-        assert_eq!(ResourceType::from_code(5), None);
-        assert_eq!(PermissionType::from_code(1), Some(PermissionType::Write));
-        assert_eq!(PermissionType::from_code(2), None);
     }
 
     #[test]

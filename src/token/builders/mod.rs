@@ -5,20 +5,24 @@
 //! Every expiry is **seconds from `issue_ts`**, never a timestamp (spec §2.7);
 //! a privilege value of 0 means "no privilege-specific limit".
 //!
-//! The inputs here have passed Agora's product limits ([`crate::domain`]);
+//! The inputs here have passed Agora's product limits ([`crate::domain`]); a
+//! channel is a [`crate::domain::ChannelName`] or a [`ChannelScope`], which
+//! also admits the wildcard `*`.
 //! [`raw`] takes plain strings for everything else (conformance vectors,
 //! `--spec` files). APaaS, Education, FPA and Chat-app builders have no domain
 //! inputs, so they are re-exported from [`raw`] unchanged.
 
 pub mod raw;
 
-use crate::domain::{Account, ChannelName, Role, RtcIdentity, RtmUserId};
+use crate::domain::{Account, ChannelScope, Role, RtcIdentity, RtmUserId};
 use crate::token::services::Rtm2Permissions;
 use crate::token::{AppCertificate, AppId, TokenError};
 
 pub use raw::{
-    apaas_app_token, apaas_room_user_token, apaas_user_token, chat_app_token, education_app_token,
-    education_room_user_token, education_user_token, fpa_token,
+    APAAS_APP, APAAS_ROOM_USER, APAAS_USER, CHAT_APP, CHAT_USER, LOGIN, RTC_JOIN_CHANNEL,
+    RTC_PUBLISH_AUDIO, RTC_PUBLISH_DATA, RTC_PUBLISH_VIDEO, apaas_app_token, apaas_room_user_token,
+    apaas_user_token, chat_app_token, education_app_token, education_room_user_token,
+    education_user_token, fpa_token,
 };
 
 /// Who signs, when and with which salt: the arguments every builder shares.
@@ -63,7 +67,7 @@ impl RtcPrivileges {
 /// for `who`; join = `privilege_expire`, plus the publish privileges for a publisher.
 pub fn rtc_token(
     issue: &Issue<'_>,
-    channel: &ChannelName,
+    channel: impl Into<ChannelScope>,
     who: &RtcIdentity,
     role: Role,
     token_expire: u32,
@@ -72,7 +76,7 @@ pub fn rtc_token(
     let uid = who.wire_string();
     raw::rtc_token(
         issue,
-        channel.as_str(),
+        channel.into().as_str(),
         &uid,
         role,
         token_expire,
@@ -84,20 +88,26 @@ pub fn rtc_token(
 /// all four RTC privileges with their own expiries.
 pub fn rtc_token_with_privileges(
     issue: &Issue<'_>,
-    channel: &ChannelName,
+    channel: impl Into<ChannelScope>,
     who: &RtcIdentity,
     token_expire: u32,
     privileges: RtcPrivileges,
 ) -> Result<String, TokenError> {
     let uid = who.wire_string();
-    raw::rtc_token_with_privileges(issue, channel.as_str(), &uid, token_expire, privileges)
+    raw::rtc_token_with_privileges(
+        issue,
+        channel.into().as_str(),
+        &uid,
+        token_expire,
+        privileges,
+    )
 }
 
 /// `build_token_with_rtm`: RTC for `account` plus RTM login for the same
 /// account, with login = `token_expire`.
 pub fn rtc_token_with_rtm(
     issue: &Issue<'_>,
-    channel: &ChannelName,
+    channel: impl Into<ChannelScope>,
     account: &Account,
     role: Role,
     token_expire: u32,
@@ -105,7 +115,7 @@ pub fn rtc_token_with_rtm(
 ) -> Result<String, TokenError> {
     raw::rtc_token_with_rtm(
         issue,
-        channel.as_str(),
+        channel.into().as_str(),
         account.as_str(),
         role,
         token_expire,
@@ -118,7 +128,7 @@ pub fn rtc_token_with_rtm(
 #[allow(clippy::too_many_arguments)] // mirrors the official BuildTokenWithRtm2 one to one
 pub fn rtc_token_with_rtm2(
     issue: &Issue<'_>,
-    channel: &ChannelName,
+    channel: impl Into<ChannelScope>,
     who: &RtcIdentity,
     role: Role,
     token_expire: u32,
@@ -129,7 +139,7 @@ pub fn rtc_token_with_rtm2(
     let uid = who.wire_string();
     raw::rtc_token_with_rtm2(
         issue,
-        channel.as_str(),
+        channel.into().as_str(),
         &uid,
         role,
         token_expire,
@@ -143,7 +153,7 @@ pub fn rtc_token_with_rtm2(
 #[allow(clippy::too_many_arguments)] // mirrors the official builder one to one
 pub fn convoai_token(
     issue: &Issue<'_>,
-    channel: &ChannelName,
+    channel: impl Into<ChannelScope>,
     who: &RtcIdentity,
     role: Role,
     token_expire: u32,
@@ -154,7 +164,7 @@ pub fn convoai_token(
     let uid = who.wire_string();
     raw::convoai_token(
         issue,
-        channel.as_str(),
+        channel.into().as_str(),
         &uid,
         role,
         token_expire,
@@ -168,7 +178,7 @@ pub fn convoai_token(
 #[allow(clippy::too_many_arguments)] // mirrors the official builder one to one
 pub fn stt_token(
     issue: &Issue<'_>,
-    channel: &ChannelName,
+    channel: impl Into<ChannelScope>,
     who: &RtcIdentity,
     role: Role,
     token_expire: u32,
@@ -179,7 +189,7 @@ pub fn stt_token(
     let uid = who.wire_string();
     raw::stt_token(
         issue,
-        channel.as_str(),
+        channel.into().as_str(),
         &uid,
         role,
         token_expire,
@@ -220,7 +230,7 @@ pub fn chat_user_token(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Uid;
+    use crate::domain::{ChannelName, Uid};
     use crate::token::v007;
 
     #[test]
