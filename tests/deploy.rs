@@ -30,6 +30,7 @@ fn deploy() -> PathBuf {
 }
 
 /// The installed test tools: `$TOKENGATE_TOOLS`, else `<crate>/.tools`.
+#[allow(clippy::disallowed_methods)] // The test tools' folder is the test runner's setting, not service config.
 fn tools_dir() -> PathBuf {
     std::env::var_os("TOKENGATE_TOOLS")
         .map(PathBuf::from)
