@@ -316,3 +316,77 @@ async fn mint_jwt(args: MintArgs) -> anyhow::Result<ExitCode> {
     println!("{}", response.jwt);
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::KeySource;
+
+    fn args() -> DevArgs {
+        DevArgs {
+            command: None,
+            grpc_listen: "127.0.0.1:0".parse().unwrap(),
+            admin_listen: "127.0.0.1:1".parse().unwrap(),
+            issuer_listen: "127.0.0.1:2".parse().unwrap(),
+            log_format: super::super::logging::LogFormat::Text,
+        }
+    }
+
+    fn project(app_id: &str, certificate: &str) -> DemoProject {
+        DemoProject {
+            app_id: app_id.to_owned(),
+            certificate: certificate.to_owned(),
+            certificate_env: GENERATED_CERTIFICATE_ENV,
+            generated: true,
+        }
+    }
+
+    #[test]
+    fn the_dev_config_is_a_validated_config() {
+        let issuer = DevIssuer::generate("http://127.0.0.1:2".to_owned()).unwrap();
+        let demo = project(
+            "970CA35de60c44645bbae8a215061b33",
+            "5CFd2fd1755d40ecb72977518be15d3b",
+        );
+        let config = dev_config(&args(), &issuer, &demo).unwrap();
+        assert_eq!(config.server().grpc_listen(), args().grpc_listen);
+        assert_eq!(config.server().admin_listen(), args().admin_listen);
+        assert_eq!(
+            config.server().grace_period(),
+            std::time::Duration::from_secs(2)
+        );
+        let [project] = config.projects() else {
+            panic!("one project")
+        };
+        assert_eq!(project.name, "demo");
+        assert_eq!(project.app_id.as_str(), demo.app_id);
+        let [dev] = config.issuers() else {
+            panic!("one issuer")
+        };
+        assert_eq!(dev.issuer(), [issuer.issuer()]);
+        assert_eq!(dev.audiences(), [DEV_AUDIENCE]);
+        assert_eq!(
+            dev.key_source(),
+            &KeySource::jwks_url(&issuer.jwks_url()).unwrap()
+        );
+        let rules = DEV_RULES.matches("[[rules]]").count();
+        assert_eq!(config.policy().len(), rules);
+    }
+
+    #[test]
+    fn the_dev_config_refuses_what_serve_refuses() {
+        let issuer = DevIssuer::generate("http://127.0.0.1:2".to_owned()).unwrap();
+        // A quote in the App ID cannot break the generated TOML: it is refused
+        // by the App ID check, like in any config file.
+        let bad_id = project(
+            "970CA35d\"e60c44645bbae8a215061b33",
+            "5CFd2fd1755d40ecb72977518be15d3b",
+        );
+        let err = format!("{:#}", dev_config(&args(), &issuer, &bad_id).unwrap_err());
+        assert!(err.contains("projects[0].app_id"), "{err}");
+        let bad_cert = project("970CA35de60c44645bbae8a215061b33", "not-a-certificate");
+        let err = format!("{:#}", dev_config(&args(), &issuer, &bad_cert).unwrap_err());
+        assert!(err.contains("projects[0].certificates[0]"), "{err}");
+        assert!(!err.contains("not-a-certificate"), "{err}");
+    }
+}
