@@ -13,6 +13,8 @@ const ENVOY_PROTOS: &[&str] = &["envoy/service/auth/v3/external_auth.proto"];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
+    // Cargo hands a build script its output folder only through the environment.
+    #[allow(clippy::disallowed_methods)]
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     let fds = protox::compile(PROTOS, ["proto"])?;
     std::fs::write(

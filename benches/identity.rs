@@ -21,7 +21,7 @@ use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use keys::TestKey;
 use serde_json::json;
-use tokengate::identity::{Authenticator, IssuerConfig, install_crypto_provider};
+use tokengate::identity::{Authenticator, IssuerBuilder, KeySource, install_crypto_provider};
 
 const ISS: &str = "https://idp.bench.test";
 const AUD: &str = "tokengate";
@@ -61,10 +61,14 @@ fn bench_verify(c: &mut Criterion) {
         let key = TestKey::generate(alg, "bench-1");
         let token = key.mint(&claims);
         let bearer = format!("Bearer {token}");
-        let config = IssuerConfig {
-            jwks_inline: Some(keys::jwks(&[&key]).to_string()),
-            ..IssuerConfig::new("bench", ISS, AUD)
-        };
+        let config = IssuerBuilder::new(
+            "bench",
+            ISS,
+            AUD,
+            KeySource::Inline(keys::jwks(&[&key]).to_string()),
+        )
+        .build()
+        .unwrap();
         let auth = Authenticator::start(vec![config]).unwrap();
         runtime.block_on(auth.wait_ready());
         ready(auth.authenticate(Some(&bearer), NOW)).unwrap();

@@ -159,7 +159,9 @@ fn bench_service(c: &mut Criterion) {
         ext_authz_section("")
     );
     let (api_handler, check_handler) = runtime.block_on(async {
-        let config = tokengate::config::load(&text, &support::server::test_env).unwrap();
+        let config = tokengate::config::load(&text, &support::server::test_env)
+            .unwrap()
+            .into_parts();
         let authenticator =
             std::sync::Arc::new(tokengate::identity::Authenticator::start(config.issuers).unwrap());
         authenticator.wait_ready().await;

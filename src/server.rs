@@ -294,8 +294,8 @@ pub async fn bind(
             .map_err(|source| StartError::Bind { addr, source })
     };
     Ok((
-        bind(config.server.grpc_listen).await?,
-        bind(config.server.admin_listen).await?,
+        bind(config.server().grpc_listen()).await?,
+        bind(config.server().admin_listen()).await?,
     ))
 }
 
@@ -310,6 +310,7 @@ pub async fn serve(
 ) -> Result<(), StartError> {
     use std::sync::Arc;
 
+    let config = config.into_parts();
     crate::identity::install_crypto_provider();
     for warning in &config.warnings {
         tracing::warn!(?warning, "policy warning");
@@ -336,7 +337,7 @@ pub async fn serve(
     let api = crate::grpc::service::Api::new(Arc::clone(&pipeline));
     let mut routes = Routes::new(
         pb::token_service_server::TokenServiceServer::new(api)
-            .max_decoding_message_size(config.limits.max_message_size),
+            .max_decoding_message_size(config.limits.max_message_size()),
     );
     let mut advertised_services = vec![
         TOKEN_SERVICE_NAME.to_owned(),
@@ -347,18 +348,18 @@ pub async fn serve(
         let check = crate::grpc::envoy_check::EnvoyCheck::new(pipeline, ext_authz);
         routes = routes.add_service(
             envoy_types::ext_authz::v3::pb::AuthorizationServer::new(check)
-                .max_decoding_message_size(config.limits.max_message_size),
+                .max_decoding_message_size(config.limits.max_message_size()),
         );
     }
     let options = ServeOptions {
-        grace_period: config.server.grace_period,
-        request_timeout: config.limits.request_timeout,
-        concurrency_limit: config.limits.concurrency,
+        grace_period: config.server.grace_period(),
+        request_timeout: config.limits.request_timeout(),
+        concurrency_limit: config.limits.concurrency(),
         advertised_services,
     };
     tracing::info!(
-        grpc = %grpc.local_addr().map_err(|source| StartError::Bind { addr: config.server.grpc_listen, source })?,
-        admin = %admin.local_addr().map_err(|source| StartError::Bind { addr: config.server.admin_listen, source })?,
+        grpc = %grpc.local_addr().map_err(|source| StartError::Bind { addr: config.server.grpc_listen(), source })?,
+        admin = %admin.local_addr().map_err(|source| StartError::Bind { addr: config.server.admin_listen(), source })?,
         "tokengate listening"
     );
     run(grpc, admin, routes, readiness, options, shutdown).await?;

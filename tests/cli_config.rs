@@ -35,6 +35,7 @@ fn example_dir() -> PathBuf {
 }
 
 /// Runs the binary with only the given environment (plus PATH), never hanging.
+#[allow(clippy::disallowed_methods)] // The child process needs the runner's PATH to find its tools.
 fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(BIN);
     command.args(args).env_clear();
@@ -293,8 +294,62 @@ fn bad_configs() -> Vec<BadConfig> {
             env.clone(),
             "issuers",
         ),
+        (
+            "HS secret variable not set",
+            edit(JWKS_URL_LINE, &format!("{JWKS_URL_LINE}{HS_FROM_ENV}")),
+            env.clone(),
+            "issuers[0].hs_secret_env",
+        ),
+        (
+            "HS secret file unreadable",
+            edit(
+                JWKS_URL_LINE,
+                &format!(
+                    "{JWKS_URL_LINE}algorithms = [\"ES256\", \"HS256\"]\nhs_secret_file = \"/nonexistent/hs-secret\"\n"
+                ),
+            ),
+            env.clone(),
+            "issuers[0].hs_secret_file",
+        ),
+        (
+            "HS secret too short",
+            edit(JWKS_URL_LINE, &format!("{JWKS_URL_LINE}{HS_FROM_ENV}")),
+            vec![EXAMPLE_ENV[0], ("IDP_HS_SECRET", "short")],
+            "issuers[0].hs_secret_env",
+        ),
         ("not TOML", "[server\n".to_owned(), env, "(file)"),
     ]
+}
+
+/// The base config's issuer key line, which the HS cases extend.
+const JWKS_URL_LINE: &str = "jwks_url = \"http://127.0.0.1:9/jwks\"\n";
+/// An HS secret for the base issuer, from the environment.
+const HS_FROM_ENV: &str =
+    "algorithms = [\"ES256\", \"HS256\"]\nhs_secret_env = \"IDP_HS_SECRET\"\n";
+/// A usable HS secret (32 bytes) for `IDP_HS_SECRET`.
+const HS_SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+#[test]
+fn an_hs_issuer_passes_with_its_secret_set() {
+    // Control for the HS cases above: with the variable set, the same config is fine.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hs.toml");
+    std::fs::write(
+        &path,
+        edit(JWKS_URL_LINE, &format!("{JWKS_URL_LINE}{HS_FROM_ENV}")),
+    )
+    .unwrap();
+    let output = run(
+        &["check-config", path.to_str().unwrap()],
+        &[EXAMPLE_ENV[0], ("IDP_HS_SECRET", HS_SECRET)],
+    );
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("config ok"), "{stdout}");
+    assert!(
+        !format!("{stdout}{stderr}").contains(HS_SECRET),
+        "the secret is printed"
+    );
 }
 
 #[test]

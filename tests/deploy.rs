@@ -30,6 +30,7 @@ fn deploy() -> PathBuf {
 }
 
 /// The installed test tools: `$TOKENGATE_TOOLS`, else `<crate>/.tools`.
+#[allow(clippy::disallowed_methods)] // The test tools' folder is the test runner's setting, not service config.
 fn tools_dir() -> PathBuf {
     std::env::var_os("TOKENGATE_TOOLS")
         .map(PathBuf::from)
@@ -346,6 +347,7 @@ fn envoy_and_tokengate_routes_agree() {
     let routes = array(&hcm["route_config"]["virtual_hosts"][0]["routes"]);
     let config = load(&deploy().join("envoy/tokengate.toml"));
     let mesh = config
+        .into_parts()
         .ext_authz
         .expect("deploy/envoy/tokengate.toml: ext_authz is off");
 
@@ -646,14 +648,14 @@ fn kubernetes_objects_reference_each_other_correctly() {
         .unwrap_or(0);
     let kill_after = Duration::from_secs(pod["terminationGracePeriodSeconds"].as_u64().unwrap());
     assert!(
-        kill_after > config.server.grace_period + Duration::from_secs(pre_stop),
+        kill_after > config.server().grace_period() + Duration::from_secs(pre_stop),
         "terminationGracePeriodSeconds {kill_after:?} <= preStop {pre_stop}s + grace_period {:?}",
-        config.server.grace_period
+        config.server().grace_period()
     );
-    assert_eq!(config.server.grpc_listen.port() as u64, grpc_port);
-    assert_eq!(config.server.admin_listen.port(), 9090);
+    assert_eq!(config.server().grpc_listen().port() as u64, grpc_port);
+    assert_eq!(config.server().admin_listen().port(), 9090);
     assert!(
-        config.ext_authz.is_some(),
+        config.ext_authz().is_some(),
         "the ConfigMap's config has ext_authz off"
     );
 }

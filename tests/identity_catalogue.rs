@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use support::keys::openssl_rsa;
 use support::{JwksServer, TestKey};
 use tokengate::domain::ClaimValue;
-use tokengate::identity::{Authenticator, IssuerConfig, install_crypto_provider};
+use tokengate::identity::{Authenticator, IssuerBuilder, KeySource, install_crypto_provider};
 
 const ISS: &str = "https://idp.catalogue.test";
 const AUD: &str = "tokengate";
@@ -526,10 +526,14 @@ async fn the_attack_catalogue() {
     published.push(weak.0.clone());
     server.set_raw_keys(published);
 
-    let config = IssuerConfig {
-        jwks_url: Some(server.jwks_url()),
-        ..IssuerConfig::new("catalogue", ISS, AUD)
-    };
+    let config = IssuerBuilder::new(
+        "catalogue",
+        ISS,
+        AUD,
+        KeySource::jwks_url(&server.jwks_url()).unwrap(),
+    )
+    .build()
+    .unwrap();
     let auth = Authenticator::start(vec![config]).unwrap();
     tokio::time::timeout(std::time::Duration::from_secs(30), auth.wait_ready())
         .await
@@ -566,10 +570,14 @@ async fn the_attack_catalogue() {
 async fn a_verified_token_becomes_a_principal() {
     install_crypto_provider();
     let key = TestKey::generate(Algorithm::ES256, "es-1");
-    let config = IssuerConfig {
-        jwks_inline: Some(support::jwks(&[&key]).to_string()),
-        ..IssuerConfig::new("inline", ISS, AUD)
-    };
+    let config = IssuerBuilder::new(
+        "inline",
+        ISS,
+        AUD,
+        KeySource::Inline(support::jwks(&[&key]).to_string()),
+    )
+    .build()
+    .unwrap();
     let auth = Authenticator::start(vec![config]).unwrap();
     auth.wait_ready().await;
     let token = key.mint(&with(claims(), "scp", json!(["ignored"])));

@@ -12,8 +12,8 @@ use jsonwebtoken::{Algorithm, Header};
 use serde_json::{Value, json};
 use support::{JwksBody, JwksServer, TestKey, unix_now};
 use tokengate::identity::{
-    AuthError, Authenticator, Freshness, IssuerConfig, IssuerStatus, RefreshConfig,
-    install_crypto_provider,
+    AuthError, Authenticator, Freshness, IssuerBuilder, IssuerSettings, IssuerStatus, KeySource,
+    RefreshConfig, install_crypto_provider,
 };
 use tokio::time::{Instant, timeout};
 
@@ -41,12 +41,33 @@ fn fast_refresh() -> RefreshConfig {
     }
 }
 
-fn config(name: &str, server: &JwksServer, refresh: RefreshConfig) -> IssuerConfig {
-    IssuerConfig {
-        jwks_url: Some(server.jwks_url()),
-        refresh,
-        ..IssuerConfig::new(name, &server.base_url(), AUD)
-    }
+fn config(name: &str, server: &JwksServer, refresh: RefreshConfig) -> IssuerSettings {
+    let keys = KeySource::jwks_url(&server.jwks_url()).unwrap();
+    IssuerBuilder::new(name, &server.base_url(), AUD, keys)
+        .refresh(refresh)
+        .build()
+        .unwrap()
+}
+
+/// The issuers of a config file with one `[[issuers]]` table `issuer`, read
+/// the way `serve` reads them: secrets and all, through `config::load`.
+fn issuers_from_config(issuer: &str) -> Result<Vec<IssuerSettings>, String> {
+    let text = format!(
+        r#"
+[[projects]]
+name = "p"
+app_id = "970CA35de60c44645bbae8a215061b33"
+signing_certificate = "primary"
+certificates = [{{ name = "primary", env = "CERT" }}]
+
+[[issuers]]
+{issuer}
+"#
+    );
+    let env = |name: &str| (name == "CERT").then(|| "5CFd2fd1755d40ecb72977518be15d3b".to_owned());
+    tokengate::config::load(&text, &env)
+        .map(|config| config.into_parts().issuers)
+        .map_err(|e| e.to_string())
 }
 
 async fn verify(auth: &Authenticator, token: &str) -> Result<(), AuthError> {
@@ -288,10 +309,10 @@ async fn discovery_finds_the_jwks_and_checks_the_issuer() {
     install_crypto_provider();
     let key = TestKey::generate(Algorithm::RS256, "rs");
     let server = JwksServer::start(&[&key]).await;
-    let discovered = IssuerConfig {
-        discovery: true,
-        ..IssuerConfig::new("discovered", &server.base_url(), AUD)
-    };
+    let discovery = KeySource::discovery_of(&server.base_url()).unwrap();
+    let discovered = IssuerBuilder::new("discovered", &server.base_url(), AUD, discovery)
+        .build()
+        .unwrap();
     let auth = Authenticator::start(vec![discovered]).unwrap();
     timeout(PATIENCE, auth.wait_ready()).await.unwrap();
     assert_eq!((server.discovery_fetches(), server.jwks_fetches()), (1, 1));
@@ -302,11 +323,11 @@ async fn discovery_finds_the_jwks_and_checks_the_issuer() {
 
     let hijacked = JwksServer::start(&[&key]).await;
     hijacked.set_discovery_issuer("https://evil.example");
-    let config = IssuerConfig {
-        discovery_url: Some(hijacked.discovery_url()),
-        refresh: fast_refresh(),
-        ..IssuerConfig::new("hijacked", &hijacked.base_url(), AUD)
-    };
+    let discovery = KeySource::discovery_url(&hijacked.discovery_url()).unwrap();
+    let config = IssuerBuilder::new("hijacked", &hijacked.base_url(), AUD, discovery)
+        .refresh(fast_refresh())
+        .build()
+        .unwrap();
     let auth = Authenticator::start(vec![config]).unwrap();
     let status = wait_status(&auth, "hijacked", |s| s.failures >= 2).await;
     assert!(
@@ -416,12 +437,13 @@ async fn hs256_needs_a_configured_secret() {
         [secret.as_slice(), b"\n"].concat(),
     )
     .unwrap();
-    let config = IssuerConfig {
-        algorithms: vec![Algorithm::HS256],
-        hs_secret_file: Some(dir.path().join("secret")),
-        ..IssuerConfig::new("shared", "https://hs.test", AUD)
-    };
-    let auth = Authenticator::start(vec![config]).unwrap();
+    let config = issuers_from_config(&format!(
+        "name = \"shared\"\nissuer = \"https://hs.test\"\naudiences = [\"{AUD}\"]\n\
+         algorithms = [\"HS256\"]\nhs_secret_file = {:?}",
+        dir.path().join("secret").display().to_string()
+    ))
+    .unwrap();
+    let auth = Authenticator::start(config).unwrap();
     timeout(PATIENCE, auth.wait_ready()).await.unwrap();
     let debug = format!("{auth:?}");
     assert!(debug.contains("<redacted>"), "{debug}");
@@ -459,14 +481,15 @@ async fn hs256_needs_a_configured_secret() {
         verify(&auth, &hs384).await.unwrap_err().reason(),
         "algorithm_not_allowed"
     );
-    // A secret shorter than the hash is refused at start-up, naming the key.
+    // A secret shorter than the hash is refused when the config is read
+    // (before anything starts), naming the key.
     std::fs::write(dir.path().join("short"), b"short").unwrap();
-    let short = IssuerConfig {
-        algorithms: vec![Algorithm::HS256],
-        hs_secret_file: Some(dir.path().join("short")),
-        ..IssuerConfig::new("short", "https://short.test", AUD)
-    };
-    let err = Authenticator::start(vec![short]).unwrap_err().to_string();
+    let err = issuers_from_config(&format!(
+        "name = \"short\"\nissuer = \"https://short.test\"\naudiences = [\"{AUD}\"]\n\
+         algorithms = [\"HS256\"]\nhs_secret_file = {:?}",
+        dir.path().join("short").display().to_string()
+    ))
+    .unwrap_err();
     assert!(err.starts_with("issuers[0].hs_secret_file"), "{err}");
     assert!(
         !err.contains("short\""),
@@ -487,10 +510,14 @@ async fn the_default_schedule_expires_stale_keys_after_a_day() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("jwks.json");
     std::fs::write(&path, support::jwks(&[&key]).to_string()).unwrap();
-    let config = IssuerConfig {
-        jwks_file: Some(path.clone()),
-        ..IssuerConfig::new("file", "https://file.test", AUD)
-    };
+    let config = IssuerBuilder::new(
+        "file",
+        "https://file.test",
+        AUD,
+        KeySource::File(path.clone()),
+    )
+    .build()
+    .unwrap();
     let auth = Authenticator::start(vec![config]).unwrap();
     let loaded = wait_status_for(DAYS, &auth, "file", |s| s.loaded).await;
     let first_load = loaded.last_success.unwrap();

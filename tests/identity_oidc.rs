@@ -10,18 +10,19 @@ use std::time::Duration;
 use support::oidc::AUDIENCE;
 use support::{OidcProvider, unix_now};
 use tokengate::identity::{
-    Authenticator, IssuerConfig, IssuerStatus, RefreshConfig, install_crypto_provider,
+    Authenticator, IssuerBuilder, IssuerSettings, IssuerStatus, KeySource, RefreshConfig,
+    install_crypto_provider,
 };
 use tokio::time::timeout;
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
-fn discovery_config(idp: &OidcProvider, refresh: RefreshConfig) -> IssuerConfig {
-    IssuerConfig {
-        discovery: true,
-        refresh,
-        ..IssuerConfig::new("oidc", &idp.issuer, AUDIENCE)
-    }
+fn discovery_config(idp: &OidcProvider, refresh: RefreshConfig) -> IssuerSettings {
+    let discovery = KeySource::discovery_of(&idp.issuer).unwrap();
+    IssuerBuilder::new("oidc", &idp.issuer, AUDIENCE, discovery)
+        .refresh(refresh)
+        .build()
+        .unwrap()
 }
 
 async fn authenticate(auth: &Authenticator, token: &str) -> Result<(), &'static str> {

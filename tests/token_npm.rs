@@ -19,6 +19,7 @@ use tokengate::token::{AppCertificate, AppId};
 const APP_ID: &str = "970CA35de60c44645bbae8a215061b33";
 const CERT: &str = "5CFd2fd1755d40ecb72977518be15d3b";
 
+#[allow(clippy::disallowed_methods)] // The test tools' folder is the test runner's setting, not service config.
 fn tools() -> PathBuf {
     let dir = std::env::var_os("TOKENGATE_TOOLS")
         .map(PathBuf::from)

@@ -15,15 +15,14 @@ use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
 
 use super::dev_issuer::{DEV_AUDIENCE, DevIssuer, MintRequest, MintResponse};
-use crate::config::{Config, LimitsSection, ServerSection};
+use crate::config::{self, Config};
 use crate::entropy;
-use crate::gate::Project;
-use crate::identity::IssuerConfig;
-use crate::policy::{Policy, PolicyConfig};
-use crate::token::{AppCertificate, AppId};
 
 /// The demo rules, compiled into the binary.
 const DEV_RULES: &str = include_str!("../../deploy/examples/dev-rules.toml");
+/// The variable the dev config names for a generated certificate; only
+/// `dev`'s own lookup answers it, the process environment is not asked.
+const GENERATED_CERTIFICATE_ENV: &str = "TOKENGATE_DEV_GENERATED_CERTIFICATE";
 /// The subject of the JWT that `dev` prints.
 pub const DEMO_SUBJECT: &str = "demo-user";
 /// The numeric uid claim of the demo JWT.
@@ -47,6 +46,26 @@ pub struct DevArgs {
     /// The log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: super::logging::LogFormat,
+}
+
+/// The demo project's App ID and certificate, before validation.
+struct DemoProject {
+    app_id: String,
+    certificate: String,
+    /// The variable the config names for the certificate.
+    certificate_env: &'static str,
+    /// Whether both were generated (Agora will refuse the tokens).
+    generated: bool,
+}
+
+/// Only the App ID: the certificate is a secret.
+impl std::fmt::Debug for DemoProject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DemoProject")
+            .field("app_id", &self.app_id)
+            .field("generated", &self.generated)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -103,8 +122,9 @@ async fn serve(args: DevArgs) -> anyhow::Result<ExitCode> {
         }
     });
 
-    let (project, generated) = demo_project()?;
-    let config = dev_config(&args, &issuer, project)?;
+    let project = demo_project()?;
+    let generated = project.generated;
+    let config = dev_config(&args, &issuer, &project)?;
     let grpc = TcpListener::bind(args.grpc_listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.grpc_listen))?;
@@ -128,54 +148,87 @@ async fn serve(args: DevArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The demo project: from `AGORA_APP_ID` / `AGORA_APP_CERTIFICATE` when both
-/// are set, generated (and refused by Agora) with a loud warning when neither
-/// is. Only one of them is a mistake (a typo in the other name): refused,
-/// rather than silently replaced by a generated project.
-fn demo_project() -> anyhow::Result<(Project, bool)> {
+/// The demo project's App ID and certificate: from `AGORA_APP_ID` /
+/// `AGORA_APP_CERTIFICATE` when both are set, generated (and refused by
+/// Agora) with a loud warning when neither is. Only one of them is a mistake
+/// (a typo in the other name): refused, rather than silently replaced by a
+/// generated project.
+#[allow(clippy::disallowed_methods)] // A config-reading edge: dev's only inputs from the environment.
+fn demo_project() -> anyhow::Result<DemoProject> {
     let from_env = (
         std::env::var("AGORA_APP_ID").ok(),
         std::env::var("AGORA_APP_CERTIFICATE").ok(),
     );
-    let (app_id, certificate, generated) = match from_env {
-        (Some(id), Some(cert)) => (id, cert, false),
-        (None, None) => (random_hex32()?, random_hex32()?, true),
+    Ok(match from_env {
+        (Some(app_id), Some(certificate)) => DemoProject {
+            app_id: app_id.trim().to_owned(),
+            certificate: certificate.trim().to_owned(),
+            certificate_env: "AGORA_APP_CERTIFICATE",
+            generated: false,
+        },
+        (None, None) => DemoProject {
+            app_id: random_hex32()?,
+            certificate: random_hex32()?,
+            certificate_env: GENERATED_CERTIFICATE_ENV,
+            generated: true,
+        },
         (Some(_), None) | (None, Some(_)) => {
             bail!("set both AGORA_APP_ID and AGORA_APP_CERTIFICATE, or neither")
         }
-    };
-    let app_id = AppId::parse(app_id.trim()).context("AGORA_APP_ID")?;
-    let certificate = AppCertificate::parse(certificate.trim())
-        .map_err(|_| anyhow::anyhow!("AGORA_APP_CERTIFICATE is not 32 hexadecimal characters"))?;
-    Ok((
-        Project {
-            name: "demo".to_owned(),
-            app_id,
-            certificates: vec![("primary".to_owned(), certificate)],
-            signer: 0,
-        },
-        generated,
-    ))
+    })
 }
 
-fn dev_config(args: &DevArgs, issuer: &DevIssuer, project: Project) -> anyhow::Result<Config> {
-    let mut issuer_config = IssuerConfig::new("dev", issuer.issuer(), DEV_AUDIENCE);
-    issuer_config.jwks_url = Some(issuer.jwks_url());
-    let rules: PolicyConfig = toml::from_str(DEV_RULES).context("the embedded dev rules")?;
-    let (policy, warnings) = Policy::compile(&rules.rules, &["demo"])?;
-    Ok(Config {
-        server: ServerSection {
-            grpc_listen: args.grpc_listen,
-            admin_listen: args.admin_listen,
-            grace_period: std::time::Duration::from_secs(2),
-        },
-        limits: LimitsSection::default(),
-        projects: vec![project],
-        issuers: vec![issuer_config],
-        policy,
-        warnings,
-        ext_authz: None,
+/// The dev config, as a config file would say it, through the same
+/// validation as `serve`: `config::load`, with a lookup that supplies the
+/// demo certificate (the only secret) under the variable the file names.
+fn dev_config(args: &DevArgs, issuer: &DevIssuer, project: &DemoProject) -> anyhow::Result<Config> {
+    let text = dev_config_text(args, issuer, project)?;
+    let env = |name: &str| (name == project.certificate_env).then(|| project.certificate.clone());
+    config::load(&text, &env).with_context(|| {
+        if project.generated {
+            "the dev config".to_owned()
+        } else {
+            "the dev config (AGORA_APP_ID, AGORA_APP_CERTIFICATE)".to_owned()
+        }
     })
+}
+
+/// The dev config's TOML: loopback listeners, the demo project, the
+/// development issuer and the embedded demo rules. Built as a TOML table and
+/// serialized, so values from the environment cannot break the syntax.
+fn dev_config_text(
+    args: &DevArgs,
+    issuer: &DevIssuer,
+    project: &DemoProject,
+) -> anyhow::Result<String> {
+    let mut rules: toml::Table = toml::from_str(DEV_RULES).context("the embedded dev rules")?;
+    let rules = rules
+        .remove("rules")
+        .context("the embedded dev rules have no [[rules]]")?;
+    let config = json!({
+        "server": {
+            "grpc_listen": args.grpc_listen.to_string(),
+            "admin_listen": args.admin_listen.to_string(),
+            "grace_period": "2s",
+        },
+        "projects": [{
+            "name": "demo",
+            "app_id": project.app_id,
+            "signing_certificate": "primary",
+            "certificates": [{ "name": "primary", "env": project.certificate_env }],
+        }],
+        "issuers": [{
+            "name": "dev",
+            "issuer": issuer.issuer(),
+            "audiences": [DEV_AUDIENCE],
+            "jwks_url": issuer.jwks_url(),
+        }],
+    });
+    let toml::Value::Table(mut config) = toml::Value::try_from(config)? else {
+        bail!("the dev config is not a table");
+    };
+    config.insert("rules".to_owned(), rules);
+    Ok(toml::to_string(&config)?)
 }
 
 fn demo_claims() -> Map<String, Value> {
@@ -262,4 +315,78 @@ async fn mint_jwt(args: MintArgs) -> anyhow::Result<ExitCode> {
         .await?;
     println!("{}", response.jwt);
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::KeySource;
+
+    fn args() -> DevArgs {
+        DevArgs {
+            command: None,
+            grpc_listen: "127.0.0.1:0".parse().unwrap(),
+            admin_listen: "127.0.0.1:1".parse().unwrap(),
+            issuer_listen: "127.0.0.1:2".parse().unwrap(),
+            log_format: super::super::logging::LogFormat::Text,
+        }
+    }
+
+    fn project(app_id: &str, certificate: &str) -> DemoProject {
+        DemoProject {
+            app_id: app_id.to_owned(),
+            certificate: certificate.to_owned(),
+            certificate_env: GENERATED_CERTIFICATE_ENV,
+            generated: true,
+        }
+    }
+
+    #[test]
+    fn the_dev_config_is_a_validated_config() {
+        let issuer = DevIssuer::generate("http://127.0.0.1:2".to_owned()).unwrap();
+        let demo = project(
+            "970CA35de60c44645bbae8a215061b33",
+            "5CFd2fd1755d40ecb72977518be15d3b",
+        );
+        let config = dev_config(&args(), &issuer, &demo).unwrap();
+        assert_eq!(config.server().grpc_listen(), args().grpc_listen);
+        assert_eq!(config.server().admin_listen(), args().admin_listen);
+        assert_eq!(
+            config.server().grace_period(),
+            std::time::Duration::from_secs(2)
+        );
+        let [project] = config.projects() else {
+            panic!("one project")
+        };
+        assert_eq!(project.name, "demo");
+        assert_eq!(project.app_id.as_str(), demo.app_id);
+        let [dev] = config.issuers() else {
+            panic!("one issuer")
+        };
+        assert_eq!(dev.issuer(), [issuer.issuer()]);
+        assert_eq!(dev.audiences(), [DEV_AUDIENCE]);
+        assert_eq!(
+            dev.key_source(),
+            &KeySource::jwks_url(&issuer.jwks_url()).unwrap()
+        );
+        let rules = DEV_RULES.matches("[[rules]]").count();
+        assert_eq!(config.policy().len(), rules);
+    }
+
+    #[test]
+    fn the_dev_config_refuses_what_serve_refuses() {
+        let issuer = DevIssuer::generate("http://127.0.0.1:2".to_owned()).unwrap();
+        // A quote in the App ID cannot break the generated TOML: it is refused
+        // by the App ID check, like in any config file.
+        let bad_id = project(
+            "970CA35d\"e60c44645bbae8a215061b33",
+            "5CFd2fd1755d40ecb72977518be15d3b",
+        );
+        let err = format!("{:#}", dev_config(&args(), &issuer, &bad_id).unwrap_err());
+        assert!(err.contains("projects[0].app_id"), "{err}");
+        let bad_cert = project("970CA35de60c44645bbae8a215061b33", "not-a-certificate");
+        let err = format!("{:#}", dev_config(&args(), &issuer, &bad_cert).unwrap_err());
+        assert!(err.contains("projects[0].certificates[0]"), "{err}");
+        assert!(!err.contains("not-a-certificate"), "{err}");
+    }
 }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use crate::config::{self, Config};
+use crate::identity::KeySource;
 use crate::server::{self, StartError};
 
 /// The exit code for an unusable config: sysexits EX_USAGE.
@@ -69,11 +70,17 @@ pub fn check_config(args: &CheckConfigArgs) -> ExitCode {
 
 /// Loads the config, printing the error and choosing exit code 64 on failure.
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
-    let env = |name: &str| std::env::var(name).ok();
-    config::load_file(path, &env).map_err(|e| {
+    config::load_file(path, &process_env).map_err(|e| {
         eprintln!("tokengate: invalid config: {e}");
         ExitCode::from(EXIT_CONFIG)
     })
+}
+
+/// The process environment as the config's lookup function: the one place
+/// `serve` and `check-config` read it, so both see the same secrets.
+#[allow(clippy::disallowed_methods)] // The config-reading edge: every secret is read through here.
+fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
 }
 
 fn report(error: &StartError) -> ExitCode {
@@ -89,17 +96,19 @@ pub fn summary(config: &Config) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(out, "config ok");
-    let _ = writeln!(out, "grpc listen:  {}", config.server.grpc_listen);
-    let _ = writeln!(out, "admin listen: {}", config.server.admin_listen);
+    let server = config.server();
+    let limits = config.limits();
+    let _ = writeln!(out, "grpc listen:  {}", server.grpc_listen());
+    let _ = writeln!(out, "admin listen: {}", server.admin_listen());
     let _ = writeln!(
         out,
         "limits: max message {} bytes, timeout {:?}, concurrency {}, grace {:?}",
-        config.limits.max_message_size,
-        config.limits.request_timeout,
-        config.limits.concurrency,
-        config.server.grace_period
+        limits.max_message_size(),
+        limits.request_timeout(),
+        limits.concurrency(),
+        server.grace_period()
     );
-    for project in &config.projects {
+    for project in config.projects() {
         let _ = writeln!(
             out,
             "project {:?}: app id {}",
@@ -115,26 +124,26 @@ pub fn summary(config: &Config) -> String {
             );
         }
     }
-    for issuer in &config.issuers {
-        let source = issuer
-            .jwks_url
-            .as_deref()
-            .or(issuer.discovery_url.as_deref())
-            .map(str::to_owned)
-            .or_else(|| issuer.discovery.then(|| "discovery".to_owned()))
-            .or_else(|| issuer.jwks_file.as_ref().map(|p| p.display().to_string()))
-            .unwrap_or_else(|| "inline jwks".to_owned());
+    for issuer in config.issuers() {
+        let source = match issuer.key_source() {
+            KeySource::JwksUrl(url) | KeySource::Discovery(url) => url.to_string(),
+            KeySource::File(path) => path.display().to_string(),
+            KeySource::Inline(_) => "inline jwks".to_owned(),
+            KeySource::SecretOnly => "an hs secret only".to_owned(),
+        };
         let _ = writeln!(
             out,
             "issuer {:?}: iss {:?}, audiences {:?}, keys from {source}",
-            issuer.name, issuer.issuer, issuer.audiences
+            issuer.name(),
+            issuer.issuer(),
+            issuer.audiences()
         );
     }
-    let _ = writeln!(out, "rules: {}", config.policy.len());
-    for (i, name) in config.policy.rule_names().enumerate() {
+    let _ = writeln!(out, "rules: {}", config.policy().len());
+    for (i, name) in config.policy().rule_names().enumerate() {
         let _ = writeln!(out, "  [{i}] {name}");
     }
-    for warning in &config.warnings {
+    for warning in config.warnings() {
         let _ = writeln!(out, "warning: {warning:?}");
     }
     out

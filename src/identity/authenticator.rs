@@ -23,7 +23,7 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use tokio::task::AbortHandle;
 
 use super::claims::{ClaimProblem, Claims, Registered};
-use super::config::{IdentityConfigError, IssuerConfig, validate_issuers};
+use super::config::{HsSecret, IdentityConfigError, IssuerSettings, validate_issuers};
 use super::keys::VerifyKey;
 use super::refresh::{IssuerStatus, KeyCache, KeyState, Refresher};
 use crate::domain::{ClaimValue, Fingerprint, Principal};
@@ -123,12 +123,9 @@ struct Issuer {
     require_kid: bool,
     max_token_size: usize,
     algorithms: Vec<Algorithm>,
-    hs_key: Option<HsKey>,
+    hs_secret: Option<HsSecret>,
     cache: Arc<KeyCache>,
 }
-
-/// An HS shared secret; its `Debug` never shows the bytes.
-struct HsKey(DecodingKey);
 
 /// A token split and parsed, not yet verified.
 struct Parsed<'a> {
@@ -143,12 +140,15 @@ struct Parsed<'a> {
 }
 
 impl Authenticator {
-    /// Validates the configs, reads HS secrets, and spawns one key refresher
-    /// per issuer on the current tokio runtime.
-    pub fn start(configs: Vec<IssuerConfig>) -> Result<Self, IdentityConfigError> {
+    /// Spawns one key refresher per issuer on the current tokio runtime.
+    ///
+    /// The settings are already validated and their HS secrets already read
+    /// (by `crate::config`), so the only failures left are a duplicate name or
+    /// `iss` across issuers, a missing runtime and the HTTP client.
+    pub fn start(settings: Vec<IssuerSettings>) -> Result<Self, IdentityConfigError> {
         // Idempotent; makes the backend explicit even if main forgot.
         super::install_crypto_provider();
-        validate_issuers(&configs, "issuers")?;
+        validate_issuers(&settings, "issuers")?;
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| IdentityConfigError::NoRuntime)?;
         let client = reqwest::Client::builder()
@@ -158,26 +158,24 @@ impl Authenticator {
             .pool_max_idle_per_host(0)
             .build()
             .map_err(|e| IdentityConfigError::HttpClient(e.to_string()))?;
-        let mut issuers = Vec::with_capacity(configs.len());
+        let mut issuers = Vec::with_capacity(settings.len());
         let mut by_iss = HashMap::new();
-        let mut tasks = Vec::with_capacity(configs.len());
-        for (i, config) in configs.into_iter().enumerate() {
-            let prefix = format!("issuers[{i}]");
-            let source = config.key_source(&prefix)?;
-            let hs_key = read_hs_secret(&config, &prefix)?;
-            let cache = Arc::new(KeyCache::new(&config.name, &config.refresh, &source));
-            for iss in &config.issuer {
+        let mut tasks = Vec::with_capacity(settings.len());
+        for (i, settings) in settings.into_iter().enumerate() {
+            let source = settings.key_source().clone();
+            let cache = Arc::new(KeyCache::new(settings.name(), settings.refresh(), &source));
+            for iss in settings.issuer() {
                 by_iss.insert(iss.clone(), i);
             }
             let refresher = Refresher {
                 cache: Arc::clone(&cache),
                 source,
-                issuers: config.issuer.clone(),
-                refresh: config.refresh.clone(),
+                issuers: settings.issuer().to_vec(),
+                refresh: settings.refresh().clone(),
                 client: client.clone(),
             };
             tasks.push(runtime.spawn(refresher.run()).abort_handle());
-            issuers.push(Issuer::compile(config, hs_key, cache));
+            issuers.push(Issuer::compile(settings, cache));
         }
         let max_token_size = issuers.iter().map(|i| i.max_token_size).max().unwrap_or(0);
         Ok(Self {
@@ -284,16 +282,16 @@ impl AuthError {
 }
 
 impl Issuer {
-    fn compile(config: IssuerConfig, hs_key: Option<HsKey>, cache: Arc<KeyCache>) -> Self {
+    fn compile(settings: IssuerSettings, cache: Arc<KeyCache>) -> Self {
         Self {
-            name: config.name,
-            audiences: config.audiences,
-            leeway: config.leeway.as_secs(),
-            required_claims: config.required_claims,
-            require_kid: config.require_kid,
-            max_token_size: config.max_token_size,
-            algorithms: config.algorithms,
-            hs_key,
+            name: settings.name().to_owned(),
+            audiences: settings.audiences().to_vec(),
+            leeway: settings.leeway().as_secs(),
+            required_claims: settings.required_claims().to_vec(),
+            require_kid: settings.require_kid(),
+            max_token_size: settings.max_token_size(),
+            algorithms: settings.algorithms().to_vec(),
+            hs_secret: settings.hs_secret().cloned(),
             cache,
         }
     }
@@ -316,8 +314,11 @@ impl Issuer {
             other => AuthError::MissingClaim(other.claim().to_owned()),
         })?;
         if parsed.alg.family() == AlgorithmFamily::Hmac {
-            let key = self.hs_key.as_ref().ok_or(AuthError::AlgorithmNotAllowed)?;
-            verify_signature(&parsed, &key.0)?;
+            let secret = self
+                .hs_secret
+                .as_ref()
+                .ok_or(AuthError::AlgorithmNotAllowed)?;
+            verify_signature(&parsed, secret.key())?;
         } else {
             self.verify_with_jwks(&parsed).await?;
         }
@@ -441,12 +442,6 @@ fn principal(parsed: Parsed<'_>, registered: Registered) -> Principal {
     }
 }
 
-impl std::fmt::Debug for HsKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("HsKey(<redacted>)")
-    }
-}
-
 impl<'a> Parsed<'a> {
     /// Splits the compact JWS and parses its header and claims, without verifying.
     fn parse(token: &'a str) -> Result<Self, AuthError> {
@@ -552,43 +547,6 @@ fn bearer(authorization: Option<&str>) -> Result<&str, AuthError> {
         return Err(AuthError::Missing);
     }
     Ok(token)
-}
-
-/// Reads the issuer's HS secret at start-up, if one is configured.
-fn read_hs_secret(
-    config: &IssuerConfig,
-    prefix: &str,
-) -> Result<Option<HsKey>, IdentityConfigError> {
-    let (key, secret) = if let Some(path) = &config.hs_secret_file {
-        let bytes = std::fs::read(path).map_err(|e| IdentityConfigError::Secret {
-            key: format!("{prefix}.hs_secret_file"),
-            reason: e.kind().to_string(),
-        })?;
-        (format!("{prefix}.hs_secret_file"), bytes)
-    } else if let Some(var) = &config.hs_secret_env {
-        let value = std::env::var(var).map_err(|e| IdentityConfigError::Secret {
-            key: format!("{prefix}.hs_secret_env"),
-            reason: e.to_string(),
-        })?;
-        (format!("{prefix}.hs_secret_env"), value.into_bytes())
-    } else {
-        return Ok(None);
-    };
-    // A trailing newline from `echo > file` is not part of the secret.
-    let trimmed = secret.trim_ascii_end();
-    // RFC 7518 §3.2: an HS256 key must be at least as long as the hash.
-    if trimmed.len() < 32 {
-        return Err(IdentityConfigError::Secret {
-            key,
-            reason: "the secret is shorter than 32 bytes".to_owned(),
-        });
-    }
-    DecodingKey::from_secret(trimmed)
-        .map(|k| Some(HsKey(k)))
-        .map_err(|_| IdentityConfigError::Secret {
-            key,
-            reason: "the secret is not usable".to_owned(),
-        })
 }
 
 #[cfg(test)]

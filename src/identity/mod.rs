@@ -1,14 +1,17 @@
 //! Caller authentication: verify JWTs from the company's identity providers into a `Principal`.
 //!
-//! [`Authenticator::start`] takes the issuers' configs and spawns one key
-//! refresher per issuer; [`Authenticator::authenticate`] turns the raw
+//! [`Authenticator::start`] takes the issuers' validated settings and spawns
+//! one key refresher per issuer; [`Authenticator::authenticate`] turns the raw
 //! `authorization` metadata value into a [`crate::domain::Principal`] or an
 //! [`AuthError`] whose `reason()` is a stable label. Time enters as the
-//! `now` argument; only the refresher reads a (monotonic) clock.
+//! `now` argument; only the refresher reads a (monotonic) clock. HS secrets
+//! arrive already read: `crate::config` reads every secret, so this module
+//! never looks at the environment.
 //!
-//! Submodules: `config` (what is trusted), `keys` (vetting a JWKS), `fetch`
-//! (HTTP, discovery, files), `refresh` (the published snapshot and its
-//! schedule), `claims` (strict claim parsing), `authenticator` (the checks).
+//! Submodules: `config` (what is trusted: the validated issuer settings),
+//! `keys` (vetting a JWKS), `fetch` (HTTP, discovery, files), `refresh` (the
+//! published snapshot and its schedule), `claims` (strict claim parsing),
+//! `authenticator` (the checks).
 
 mod authenticator;
 mod claims;
@@ -19,7 +22,8 @@ mod refresh;
 
 pub use authenticator::{AuthError, Authenticator, Readiness};
 pub use config::{
-    DEFAULT_ALGORITHMS, DEFAULT_MAX_TOKEN_SIZE, IdentityConfigError, IssuerConfig, KeySource,
+    DEFAULT_ALGORITHMS, DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_SIZE, HsSecret, IdentityConfigError,
+    IssuerBuilder, IssuerSettings, KeySource, MAX_TOKEN_SIZE_LIMIT, MIN_HS_SECRET_LEN,
     RefreshConfig, validate_issuers,
 };
 pub use keys::{KeySourceError, MIN_RSA_BITS};

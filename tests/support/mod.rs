@@ -23,6 +23,7 @@ pub use keys::{TestKey, jwks, mint};
 pub use oidc::OidcProvider;
 
 /// The installed test tools: `$TOKENGATE_TOOLS`, else `<crate>/.tools`.
+#[allow(clippy::disallowed_methods)] // The test tools' folder is the test runner's setting, not service config.
 pub fn tools_dir() -> PathBuf {
     std::env::var_os("TOKENGATE_TOOLS")
         .map(PathBuf::from)

@@ -25,6 +25,7 @@ pub fn python_path() -> PathBuf {
 }
 
 /// `PATH` with the venv's `bin` folder first, so a shell finds grpcurl by name.
+#[allow(clippy::disallowed_methods)] // The child process needs the runner's PATH to find its tools.
 pub fn path_with_venv() -> std::ffi::OsString {
     let mut paths = vec![venv_bin()];
     if let Some(path) = std::env::var_os("PATH") {

@@ -1,24 +1,36 @@
 //! The service configuration: one TOML file, typed and validated before any
 //! port is bound.
 //!
-//! Loading has two steps. `parse` turns the text into typed structs, with
-//! errors that name the key (`projects[0].app_id`); `resolve` reads the
-//! secrets the config points at (files or environment variables, never inline
-//! values) and checks the cross-references. Both steps are pure given their
-//! inputs: the environment arrives as a lookup function, so tests never call
-//! `std::env::set_var`.
+//! Loading has two steps. `parse` turns the text into the raw structs of
+//! `file` (private to this module), with errors that name the key
+//! (`projects[0].app_id`); `resolve` reads every secret the config points at
+//! (App Certificates and HS secrets, from files or environment variables,
+//! never inline values, through `secret`), checks the cross-references and
+//! returns a [`Config`] of validated types with private fields. Both steps
+//! are pure given their inputs: the environment arrives as a lookup
+//! function, so tests never call `std::env::set_var`. Because every secret is
+//! read here, `check-config` refuses everything `serve` would.
+//!
+//! Submodules: `file` (the serde structs), `secret` (the one file-or-variable
+//! rule), `duration` (the one duration syntax), `issuer` (issuer tables into
+//! `identity::IssuerSettings`).
+
+mod duration;
+mod file;
+mod issuer;
+mod secret;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
-
+use self::file::{CertificateSection, ConfigFile, LimitsSection, ProjectSection, ServerSection};
+use self::secret::SecretSource;
 use crate::gate::Project;
-use crate::identity::{IdentityConfigError, IssuerConfig, validate_issuers};
+use crate::identity::{IdentityConfigError, IssuerSettings, validate_issuers};
 use crate::policy::{Policy, PolicyError, PolicyWarning, RuleConfig};
-use crate::routes::{ExtAuthzSection, Routes};
+use crate::routes::Routes;
 use crate::token::{AppCertificate, AppId};
 
 /// A configuration that cannot be used. The message always names the key.
@@ -50,45 +62,29 @@ pub enum ConfigError {
     },
 }
 
-/// The config file as written.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConfigFile {
-    /// Listen addresses and shutdown.
-    #[serde(default)]
-    pub server: ServerSection,
-    /// Request limits.
-    #[serde(default)]
-    pub limits: LimitsSection,
-    /// The Agora projects tokens are signed for.
-    #[serde(default)]
-    pub projects: Vec<ProjectSection>,
-    /// The identity providers whose JWTs are accepted.
-    #[serde(default)]
-    pub issuers: Vec<IssuerConfig>,
-    /// The ordered rules; first match wins, default deny.
-    #[serde(default)]
-    pub rules: Vec<RuleConfig>,
-    /// Envoy ext_authz: how mesh HTTP requests become token requests.
-    #[serde(default)]
-    pub ext_authz: ExtAuthzSection,
-    /// A separate TOML file of `[[rules]]` (relative to this file's folder),
-    /// instead of inline `rules`: handy when the rules live in their own ConfigMap.
-    #[serde(default)]
-    pub rules_file: Option<PathBuf>,
-}
-
 /// A loaded, validated config: secrets read, rules compiled. Nothing is bound yet.
 #[derive(Debug)]
 pub struct Config {
+    server: ServerSettings,
+    limits: Limits,
+    projects: Vec<Project>,
+    issuers: Vec<IssuerSettings>,
+    policy: Policy,
+    warnings: Vec<PolicyWarning>,
+    ext_authz: Option<Routes>,
+}
+
+/// A [`Config`] taken apart, for the code that starts the service and needs ownership.
+#[derive(Debug)]
+pub struct ConfigParts {
     /// Listen addresses and shutdown.
-    pub server: ServerSection,
+    pub server: ServerSettings,
     /// Request limits.
-    pub limits: LimitsSection,
+    pub limits: Limits,
     /// The projects, with their certificates.
     pub projects: Vec<Project>,
-    /// The identity providers (validated, not started).
-    pub issuers: Vec<IssuerConfig>,
+    /// The identity providers, validated, HS secrets read, not started.
+    pub issuers: Vec<IssuerSettings>,
     /// The compiled rules.
     pub policy: Policy,
     /// Problems that do not stop loading (shadowed rules).
@@ -98,106 +94,160 @@ pub struct Config {
 }
 
 /// Listen addresses and shutdown behaviour.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServerSection {
-    /// The gRPC address (token service, health, reflection, ext_authz).
-    pub grpc_listen: SocketAddr,
-    /// The admin HTTP address (`/healthz`, `/readyz`, metrics).
-    pub admin_listen: SocketAddr,
-    /// How long in-flight calls may run after SIGTERM.
-    #[serde(with = "humantime_serde")]
-    pub grace_period: Duration,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerSettings {
+    grpc_listen: SocketAddr,
+    admin_listen: SocketAddr,
+    grace_period: Duration,
 }
 
-/// Request limits.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitsSection {
-    /// The largest request message accepted, in bytes.
-    pub max_message_size: usize,
-    /// The server-side deadline of every call.
-    #[serde(with = "humantime_serde")]
-    pub request_timeout: Duration,
-    /// The most calls served at once per connection.
-    pub concurrency: usize,
+/// Request limits, each checked to be usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    max_message_size: usize,
+    request_timeout: Duration,
+    concurrency: usize,
 }
 
-/// Where a secret comes from: exactly one of a file or an environment variable.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SecretSource {
-    /// The certificate's name, as rules and `InspectToken` refer to it.
-    pub name: String,
-    /// A file holding the secret (trailing whitespace is ignored).
-    pub file: Option<PathBuf>,
-    /// An environment variable holding the secret.
-    pub env: Option<String>,
-}
+impl Config {
+    /// Listen addresses and shutdown.
+    pub fn server(&self) -> &ServerSettings {
+        &self.server
+    }
 
-/// One Agora project as written in the file.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProjectSection {
-    /// The name rules use to pick this project.
-    pub name: String,
-    /// The Agora App ID (32 hex characters; not a secret).
-    pub app_id: String,
-    /// The named certificates: primary, secondary, ... Inspect verifies against all.
-    pub certificates: Vec<SecretSource>,
-    /// The name of the certificate that signs new tokens.
-    pub signing_certificate: String,
-}
+    /// Request limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
 
-impl Default for ServerSection {
-    fn default() -> Self {
-        Self {
-            grpc_listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
-            admin_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
-            grace_period: Duration::from_secs(10),
+    /// The projects, with their certificates, in config order.
+    pub fn projects(&self) -> &[Project] {
+        &self.projects
+    }
+
+    /// The identity providers, in config order.
+    pub fn issuers(&self) -> &[IssuerSettings] {
+        &self.issuers
+    }
+
+    /// The compiled rules.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Problems that do not stop loading (shadowed rules).
+    pub fn warnings(&self) -> &[PolicyWarning] {
+        &self.warnings
+    }
+
+    /// The compiled `[ext_authz]` section, when `enabled = true`.
+    pub fn ext_authz(&self) -> Option<&Routes> {
+        self.ext_authz.as_ref()
+    }
+
+    /// Every part, by value.
+    pub fn into_parts(self) -> ConfigParts {
+        ConfigParts {
+            server: self.server,
+            limits: self.limits,
+            projects: self.projects,
+            issuers: self.issuers,
+            policy: self.policy,
+            warnings: self.warnings,
+            ext_authz: self.ext_authz,
         }
     }
 }
 
-impl Default for LimitsSection {
-    fn default() -> Self {
+impl ServerSettings {
+    /// The gRPC address (token service, health, reflection, ext_authz).
+    pub fn grpc_listen(&self) -> SocketAddr {
+        self.grpc_listen
+    }
+
+    /// The admin HTTP address (`/healthz`, `/readyz`, metrics).
+    pub fn admin_listen(&self) -> SocketAddr {
+        self.admin_listen
+    }
+
+    /// How long in-flight calls may run after SIGTERM.
+    pub fn grace_period(&self) -> Duration {
+        self.grace_period
+    }
+
+    fn resolve(section: &ServerSection) -> Self {
         Self {
-            max_message_size: 64 * 1024,
-            request_timeout: Duration::from_secs(5),
-            concurrency: 256,
+            grpc_listen: section.grpc_listen,
+            admin_listen: section.admin_listen,
+            grace_period: section.grace_period.0,
         }
+    }
+}
+
+impl Limits {
+    /// The largest request message accepted, in bytes.
+    pub fn max_message_size(&self) -> usize {
+        self.max_message_size
+    }
+
+    /// The server-side deadline of every call.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// The most calls served at once per connection.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
+    fn resolve(section: &LimitsSection) -> Result<Self, ConfigError> {
+        if section.max_message_size < 1024 {
+            return Err(invalid(
+                "limits.max_message_size",
+                "must be at least 1024 bytes",
+            ));
+        }
+        if section.request_timeout.0.is_zero() {
+            return Err(invalid("limits.request_timeout", "must be positive"));
+        }
+        if section.concurrency == 0 {
+            return Err(invalid("limits.concurrency", "must be at least 1"));
+        }
+        Ok(Self {
+            max_message_size: section.max_message_size,
+            request_timeout: section.request_timeout.0,
+            concurrency: section.concurrency,
+        })
     }
 }
 
 /// Reads and loads the config file at `path`.
-pub fn load_file(
-    path: &std::path::Path,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Config, ConfigError> {
+pub fn load_file(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
         path: path.display().to_string(),
         message: e.to_string(),
     })?;
-    let base = path.parent().unwrap_or(std::path::Path::new("."));
+    let base = path.parent().unwrap_or(Path::new("."));
     resolve(parse_toml(&text)?, base, env)
 }
 
 /// Parses `text` and resolves it (a `rules_file` is relative to the current directory).
 pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-    resolve(parse_toml(text)?, std::path::Path::new("."), env)
+    resolve(parse_toml(text)?, Path::new("."), env)
 }
 
-/// Validates a parsed config: reads the certificates, checks names and
+/// Validates a parsed config: reads every secret, checks names and
 /// references, validates the issuers and compiles the rules.
-pub fn resolve(
+fn resolve(
     mut file: ConfigFile,
-    base: &std::path::Path,
+    base: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
     if let Some(rules_file) = file.rules_file.take() {
         file.rules = read_rules_file(&base.join(rules_file), !file.rules.is_empty())?;
     }
-    check_limits(&file.limits)?;
+    let server = ServerSettings::resolve(&file.server);
+    let limits = Limits::resolve(&file.limits)?;
     if file.projects.is_empty() {
         return Err(invalid("projects", "at least one project is required"));
     }
@@ -213,7 +263,13 @@ pub fn resolve(
     if file.issuers.is_empty() {
         return Err(invalid("issuers", "at least one issuer is required"));
     }
-    validate_issuers(&file.issuers, "issuers").map_err(identity_error)?;
+    let issuers = file
+        .issuers
+        .into_iter()
+        .enumerate()
+        .map(|(i, section)| issuer::resolve_issuer(section, &format!("issuers[{i}]"), env))
+        .collect::<Result<Vec<_>, _>>()?;
+    validate_issuers(&issuers, "issuers").map_err(identity_error)?;
     let names: Vec<&str> = projects.iter().map(|p| p.name.as_str()).collect();
     let (policy, warnings) = Policy::compile(&file.rules, &names).map_err(policy_error)?;
     let mesh = Routes::compile(&file.ext_authz, &names).map_err(|e| ConfigError::Invalid {
@@ -222,20 +278,17 @@ pub fn resolve(
     })?;
     Ok(Config {
         ext_authz: file.ext_authz.enabled.then_some(mesh),
-        server: file.server,
-        limits: file.limits,
+        server,
+        limits,
         projects,
-        issuers: file.issuers,
+        issuers,
         policy,
         warnings,
     })
 }
 
 /// The `[[rules]]` of a separate rules file.
-fn read_rules_file(
-    path: &std::path::Path,
-    inline_too: bool,
-) -> Result<Vec<RuleConfig>, ConfigError> {
+fn read_rules_file(path: &Path, inline_too: bool) -> Result<Vec<RuleConfig>, ConfigError> {
     if inline_too {
         return Err(invalid(
             "rules_file",
@@ -275,13 +328,9 @@ fn resolve_project(
         format!("{key}.certificates[{i}].name")
     })?;
     let mut certificates = Vec::with_capacity(section.certificates.len());
-    for (i, source) in section.certificates.iter().enumerate() {
+    for (i, entry) in section.certificates.iter().enumerate() {
         let cert_key = format!("{key}.certificates[{i}]");
-        let secret = read_secret(source, &cert_key, env)?;
-        // The parse error names the certificate, never its value.
-        let certificate = AppCertificate::parse(&secret)
-            .map_err(|_| invalid(&cert_key, "is not 32 hexadecimal characters"))?;
-        certificates.push((source.name.clone(), certificate));
+        certificates.push((entry.name.clone(), read_certificate(entry, &cert_key, env)?));
     }
     let signer = certificates
         .iter()
@@ -303,29 +352,31 @@ fn resolve_project(
     })
 }
 
-fn check_limits(limits: &LimitsSection) -> Result<(), ConfigError> {
-    if limits.max_message_size < 1024 {
-        return Err(invalid(
-            "limits.max_message_size",
-            "must be at least 1024 bytes",
-        ));
-    }
-    if limits.request_timeout.is_zero() {
-        return Err(invalid("limits.request_timeout", "must be positive"));
-    }
-    if limits.concurrency == 0 {
-        return Err(invalid("limits.concurrency", "must be at least 1"));
-    }
-    Ok(())
+/// Reads and parses one App Certificate; errors name the key and the source, never the value.
+fn read_certificate(
+    entry: &CertificateSection,
+    key: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<AppCertificate, ConfigError> {
+    let exactly_one = || {
+        invalid(
+            key,
+            "set exactly one of `file` or `env` (secrets are never written inline)",
+        )
+    };
+    let source = SecretSource::at_most_one(entry.file.clone(), entry.env.clone(), exactly_one)?
+        .ok_or_else(exactly_one)?;
+    let secret = source.read(key, env)?;
+    std::str::from_utf8(secret.expose())
+        .ok()
+        .and_then(|text| AppCertificate::parse(text).ok())
+        .ok_or_else(|| invalid(key, &format!("{source} is not 32 hexadecimal characters")))
 }
 
-/// An identity config error as a config error for the same key.
+/// An identity error as a config error for the same key.
 pub fn identity_error(error: IdentityConfigError) -> ConfigError {
     match error {
         IdentityConfigError::Invalid { key, problem } => invalid(&key, &problem),
-        IdentityConfigError::Secret { key, reason } => {
-            invalid(&key, &format!("cannot read the secret: {reason}"))
-        }
         other => invalid("issuers", &other.to_string()),
     }
 }
@@ -353,7 +404,7 @@ fn invalid(key: &str, message: &str) -> ConfigError {
 }
 
 /// Deserializes `text` as `T`, reporting the dotted path of the first bad key.
-pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
+fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
     let deserializer = toml::Deserializer::parse(text).map_err(|e| ConfigError::Syntax {
         key: "(file)".into(),
         message: e.message().to_owned(),
@@ -368,35 +419,8 @@ pub fn parse_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, Confi
     })
 }
 
-/// Reads a secret from its source, with `env` looking up environment variables.
-pub fn read_secret(
-    source: &SecretSource,
-    key: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<String, ConfigError> {
-    let invalid = |message: String| ConfigError::Invalid {
-        key: key.to_owned(),
-        message,
-    };
-    let raw = match (&source.file, &source.env) {
-        (Some(path), None) => std::fs::read_to_string(path)
-            .map_err(|e| invalid(format!("cannot read {}: {e}", path.display())))?,
-        (None, Some(var)) => {
-            env(var).ok_or_else(|| invalid(format!("environment variable {var} is not set")))?
-        }
-        _ => {
-            return Err(invalid(
-                "set exactly one of `file` or `env` (secrets are never written inline)".into(),
-            ));
-        }
-    };
-    // Files written by editors and `kubectl create secret --from-file` often
-    // end with a newline that is not part of the secret.
-    Ok(raw.trim_end().to_owned())
-}
-
 /// Checks that every name in `names` is unique, naming the first duplicate's key.
-pub fn check_unique<'a>(
+fn check_unique<'a>(
     names: impl IntoIterator<Item = &'a str>,
     key: impl Fn(usize) -> String,
 ) -> Result<(), ConfigError> {
@@ -418,41 +442,19 @@ pub fn check_unique<'a>(
     Ok(())
 }
 
-/// `humantime` durations ("90s", "1h") for serde, in one place.
-mod humantime_serde {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text)
-            .map_err(|e| serde::de::Error::custom(format!("{text:?} is not a duration: {e}")))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[derive(Debug, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Sample {
-        #[serde(default)]
-        server: ServerSection,
-        #[serde(default)]
-        limits: LimitsSection,
-        #[serde(default)]
-        projects: Vec<ProjectSection>,
-    }
-
     #[test]
     fn defaults_are_the_documented_ports() {
-        let sample: Sample = parse_toml("").unwrap();
-        assert_eq!(sample.server.grpc_listen.port(), 50051);
-        assert_eq!(sample.server.admin_listen.port(), 9090);
-        assert_eq!(sample.limits.request_timeout, Duration::from_secs(5));
-        assert!(sample.projects.is_empty());
+        let file: ConfigFile = parse_toml("").unwrap();
+        let server = ServerSettings::resolve(&file.server);
+        assert_eq!(server.grpc_listen().port(), 50051);
+        assert_eq!(server.admin_listen().port(), 9090);
+        let limits = Limits::resolve(&file.limits).unwrap();
+        assert_eq!(limits.request_timeout(), Duration::from_secs(5));
+        assert!(file.projects.is_empty());
     }
 
     #[test]
@@ -468,9 +470,13 @@ mod tests {
                 "[[projects]]\nname = \"a\"\napp_id = \"x\"\nsigning_certificate = \"p\"\n[[projects.certificates]]\nname = \"p\"\nvalue = \"inline\"",
                 "projects[0].certificates[0].value",
             ),
+            (
+                "[[issuers]]\nname = \"a\"\nissuer = \"i\"\naudiences = [\"a\"]\nleeway = \"5 parsecs\"",
+                "issuers[0].leeway",
+            ),
         ];
         for (text, key) in cases {
-            match parse_toml::<Sample>(text) {
+            match parse_toml::<ConfigFile>(text) {
                 Err(ConfigError::Syntax { key: got, .. }) => assert_eq!(got, key, "{text}"),
                 other => panic!("{text}: {other:?}"),
             }
@@ -478,38 +484,47 @@ mod tests {
     }
 
     #[test]
-    fn secrets_come_from_exactly_one_source() {
-        let env = |name: &str| (name == "CERT").then(|| "abc\n".to_owned());
-        let from_env = SecretSource {
-            name: "p".into(),
-            file: None,
-            env: Some("CERT".into()),
-        };
-        assert_eq!(read_secret(&from_env, "k", &env).unwrap(), "abc");
-        let missing = SecretSource {
-            name: "p".into(),
-            file: None,
-            env: Some("NOPE".into()),
-        };
-        assert!(
-            matches!(read_secret(&missing, "k", &env), Err(ConfigError::Invalid { key, .. }) if key == "k")
-        );
-        let neither = SecretSource {
-            name: "p".into(),
-            file: None,
-            env: None,
-        };
-        assert!(read_secret(&neither, "k", &env).is_err());
+    fn limits_must_be_usable() {
+        let cases = [
+            ("max_message_size = 10", "limits.max_message_size"),
+            ("request_timeout = \"0s\"", "limits.request_timeout"),
+            ("concurrency = 0", "limits.concurrency"),
+        ];
+        for (text, key) in cases {
+            let section: LimitsSection = parse_toml(text).unwrap();
+            match Limits::resolve(&section) {
+                Err(ConfigError::Invalid { key: got, .. }) => assert_eq!(got, key, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
 
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("cert");
-        std::fs::write(&path, "from-file\n").unwrap();
-        let from_file = SecretSource {
+    #[test]
+    fn certificates_come_from_exactly_one_source() {
+        let env =
+            |name: &str| (name == "CERT").then(|| "5CFd2fd1755d40ecb72977518be15d3b\n".to_owned());
+        let entry = |file: Option<&str>, env: Option<&str>| CertificateSection {
             name: "p".into(),
-            file: Some(path),
-            env: None,
+            file: file.map(Into::into),
+            env: env.map(Into::into),
         };
-        assert_eq!(read_secret(&from_file, "k", &env).unwrap(), "from-file");
+        assert!(read_certificate(&entry(None, Some("CERT")), "k", &env).is_ok());
+        for bad in [
+            entry(None, Some("NOPE")),
+            entry(None, None),
+            entry(Some("/nonexistent"), Some("CERT")),
+        ] {
+            assert!(
+                matches!(read_certificate(&bad, "k", &env), Err(ConfigError::Invalid { key, .. }) if key == "k"),
+                "{bad:?}"
+            );
+        }
+        let not_hex = |_: &str| Some("s3cr3t-but-not-hex".to_owned());
+        let err = read_certificate(&entry(None, Some("CERT")), "k", &not_hex).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "k: environment variable CERT is not 32 hexadecimal characters"
+        );
     }
 
     #[test]

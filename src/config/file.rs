@@ -1,0 +1,206 @@
+//! The config file as written: serde structs that mirror the TOML, and nothing else.
+//!
+//! These types never leave `crate::config`: resolution turns them into the
+//! validated settings the rest of the service receives. Every table has
+//! `deny_unknown_fields`, so a typo is an error rather than a silently
+//! ignored setting. Optional keys are `Option`s where the validated type owns
+//! the default, so each default is written once.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use jsonwebtoken::Algorithm;
+use serde::{Deserialize, Deserializer};
+
+use super::duration::HumanDuration;
+use crate::policy::RuleConfig;
+use crate::routes::ExtAuthzSection;
+
+/// The whole file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ConfigFile {
+    /// Listen addresses and shutdown.
+    #[serde(default)]
+    pub server: ServerSection,
+    /// Request limits.
+    #[serde(default)]
+    pub limits: LimitsSection,
+    /// The Agora projects tokens are signed for.
+    #[serde(default)]
+    pub projects: Vec<ProjectSection>,
+    /// The identity providers whose JWTs are accepted.
+    #[serde(default)]
+    pub issuers: Vec<IssuerSection>,
+    /// The ordered rules; first match wins, default deny.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    /// Envoy ext_authz: how mesh HTTP requests become token requests.
+    #[serde(default)]
+    pub ext_authz: ExtAuthzSection,
+    /// A separate TOML file of `[[rules]]` (relative to this file's folder),
+    /// instead of inline `rules`: handy when the rules live in their own ConfigMap.
+    #[serde(default)]
+    pub rules_file: Option<PathBuf>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct ServerSection {
+    /// The gRPC address (token service, health, reflection, ext_authz).
+    pub grpc_listen: SocketAddr,
+    /// The admin HTTP address (`/healthz`, `/readyz`, metrics).
+    pub admin_listen: SocketAddr,
+    /// How long in-flight calls may run after SIGTERM.
+    pub grace_period: HumanDuration,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct LimitsSection {
+    /// The largest request message accepted, in bytes.
+    pub max_message_size: usize,
+    /// The server-side deadline of every call.
+    pub request_timeout: HumanDuration,
+    /// The most calls served at once per connection.
+    pub concurrency: usize,
+}
+
+/// One `[[projects]]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ProjectSection {
+    /// The name rules use to pick this project.
+    pub name: String,
+    /// The Agora App ID (32 hex characters; not a secret).
+    pub app_id: String,
+    /// The named certificates: primary, secondary, ... Inspect verifies against all.
+    pub certificates: Vec<CertificateSection>,
+    /// The name of the certificate that signs new tokens.
+    pub signing_certificate: String,
+}
+
+/// One entry of a project's `certificates`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CertificateSection {
+    /// The certificate's name, as rules and `InspectToken` refer to it.
+    pub name: String,
+    /// A file holding the certificate.
+    pub file: Option<PathBuf>,
+    /// An environment variable holding the certificate.
+    pub env: Option<String>,
+}
+
+/// One `[[issuers]]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct IssuerSection {
+    /// A short name for logs and metrics (not a secret, not the `iss`).
+    pub name: String,
+    /// The exact `iss` strings this issuer signs with (a single string or a list).
+    #[serde(deserialize_with = "one_or_many")]
+    pub issuer: Vec<String>,
+    /// Audiences accepted (any of them must be in the token's `aud`).
+    pub audiences: Vec<String>,
+    /// Keys from this JWKS URL.
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    /// Keys from the `jwks_uri` of this OIDC discovery document.
+    #[serde(default)]
+    pub discovery_url: Option<String>,
+    /// Keys through OIDC discovery at `<issuer>/.well-known/openid-configuration`.
+    #[serde(default)]
+    pub discovery: bool,
+    /// Keys from a local JWKS file, re-read on the refresh schedule.
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// Keys from a JWKS given inline (tests).
+    #[serde(default)]
+    pub jwks_inline: Option<String>,
+    /// Allowed signature algorithms; HS* only together with an HS secret.
+    #[serde(default)]
+    pub algorithms: Option<Vec<Algorithm>>,
+    /// A file holding the shared secret for HS256/384/512.
+    #[serde(default)]
+    pub hs_secret_file: Option<PathBuf>,
+    /// An environment variable holding the shared secret for HS256/384/512.
+    #[serde(default)]
+    pub hs_secret_env: Option<String>,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`.
+    #[serde(default)]
+    pub leeway: Option<HumanDuration>,
+    /// Claims that must be present beyond `exp`, `iss`, `aud` and `sub`.
+    #[serde(default)]
+    pub required_claims: Vec<String>,
+    /// Whether a token must name its key with `kid`.
+    #[serde(default)]
+    pub require_kid: Option<bool>,
+    /// The largest accepted token, in bytes, checked before any decoding.
+    #[serde(default)]
+    pub max_token_size: Option<usize>,
+    /// How the keys are kept fresh.
+    #[serde(default)]
+    pub refresh: RefreshSection,
+}
+
+/// An issuer's `[refresh]` table; unset keys keep the schedule's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RefreshSection {
+    /// See `identity::RefreshConfig::min_refresh`.
+    pub min_refresh: Option<HumanDuration>,
+    /// See `identity::RefreshConfig::max_refresh`.
+    pub max_refresh: Option<HumanDuration>,
+    /// See `identity::RefreshConfig::default_ttl`.
+    pub default_ttl: Option<HumanDuration>,
+    /// See `identity::RefreshConfig::fetch_timeout`.
+    pub fetch_timeout: Option<HumanDuration>,
+    /// See `identity::RefreshConfig::max_stale`.
+    pub max_stale: Option<HumanDuration>,
+    /// See `identity::RefreshConfig::unknown_kid_cooldown`.
+    pub unknown_kid_cooldown: Option<HumanDuration>,
+    /// See `identity::RefreshConfig::backoff_initial`.
+    pub backoff_initial: Option<HumanDuration>,
+    /// See `identity::RefreshConfig::backoff_max`.
+    pub backoff_max: Option<HumanDuration>,
+    /// See `identity::RefreshConfig::max_body_size`.
+    pub max_body_size: Option<usize>,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            grpc_listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
+            admin_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            grace_period: HumanDuration(Duration::from_secs(10)),
+        }
+    }
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            max_message_size: 64 * 1024,
+            request_timeout: HumanDuration(Duration::from_secs(5)),
+            concurrency: 256,
+        }
+    }
+}
+
+/// Accepts `"x"` as well as `["x", "y"]`.
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
