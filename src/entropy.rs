@@ -33,6 +33,22 @@ pub fn random_salt() -> Result<u32, EntropyError> {
     }
 }
 
+/// A monotonic timer for how long a call took (latency, not the wall clock).
+#[derive(Debug, Clone, Copy)]
+pub struct Stopwatch(std::time::Instant);
+
+impl Stopwatch {
+    /// Starts timing now.
+    pub fn start() -> Self {
+        Self(std::time::Instant::now())
+    }
+
+    /// Microseconds since `start`, saturating.
+    pub fn elapsed_us(&self) -> u64 {
+        u64::try_from(self.0.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+}
+
 /// A short random id that ties an INTERNAL error reply to its log line.
 pub fn request_id() -> String {
     getrandom::u64()

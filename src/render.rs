@@ -125,6 +125,12 @@ pub fn allowed() -> Status {
     Status::ok("")
 }
 
+/// The health protocol's answer for a service it does not report on
+/// (`grpc.health.v1` says NOT_FOUND).
+pub fn unknown_health_service() -> Status {
+    Status::not_found("unknown service")
+}
+
 /// The gRPC code of each refusal.
 pub fn grpc_code(refusal: &Refusal) -> Code {
     match refusal {

@@ -58,7 +58,7 @@ impl Health for HealthService {
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<HealthCheckResponse>, Status> {
         if !self.knows(&request.get_ref().service) {
-            return Err(Status::not_found("unknown service"));
+            return Err(crate::render::unknown_health_service());
         }
         Ok(Response::new(reply(self.state.borrow().status())))
     }

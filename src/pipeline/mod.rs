@@ -12,7 +12,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use crate::domain::Principal;
 use crate::entropy;
@@ -85,7 +84,7 @@ pub struct Outcome<T> {
 
 /// The per-call state between `begin` and `finish`.
 struct Flow {
-    started: Instant,
+    started: entropy::Stopwatch,
     now: u64,
     event: AuditEvent,
 }
@@ -138,7 +137,7 @@ impl Pipeline {
     fn begin(&self, call: &Call<'_>) -> Flow {
         let now = entropy::unix_now();
         Flow {
-            started: Instant::now(),
+            started: entropy::Stopwatch::start(),
             now,
             event: AuditEvent::new(call.rpc, entropy::request_id(), call.peer, now),
         }
@@ -180,8 +179,7 @@ impl Pipeline {
                 flow.event.refused(refusal);
             }
         }
-        flow.event.latency_us =
-            u64::try_from(flow.started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        flow.event.latency_us = flow.started.elapsed_us();
         flow.event.emit();
         Outcome {
             request_id: flow.event.request_id,
