@@ -39,10 +39,10 @@ impl TestKey {
             | Algorithm::PS512 => {
                 let pair =
                     aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
-                let der = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der>::as_der(&pair).unwrap();
+                let der = AsDer::<aws_lc_rs::encoding::Pkcs8V1Der<'_>>::as_der(&pair).unwrap();
                 let pem = pem_wrap("PRIVATE KEY", der.as_ref());
                 let public =
-                    AsDer::<aws_lc_rs::encoding::PublicKeyX509Der>::as_der(pair.public_key())
+                    AsDer::<aws_lc_rs::encoding::PublicKeyX509Der<'_>>::as_der(pair.public_key())
                         .unwrap();
                 (
                     EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),

@@ -1,6 +1,5 @@
 //! Property tests: default deny, grants within their rule's limits, and no
 //! panic on arbitrary claims, channels or requests.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;

@@ -1,9 +1,8 @@
 //! Envoy ext_authz (`envoy.service.auth.v3.Authorization/Check`) against the
 //! real server on 127.0.0.1:0, with `CheckRequest`s shaped as Envoy sends
 //! them, a tonic client from `envoy-types`, and grpcurl through reflection.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 

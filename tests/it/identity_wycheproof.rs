@@ -1,7 +1,6 @@
 //! Wycheproof signature vectors through the primitive identity verifies with:
 //! `jsonwebtoken::crypto::verify` on the aws-lc backend, with keys built from
 //! JWK components exactly as `DecodingKey::from_jwk` builds them for a JWKS.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

@@ -7,7 +7,6 @@
 //!
 //! Docker, kubectl, Envoy and Istio cannot run here, so their files are
 //! checked by structure; tokengate's own configs are checked by tokengate.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

@@ -1,6 +1,5 @@
 //! Table-driven policy tests: `check(policy, caller, request) -> decision`,
 //! covering every rule key, every deny reason, load-time validation and traces.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;

@@ -1,5 +1,4 @@
 //! Loads `deploy/examples/policy.toml` and checks each scenario it teaches.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;

@@ -1,9 +1,8 @@
 //! SIGTERM and SIGINT on the real binary (`tokengate serve --config FILE`):
 //! calls in flight finish, health goes NOT_SERVING, the process exits 0
 //! within the grace period.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

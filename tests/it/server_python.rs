@@ -1,9 +1,8 @@
 //! A backend in another language: the Python client `tests/python/client.py`
 //! (grpcio 1.85, stubs generated from `proto/` by grpcio-tools at run time)
 //! calls the real server in process.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
 use std::process::Command;
 

@@ -1,9 +1,8 @@
 //! The one pipeline seen from outside: the gRPC API and ext_authz agree on
 //! every refusal, every call writes exactly one audit event with the fixed
 //! schema (both adapters, every path), and replies carry the request id.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
 use serde_json::{Value, json};
 use support::authz::{self, Verdict, envoy_check, ext_authz_section, verdict};

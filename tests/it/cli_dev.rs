@@ -5,9 +5,8 @@
 //! loopback addresses are accepted. SIGTERM (or SIGINT) ends the server with
 //! exit 0, and its logs carry no secrets. Nothing in the production config
 //! can turn dev mode on.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, ExitStatus, Stdio};

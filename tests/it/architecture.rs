@@ -36,7 +36,6 @@
 //!
 //! The last tests run the analyser on snippets: each shows one way to spell an import
 //! that a text search would miss, and that it is still the right edge.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

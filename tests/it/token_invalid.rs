@@ -1,5 +1,4 @@
 //! Every case of `../shared/vectors/agora-tokens-invalid.json` behaves as its `expect` says.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use serde_json::Value;
 use tokengate::token::services::{Service, ServiceKind};

@@ -1,7 +1,6 @@
 //! `tokengate check-config` and `tokengate serve` on good and bad configs,
 //! through the real binary: exit codes, the key each error names, and that
 //! no certificate is ever printed.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,5 @@
 //! The real `tokengate token` binary: builders by flags, `--spec` from a file
 //! and stdin, the expiry guard, certificate sources, `inspect` output and exit codes.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};
@@ -538,7 +537,7 @@ fn inspect_007_json_has_the_decoded_fields_and_exit_codes() {
     );
 
     type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str, i32);
-    let table: &[Case] = &[
+    let table: &[Case<'_>] = &[
         (&["--json"], &[], OFFICIAL_001, 0),
         (&[], &[("AGORA_APP_CERTIFICATE", CERT)], OFFICIAL_001, 0),
         (

@@ -1,7 +1,6 @@
 //! Conformance with every vector of `../shared/vectors/agora-tokens.json`:
 //! payload and string identity with Agora's python3 builder, parse equality
 //! with `expected.decoded`, and signature verification, for 007 and 006.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
 

@@ -3,9 +3,8 @@
 //! Every token is built here with keys this test generates; the keys are
 //! served by a real JWKS server on loopback. Each row asserts acceptance or
 //! the exact refusal reason.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};

@@ -1,9 +1,8 @@
 //! grpcurl, the real binary (1.8.6, reflection v1alpha only), against the real
 //! server in process: list and describe through reflection, an issue call with
 //! a bearer JWT, errors with their decoded `google.rpc` details, and health.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
 use serde_json::{Value, json};
 use support::server::{APP_ID, PRIMARY_CERT, TestServer};

@@ -1,9 +1,8 @@
 //! The real server on 127.0.0.1:0 with a real JWKS server, called with a tonic client:
 //! every RPC's success path (the issued token parsed, verified and compared
 //! field by field with the reply) and every error status with its details.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};

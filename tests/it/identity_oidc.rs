@@ -1,9 +1,8 @@
 //! End to end with a real OpenID provider (npm `oidc-provider` 9.13.3) on loopback:
 //! RFC 9068 access tokens from a client-credentials grant, keys through OIDC
 //! discovery, another audience refused, and key rotation across restarts.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,6 +1,5 @@
 //! Property tests: build-then-parse round-trips for random tokens, and parsers
 //! that never panic on arbitrary input.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
 

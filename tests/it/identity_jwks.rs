@@ -2,9 +2,8 @@
 //! floods, outages and `max_stale`, slow, garbage, oversized and failing
 //! responses, discovery, issuer pinning, HS secrets, and the refresh schedule
 //! under tokio's paused time.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -1,8 +1,7 @@
 //! gRPC health, the admin port's `/healthz` and `/readyz`, and reflection
 //! (v1 and v1alpha), against the real server on 127.0.0.1:0.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

@@ -3,9 +3,8 @@
 //! access token is exchanged for an RTC token over gRPC, and Agora's official
 //! npm `agora-token` parser verifies that token. A token minted for another
 //! audience is refused.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,0 +1,33 @@
+//! The integration tests, as one test binary: every module shares one build
+//! of the library and of the helpers in `tests/support` (real servers on
+//! 127.0.0.1:0, keys, the JWKS server, the OpenID provider, the binary
+//! harness). Run one area with `cargo test --test it <module>::`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod architecture;
+mod cli_config;
+mod cli_dev;
+mod cli_token;
+mod deploy;
+mod ext_authz;
+mod identity_catalogue;
+mod identity_jwks;
+mod identity_oidc;
+mod identity_wycheproof;
+mod pipeline;
+mod policy_example;
+mod policy_props;
+mod policy_rules;
+mod server_api;
+mod server_grpcurl;
+mod server_health;
+mod server_oidc;
+mod server_python;
+mod server_signals;
+mod token_invalid;
+mod token_npm;
+mod token_props;
+mod token_vectors;
