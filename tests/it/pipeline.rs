@@ -451,3 +451,130 @@ async fn every_call_writes_exactly_one_audit_event_with_the_whole_schema() {
     let all = server.logs().join("\n");
     assert!(!all.contains(&member) && !all.contains(&issued.token));
 }
+
+/// Captures the log lines written while it is the thread's default subscriber.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'w> tracing_subscriber::fmt::MakeWriter<'w> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'w self) -> Captured {
+        self.clone()
+    }
+}
+
+/// A server bug (here: the rules name a project the gate was not given, a
+/// wiring mistake no caller can cause) is INTERNAL with the request id and
+/// logged at error level, never INVALID_ARGUMENT on a field the caller did
+/// not even send.
+#[tokio::test]
+async fn a_server_bug_is_internal_and_logged_never_the_callers_fault() {
+    use std::sync::Arc;
+    use tokengate::pipeline::Pipeline;
+    use tokengate::server::{Readiness, ServeOptions};
+
+    let logs = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_writer(logs.clone())
+        .finish();
+    // The test's runtime has one thread, so the server's tasks log through this subscriber.
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let es256 = TestKey::generate(jsonwebtoken::Algorithm::ES256, "es-1");
+    let jwks = JwksServer::start(&[&es256]).await;
+    let config = tokengate::config::load(
+        &config_text(&jwks.jwks_url(), RULES),
+        &support::server::test_env,
+    )
+    .unwrap()
+    .into_parts();
+    let authenticator =
+        Arc::new(tokengate::identity::Authenticator::start(config.issuers).unwrap());
+    authenticator.wait_ready().await;
+    // The bug: no projects, although the rules sign with "main".
+    let gate = Arc::new(tokengate::gate::Gate::new(Vec::new(), config.policy));
+    let pipeline = Arc::new(Pipeline::new(gate, authenticator, None));
+    let api = tokengate::grpc::service::Api::new(pipeline);
+    let routes =
+        tonic::service::Routes::new(pb::token_service_server::TokenServiceServer::new(api));
+    let grpc = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = grpc.local_addr().unwrap();
+    let readiness = Readiness::new();
+    readiness.set(true);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(tokengate::server::run(
+        grpc,
+        admin,
+        routes,
+        readiness,
+        ServeOptions::default(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let mut client = TokenServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let jwt = es256.mint(&TestServer::claims(
+        "alice",
+        json!({"teams": ["blue"], "agora_uid": 4242}),
+    ));
+    let status = client
+        .issue_rtc_token(TestServer::authed(
+            &jwt,
+            rtc("team-blue-a", pb::Role::Subscriber, None),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    let details = status.get_error_details();
+    assert!(
+        details.bad_request().is_none(),
+        "never blamed on a field: {status:?}"
+    );
+    assert_eq!(details.error_info().unwrap().reason, "internal");
+    let request_id = details.request_info().unwrap().request_id.clone();
+    assert_eq!(
+        status.message(),
+        format!("internal error; request id {request_id}")
+    );
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let errors: Vec<Value> = text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|e| e["level"] == "ERROR")
+        .collect();
+    assert_eq!(errors.len(), 1, "{text}");
+    assert_eq!(errors[0]["request_id"], request_id.as_str());
+    assert_eq!(errors[0]["message"], "internal error");
+    assert!(
+        errors[0]["error"].as_str().unwrap().contains("\"main\""),
+        "the log says what broke: {}",
+        errors[0]
+    );
+    // The audit event says `error`, with the same request id.
+    let audit: Vec<Value> = text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|e| e["decision"] == "error")
+        .collect();
+    assert_eq!(audit.len(), 1, "{text}");
+    assert_eq!(audit[0]["request_id"], request_id.as_str());
+    assert!(!text.contains(&jwt), "no JWT in the logs");
+}
