@@ -302,7 +302,8 @@ impl Routes {
             .enumerate()
             .find_map(|(route_index, route)| {
                 if !route.methods.is_empty()
-                    && !route.methods.iter().any(|m| m.eq_ignore_ascii_case(method))
+                    // Exact: HTTP methods are case-sensitive (RFC 9110 §9.1).
+                    && !route.methods.iter().any(|m| m == method)
                 {
                     return None;
                 }
@@ -489,6 +490,37 @@ fn requested_uid(text: &str) -> Result<RequestedIdentity, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Refuses a path that proxies and upstreams may read differently from the
+/// route matcher: dot segments (`.`, `..`, also percent-encoded), encoded
+/// slashes and backslashes (`%2F`, `%5C`, `\`), empty segments (`//`), and
+/// malformed escapes. A request such as `/public/../rooms/x/join` would
+/// otherwise match a pass-through route here and reach a token route upstream.
+/// Refusing beats normalising: tokengate cannot know how the upstream would
+/// normalise, so any path two readers could disagree on never passes.
+pub fn check_path(path: &str) -> Result<(), BadHttpRequest> {
+    let path = path.split(['?', '#']).next().unwrap_or("");
+    let rest = path
+        .strip_prefix('/')
+        .ok_or_else(|| bad("path", "must start with /"))?;
+    let segments: Vec<&str> = rest.split('/').collect();
+    for (i, segment) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        if segment.is_empty() && !last {
+            return Err(bad("path", "has an empty segment (//)"));
+        }
+        let lower = segment.to_ascii_lowercase();
+        if lower.contains("%2f") || lower.contains("%5c") || segment.contains('\\') {
+            return Err(bad("path", "has an encoded slash or a backslash"));
+        }
+        let decoded =
+            percent_decode(segment).ok_or_else(|| bad("path", "has a malformed percent escape"))?;
+        if decoded == "." || decoded == ".." {
+            return Err(bad("path", "has a dot segment"));
+        }
+    }
+    Ok(())
+}
+
 /// Decodes `%XX` escapes; `None` for a malformed escape or non-UTF-8 result.
 fn percent_decode(segment: &str) -> Option<String> {
     let bytes = segment.as_bytes();
@@ -588,10 +620,44 @@ path = "/users/{uid}/rooms/*"
             ("GET", "/publicity", None),
             ("GET", "/users/42/rooms/x", Some("/users/{uid}/rooms/*")),
             ("GET", "/elsewhere", None),
+            // Methods are case-sensitive: a lowercase method is another method.
+            ("post", "/rooms/team-blue/join", None),
         ];
         for (method, path, expected) in cases {
             let got = m.route(method, path).map(|r| r.template);
             assert_eq!(got, *expected, "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn paths_that_readers_could_disagree_on_are_refused() {
+        let refused = [
+            "/public/../rooms/x/join",
+            "/public/%2e%2e/rooms/x/join",
+            "/public/%2E./rooms/x/join",
+            "/public/./x",
+            "/rooms/a%2Fb/join",
+            "/rooms/a%2fb/join",
+            "/rooms/a%5cb/join",
+            "/rooms/a\\b/join",
+            "/rooms//join",
+            "/rooms/%zz/join",
+            "rooms/x/join",
+            "/..",
+        ];
+        for path in refused {
+            let error = check_path(path).expect_err(path);
+            assert_eq!(error.field, "path", "{path}");
+        }
+        let allowed = [
+            "/rooms/team-blue/join",
+            "/rooms/room%20one/join?x=../y",
+            "/public/",
+            "/public/a.b/..c/...",
+            "/",
+        ];
+        for path in allowed {
+            assert_eq!(check_path(path), Ok(()), "{path}");
         }
     }
 

@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::field::MakeExt as _;
 use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt as _};
@@ -52,6 +53,19 @@ pub fn init(format: LogFormat) {
         // Colour only on a terminal: escape codes corrupt logs piped to a file or collector.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
+    // Text logs escape control characters in every field and message, so a
+    // JWT claim such as `sub = "x\n<forged line>"` or an ANSI escape cannot
+    // forge or hide a line on a terminal or in a file (JSON escapes them anyway).
+    let escaped = tracing_subscriber::fmt::format::debug_fn(|writer, field, value| {
+        let raw = format!("{value:?}");
+        let text = escape_controls(&raw);
+        if field.name() == "message" {
+            write!(writer, "{text}")
+        } else {
+            write!(writer, "{field}={text}")
+        }
+    })
+    .delimited(" ");
     let registry = tracing_subscriber::registry()
         .with(filter)
         .with(AuditLayer::new(std::io::stderr));
@@ -60,8 +74,26 @@ pub fn init(format: LogFormat) {
         LogFormat::Json => registry
             .with(fmt.json().flatten_event(true).with_filter(not_audit))
             .try_init(),
-        LogFormat::Text => registry.with(fmt.with_filter(not_audit)).try_init(),
+        LogFormat::Text => registry
+            .with(fmt.fmt_fields(escaped).with_filter(not_audit))
+            .try_init(),
     };
+}
+
+/// `text` with every control character written as its Rust escape (`\n`, `\u{1b}`).
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 impl<W> AuditLayer<W> {
@@ -142,6 +174,15 @@ mod tests {
         fn make_writer(&'w self) -> Buffer {
             self.clone()
         }
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert_eq!(escape_controls("plain"), "plain");
+        assert_eq!(
+            escape_controls("a\nb\r\u{1b}[31m\u{8}"),
+            "a\\nb\\r\\u{1b}[31m\\u{8}"
+        );
     }
 
     #[test]

@@ -22,7 +22,9 @@ use tonic::{Request, Response, Status};
 
 use crate::domain::RtcIdentity;
 use crate::gate::Issued;
-use crate::pipeline::{Call, Checked, HttpRequest, InvalidRequest, Pipeline, Refusal, Rpc};
+use crate::pipeline::{
+    Call, Checked, Credential, HttpRequest, InvalidRequest, Pipeline, Refusal, Rpc,
+};
 use crate::policy::BoundIdentity;
 use crate::render;
 use crate::routes::Routes;
@@ -130,7 +132,7 @@ impl Authorization for EnvoyCheck {
         let call = Call {
             rpc: Rpc::ExtAuthz,
             peer: request.remote_addr(),
-            authorization: None,
+            authorization: Credential::Absent,
         };
         let outcome = self.pipeline.check(call, http).await;
         Ok(Response::new(match outcome.result {
@@ -182,6 +184,23 @@ impl HttpRequest for HttpView<'_> {
     /// `headers`, so a map lookup finds them; other senders' keys are matched
     /// case-insensitively, and raw `header_map` entries win, as they did when
     /// both were merged.
+    fn header_count(&self, name: &str) -> usize {
+        let http = self.http;
+        let raw = http.header_map.as_ref().map_or(0, |map| {
+            map.headers
+                .iter()
+                .filter(|h| h.key.eq_ignore_ascii_case(name))
+                .count()
+        });
+        if raw > 0 {
+            return raw;
+        }
+        http.headers
+            .keys()
+            .filter(|k| k.eq_ignore_ascii_case(name))
+            .count()
+    }
+
     fn header(&self, name: &str) -> Option<Cow<'_, str>> {
         let http = self.http;
         if let Some(map) = &http.header_map

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::pb;
 use super::pb::token_service_server::TokenService;
-use crate::pipeline::{Call, InspectRequest, InvalidRequest, Outcome, Pipeline, Rpc};
+use crate::pipeline::{Call, Credential, InspectRequest, InvalidRequest, Outcome, Pipeline, Rpc};
 use crate::render;
 
 /// The state every handler shares.
@@ -28,15 +28,18 @@ impl Api {
 
 /// What the transport knows about a call: its peer and its `authorization` metadata.
 fn call<T>(request: &Request<T>, rpc: Rpc) -> Call<'_> {
+    let mut values = request.metadata().get_all("authorization").iter();
+    let authorization = match (values.next(), values.next()) {
+        (None, _) => Credential::Absent,
+        // A value that is not visible ASCII cannot be a bearer JWT; the
+        // replacement character makes the authenticator call it malformed.
+        (Some(value), None) => Credential::One(value.to_str().unwrap_or("\u{fffd}")),
+        (Some(_), Some(_)) => Credential::Duplicated,
+    };
     Call {
         rpc,
         peer: request.remote_addr(),
-        // A value that is not visible ASCII cannot be a bearer JWT; the
-        // replacement character makes the authenticator call it malformed.
-        authorization: request
-            .metadata()
-            .get("authorization")
-            .map(|v| v.to_str().unwrap_or("\u{fffd}")),
+        authorization,
     }
 }
 

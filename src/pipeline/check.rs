@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 
 use super::audit::{AuditEvent, Audited};
-use super::{Call, InvalidRequest, Outcome, Pipeline, Refusal};
+use super::{Call, Credential, InvalidRequest, Outcome, Pipeline, Refusal};
 use crate::gate::Issued;
 
 /// The HTTP request a proxy asks about, as the adapter reads it.
@@ -17,6 +17,8 @@ pub trait HttpRequest: Sync {
     fn path(&self) -> &str;
     /// The value of header `name` (lowercase), if present.
     fn header(&self, name: &str) -> Option<Cow<'_, str>>;
+    /// How many times header `name` was sent.
+    fn header_count(&self, name: &str) -> usize;
 }
 
 /// What an allowed check lets through.
@@ -51,6 +53,8 @@ impl Pipeline {
                 .routes
                 .as_deref()
                 .ok_or_else(|| Refusal::Internal("ext_authz is not configured".into()))?;
+            crate::routes::check_path(http.path())
+                .map_err(|bad| Refusal::field(bad.field, bad.message))?;
             let matched =
                 routes
                     .route(http.method(), http.path())
@@ -65,7 +69,14 @@ impl Pipeline {
             }
             let jwt_header = http.header(&routes.jwt_header);
             let bearer = jwt_header.as_deref().map(bearer);
-            let principal = self.authenticate(&mut flow, bearer.as_deref()).await?;
+            let credential = match (http.header_count(&routes.jwt_header), bearer.as_deref()) {
+                (0, _) | (_, None) => Credential::Absent,
+                // A proxy merges repeated headers with commas (RFC 9110
+                // §5.3), which a JWT never contains.
+                (1, Some(value)) if !value.contains(',') => Credential::One(value),
+                _ => Credential::Duplicated,
+            };
+            let principal = self.authenticate(&mut flow, credential).await?;
             let lookup = |name: &str| http.header(name).map(Cow::into_owned);
             let request = routes
                 .request(&matched, &lookup)

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use crate::domain::Principal;
 use crate::entropy;
 use crate::gate::Gate;
-use crate::identity::Authenticator;
+use crate::identity::{AuthError, Authenticator};
 use crate::routes::Routes;
 
 mod audit;
@@ -29,6 +29,7 @@ mod renew;
 
 pub use audit::{AUDIT_TARGET, AuditEvent, SCHEMA_VERSION};
 pub use check::{Checked, HttpRequest};
+
 pub use explain::Explanation;
 pub use inspect::InspectRequest;
 pub use refusal::{InvalidRequest, Refusal};
@@ -67,9 +68,21 @@ pub struct Call<'a> {
     pub rpc: Rpc,
     /// The direct peer's address, if the transport knows it.
     pub peer: Option<SocketAddr>,
-    /// The `authorization` metadata value, for the gRPC API (ext_authz reads
-    /// the route's JWT header from the HTTP request instead).
-    pub authorization: Option<&'a str>,
+    /// The `authorization` metadata, for the gRPC API (ext_authz reads the
+    /// route's JWT header from the HTTP request instead).
+    pub authorization: Credential<'a>,
+}
+
+/// The caller's credential header as the transport found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential<'a> {
+    /// No credential header.
+    Absent,
+    /// Exactly one, with this value.
+    One(&'a str),
+    /// More than one. Refused, because readers disagree about which one
+    /// counts (a proxy may check the first and an upstream read the last).
+    Duplicated,
 }
 
 /// The result of one call with the request id that ties its reply, its audit
@@ -147,12 +160,16 @@ impl Pipeline {
     async fn authenticate(
         &self,
         flow: &mut Flow,
-        authorization: Option<&str>,
+        credential: Credential<'_>,
     ) -> Result<Principal, Refusal> {
-        let principal = self
-            .authenticator
-            .authenticate(authorization, flow.now)
-            .await?;
+        let header = match credential {
+            Credential::Absent => None,
+            Credential::One(value) => Some(value),
+            Credential::Duplicated => {
+                return Err(AuthError::Malformed("more than one credential header").into());
+            }
+        };
+        let principal = self.authenticator.authenticate(header, flow.now).await?;
         flow.event.caller(&principal);
         Ok(principal)
     }

@@ -21,10 +21,13 @@ use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, 
 
 use super::TokenError;
 
-/// The largest inflated payload accepted: far above any real token (a payload
-/// of 10 services with long strings is a few KB) and small enough that a
-/// zlib bomb cannot make the parser allocate without bound.
-pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;
+/// The largest inflated payload accepted, 16 KiB. Real tokens inflate to well
+/// under 4 KiB (the largest of the 287 official and generated vectors, every
+/// service in one token, is 983 bytes), so this leaves room for long RTM2
+/// permission lists while a deflate bomb (1.7 KB of base64 inflates to 1 MiB)
+/// costs the parser at most 16 KiB and a few microseconds, not milliseconds of
+/// CPU and a megabyte of reply. Anything larger is a malformed token.
+pub const MAX_PAYLOAD_BYTES: usize = 16 * 1024;
 
 /// The longest token body (after the version prefix) worth decoding: base64 of
 /// a payload of `MAX_PAYLOAD_BYTES` plus zlib's worst-case overhead. Longer
@@ -257,7 +260,8 @@ pub fn inflate(input: &[u8], out: &mut Vec<u8>) -> Result<(), ParseError> {
     INFLATE.with(|cell| {
         let mut z = cell.borrow_mut();
         z.reset(true);
-        out.reserve(input.len().saturating_mul(4).clamp(256, MAX_PAYLOAD_BYTES));
+        // Exact reservations keep the buffer itself within the bound.
+        out.reserve_exact(input.len().saturating_mul(4).clamp(256, MAX_PAYLOAD_BYTES));
         loop {
             let consumed = usize::try_from(z.total_in()).map_err(|_| ParseError::BadZlib)?;
             let rest = input.get(consumed..).ok_or(ParseError::BadZlib)?;
@@ -265,7 +269,7 @@ pub fn inflate(input: &[u8], out: &mut Vec<u8>) -> Result<(), ParseError> {
                 .decompress_vec(rest, out, FlushDecompress::Finish)
                 .map_err(|_| ParseError::BadZlib)?;
             match status {
-                // `reserve` may over-allocate, so the bound is checked on the result too.
+                // The allocator may round capacity up, so the bound is checked on the result too.
                 Status::StreamEnd if out.len() > MAX_PAYLOAD_BYTES => {
                     return Err(ParseError::PayloadTooLarge);
                 }
@@ -276,7 +280,7 @@ pub fn inflate(input: &[u8], out: &mut Vec<u8>) -> Result<(), ParseError> {
                     if out.len() >= MAX_PAYLOAD_BYTES {
                         return Err(ParseError::PayloadTooLarge);
                     }
-                    out.reserve(out.len().min(MAX_PAYLOAD_BYTES - out.len()).max(256));
+                    out.reserve_exact(out.len().min(MAX_PAYLOAD_BYTES - out.len()).max(256));
                 }
                 // Room left but no end of stream: the input is cut short.
                 _ => return Err(ParseError::BadZlib),
@@ -371,6 +375,21 @@ mod tests {
             Err(ParseError::BadZlib)
         );
         assert_eq!(inflate(b"", &mut back), Err(ParseError::BadZlib));
+    }
+
+    #[test]
+    fn a_megabyte_bomb_is_refused_and_the_bound_itself_inflates() {
+        // 1 MiB of zeros deflates to about 1 KB: the adversarial review's bomb.
+        let mut z = Vec::new();
+        deflate(&vec![0u8; 1 << 20], &mut z).unwrap();
+        assert!(z.len() < 1100, "{}", z.len());
+        let mut back = Vec::new();
+        assert_eq!(inflate(&z, &mut back), Err(ParseError::PayloadTooLarge));
+        assert!(back.len() <= MAX_PAYLOAD_BYTES + 256, "{}", back.len());
+        let mut z = Vec::new();
+        deflate(&vec![7u8; MAX_PAYLOAD_BYTES], &mut z).unwrap();
+        inflate(&z, &mut back).unwrap();
+        assert_eq!(back.len(), MAX_PAYLOAD_BYTES);
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod cli_dev;
 mod cli_token;
 mod deploy;
 mod ext_authz;
+mod hardening;
 mod identity_catalogue;
 mod identity_jwks;
 mod identity_oidc;

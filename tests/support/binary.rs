@@ -56,12 +56,17 @@ impl Running {
 
     /// Starts `tokengate serve` with this whole config text (its listen addresses must be port 0).
     pub fn start_config(config: &str) -> Self {
+        Self::start_config_as(config, "json")
+    }
+
+    /// Like [`Running::start_config`] with `--log-format format` (`json` or `text`).
+    pub fn start_config_as(config: &str, format: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokengate.toml");
         std::fs::write(&path, config).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_tokengate"))
             .args(["serve", "--config", path.to_str().unwrap()])
-            .args(["--log-format", "json"])
+            .args(["--log-format", format])
             .env("TEST_PRIMARY_CERT", PRIMARY_CERT)
             .env("TEST_SECONDARY_CERT", SECONDARY_CERT)
             .env("TOKENGATE_LOG", "info")
@@ -81,6 +86,16 @@ impl Running {
                     && event["message"] == "tokengate listening"
                 {
                     let _ = tx.send(event);
+                } else if line.contains("tokengate listening") {
+                    // Text: `... tokengate listening grpc=127.0.0.1:1 admin=127.0.0.1:2`.
+                    let field = |name: &str| {
+                        line.split_whitespace()
+                            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                            .map(|v| Value::from(v.trim_matches('"')))
+                            .unwrap_or(Value::Null)
+                    };
+                    let _ = tx
+                        .send(serde_json::json!({"grpc": field("grpc"), "admin": field("admin")}));
                 }
                 sink.lock().unwrap().push(line);
             }
