@@ -312,6 +312,9 @@ pub async fn serve(
 
     let config = config.into_parts();
     crate::identity::install_crypto_provider();
+    for notice in &config.notices {
+        tracing::warn!(notice = %notice, "config notice");
+    }
     for warning in &config.warnings {
         tracing::warn!(?warning, "policy warning");
     }

@@ -143,6 +143,9 @@ pub fn summary(config: &Config) -> String {
     for (i, name) in config.policy().rule_names().enumerate() {
         let _ = writeln!(out, "  [{i}] {name}");
     }
+    for notice in config.notices() {
+        let _ = writeln!(out, "warning: {notice}");
+    }
     for warning in config.warnings() {
         let _ = writeln!(out, "warning: {warning:?}");
     }

@@ -17,6 +17,7 @@
 
 mod duration;
 mod file;
+mod files;
 mod issuer;
 mod secret;
 
@@ -71,6 +72,7 @@ pub struct Config {
     issuers: Vec<IssuerSettings>,
     policy: Policy,
     warnings: Vec<PolicyWarning>,
+    notices: Vec<String>,
     ext_authz: Option<Routes>,
 }
 
@@ -89,6 +91,9 @@ pub struct ConfigParts {
     pub policy: Policy,
     /// Problems that do not stop loading (shadowed rules).
     pub warnings: Vec<PolicyWarning>,
+    /// What an operator should know about the files the config names
+    /// (world-readable secrets, symlinks out of the config's folder).
+    pub notices: Vec<String>,
     /// The compiled `[ext_authz]` section, when `enabled = true`.
     pub ext_authz: Option<Routes>,
 }
@@ -140,6 +145,11 @@ impl Config {
         &self.warnings
     }
 
+    /// Notices about the files the config names, for `check-config` and the start-up log.
+    pub fn notices(&self) -> &[String] {
+        &self.notices
+    }
+
     /// The compiled `[ext_authz]` section, when `enabled = true`.
     pub fn ext_authz(&self) -> Option<&Routes> {
         self.ext_authz.as_ref()
@@ -154,6 +164,7 @@ impl Config {
             issuers: self.issuers,
             policy: self.policy,
             warnings: self.warnings,
+            notices: self.notices,
             ext_authz: self.ext_authz,
         }
     }
@@ -223,10 +234,12 @@ impl Limits {
 
 /// Reads and loads the config file at `path`.
 pub fn load_file(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+    let read_error = |message: String| ConfigError::Read {
         path: path.display().to_string(),
-        message: e.to_string(),
-    })?;
+        message,
+    };
+    let bytes = files::read_bounded(path, files::MAX_DOCUMENT_BYTES).map_err(read_error)?;
+    let text = String::from_utf8(bytes).map_err(|_| read_error("is not UTF-8".into()))?;
     let base = path.parent().unwrap_or(Path::new("."));
     resolve(parse_toml(&text)?, base, env)
 }
@@ -260,6 +273,9 @@ fn resolve(
         .enumerate()
         .map(|(i, p)| resolve_project(p, &format!("projects[{i}]"), env))
         .collect::<Result<Vec<_>, _>>()?;
+    check_app_ids(&projects)?;
+    let notices = file_notices(&file, base);
+    check_jwks_files(&file)?;
     if file.issuers.is_empty() {
         return Err(invalid("issuers", "at least one issuer is required"));
     }
@@ -284,7 +300,70 @@ fn resolve(
         issuers,
         policy,
         warnings,
+        notices,
     })
+}
+
+/// Two projects with one App ID could not be told apart by renewal or
+/// inspection (a token names only its App ID), so that is refused.
+fn check_app_ids(projects: &[Project]) -> Result<(), ConfigError> {
+    for (i, project) in projects.iter().enumerate() {
+        if let Some(first) = projects[..i].iter().position(|p| {
+            p.app_id
+                .as_str()
+                .eq_ignore_ascii_case(project.app_id.as_str())
+        }) {
+            return Err(invalid(
+                &format!("projects[{i}].app_id"),
+                &format!(
+                    "is also the App ID of projects[{first}] ({:?}); tokens name only their App ID, so renewal and inspection could not tell the two apart",
+                    projects[first].name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A `jwks_file` must hold a JWKS now, not only at the first refresh: a
+/// certificate or a key in PEM given by mistake is refused at load.
+fn check_jwks_files(file: &ConfigFile) -> Result<(), ConfigError> {
+    for (i, issuer) in file.issuers.iter().enumerate() {
+        let Some(path) = &issuer.jwks_file else {
+            continue;
+        };
+        let key = format!("issuers[{i}].jwks_file");
+        let bytes =
+            files::read_bounded(path, files::MAX_DOCUMENT_BYTES).map_err(|e| invalid(&key, &e))?;
+        crate::identity::KeySet::parse(&bytes).map_err(|e| {
+            invalid(
+                &key,
+                &format!("{} is not a usable JWKS: {e}", path.display()),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Notices for every secret file the config names.
+fn file_notices(file: &ConfigFile, base: &Path) -> Vec<String> {
+    let certificates = file.projects.iter().enumerate().flat_map(|(i, p)| {
+        p.certificates.iter().enumerate().filter_map(move |(j, c)| {
+            c.file
+                .as_ref()
+                .map(|path| (format!("projects[{i}].certificates[{j}].file"), path))
+        })
+    });
+    let hs_secrets = file.issuers.iter().enumerate().filter_map(|(i, issuer)| {
+        issuer
+            .hs_secret_file
+            .as_ref()
+            .map(|path| (format!("issuers[{i}].hs_secret_file"), path))
+    });
+    certificates
+        .chain(hs_secrets)
+        .flat_map(|(key, path)| files::secret_file_notices(&key, path, base))
+        .collect()
 }
 
 /// The `[[rules]]` of a separate rules file.
@@ -295,12 +374,10 @@ fn read_rules_file(path: &Path, inline_too: bool) -> Result<Vec<RuleConfig>, Con
             "set either inline `rules` or `rules_file`, not both",
         ));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        invalid(
-            "rules_file",
-            &format!("cannot read {}: {e}", path.display()),
-        )
-    })?;
+    let bytes = files::read_bounded(path, files::MAX_DOCUMENT_BYTES)
+        .map_err(|e| invalid("rules_file", &e))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| invalid("rules_file", &format!("{} is not UTF-8", path.display())))?;
     let rules: crate::policy::PolicyConfig = parse_toml(&text).map_err(|e| match e {
         ConfigError::Syntax { key, message } => ConfigError::Syntax {
             key: format!("rules_file: {key}"),

@@ -48,8 +48,8 @@ impl SecretSource {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Secret, ConfigError> {
         let raw = match self {
-            Self::File(path) => std::fs::read(path)
-                .map_err(|e| invalid(key, &format!("cannot read {}: {e}", path.display())))?,
+            Self::File(path) => super::files::read_bounded(path, super::files::MAX_SECRET_BYTES)
+                .map_err(|e| invalid(key, &e))?,
             Self::Env(var) => env(var)
                 .ok_or_else(|| invalid(key, &format!("environment variable {var} is not set")))?
                 .into_bytes(),

@@ -26,7 +26,7 @@ pub use config::{
     IssuerBuilder, IssuerSettings, KeySource, MAX_TOKEN_SIZE_LIMIT, MIN_HS_SECRET_LEN,
     RefreshConfig, validate_issuers,
 };
-pub use keys::{KeySourceError, MIN_RSA_BITS};
+pub use keys::{KeySet, KeySourceError, MIN_RSA_BITS};
 pub use refresh::{Freshness, IssuerStatus};
 
 /// Installs jsonwebtoken's aws-lc crypto provider as the process default.

@@ -316,6 +316,23 @@ fn bad_configs() -> Vec<BadConfig> {
             vec![EXAMPLE_ENV[0], ("IDP_HS_SECRET", "short")],
             "issuers[0].hs_secret_env",
         ),
+        (
+            "two projects with one App ID",
+            edit(
+                issuers_start,
+                &format!(
+                    "{}\n{issuers_start}",
+                    SECOND_PROJECT
+                        .replace("name = \"main\"", "name = \"other\"")
+                        .replace(
+                            "0a1b2c3d4e5f60718293a4b5c6d7e8f9",
+                            "970ca35de60c44645bbae8a215061b33"
+                        )
+                ),
+            ),
+            env.clone(),
+            "projects[1].app_id",
+        ),
         ("not TOML", "[server\n".to_owned(), env, "(file)"),
     ]
 }
@@ -440,4 +457,67 @@ fn serve_with_a_bad_config_exits_64_without_binding() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("cannot listen"), "{stderr}");
     drop(held);
+}
+
+#[test]
+fn a_certificate_given_as_jwks_file_is_refused_by_check_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("idp.pem");
+    std::fs::write(
+        &pem,
+        "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let path = dir.path().join("pem.toml");
+    std::fs::write(
+        &path,
+        edit(
+            JWKS_URL_LINE,
+            &format!("jwks_file = {:?}\n", pem.display().to_string()),
+        ),
+    )
+    .unwrap();
+    let output = run(&["check-config", path.to_str().unwrap()], &[EXAMPLE_ENV[0]]);
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(64), "{stdout}{stderr}");
+    assert!(stderr.contains("issuers[0].jwks_file:"), "{stderr}");
+    assert!(stderr.contains("not a usable JWKS"), "{stderr}");
+}
+
+#[cfg(unix)]
+#[test]
+fn check_config_warns_about_world_readable_secrets_and_symlinks_out_of_its_folder() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = tempfile::tempdir().unwrap();
+    let cert = secrets.path().join("primary");
+    std::fs::write(&cert, "5CFd2fd1755d40ecb72977518be15d3b\n").unwrap();
+    std::fs::set_permissions(&cert, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let link = dir.path().join("primary");
+    std::os::unix::fs::symlink(&cert, &link).unwrap();
+    let path = dir.path().join("tokengate.toml");
+    std::fs::write(
+        &path,
+        edit(
+            r#"{ name = "primary", env = "AGORA_MAIN_CERT_PRIMARY" }"#,
+            &format!(
+                r#"{{ name = "primary", file = {:?} }}"#,
+                link.display().to_string()
+            ),
+        ),
+    )
+    .unwrap();
+    let output = run(&["check-config", path.to_str().unwrap()], &[]);
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("warning: projects[0].certificates[0].file:"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("readable by every user (mode 644)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("outside the config's folder"), "{stdout}");
+    assert_no_certificate(&format!("{stdout}{stderr}"));
 }
