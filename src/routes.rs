@@ -117,14 +117,10 @@ pub struct RouteSection {
 /// The compiled `[ext_authz]` section.
 #[derive(Debug, Clone)]
 pub struct Routes {
-    /// The JWT header, lowercase.
-    pub jwt_header: String,
-    /// Whether to remove the JWT header upstream.
-    pub remove_jwt_header: bool,
-    /// Request header names.
-    pub request_headers: RequestHeaders,
-    /// Response header names.
-    pub response_headers: ResponseHeaders,
+    jwt_header: String,
+    remove_jwt_header: bool,
+    request_headers: RequestHeaders,
+    response_headers: ResponseHeaders,
     routes: Vec<Route>,
 }
 
@@ -291,6 +287,21 @@ impl Routes {
             response_headers: section.response_headers.clone(),
             routes,
         })
+    }
+
+    /// The request header that carries the caller's JWT, lowercase.
+    pub fn jwt_header(&self) -> &str {
+        &self.jwt_header
+    }
+
+    /// Whether the JWT header is removed from the upstream request.
+    pub fn remove_jwt_header(&self) -> bool {
+        self.remove_jwt_header
+    }
+
+    /// The names of the headers tokengate sets upstream.
+    pub fn response_headers(&self) -> &ResponseHeaders {
+        &self.response_headers
     }
 
     /// The first route that matches `method` and `path` (the query string is ignored).

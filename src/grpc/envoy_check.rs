@@ -57,7 +57,7 @@ impl EnvoyCheck {
 
     /// An OK response that forwards the token and identity headers upstream.
     fn allow(&self, issued: &Issued) -> CheckResponse {
-        let names = &self.routes.response_headers;
+        let names = self.routes.response_headers();
         let mut ok = OkHttpResponseBuilder::new();
         // Overwrite, never append: a client-supplied copy must not survive next to ours.
         let mut set = |name: &str, value: String| {
@@ -98,8 +98,8 @@ impl EnvoyCheck {
         if matches!(issued.grant.identity(), BoundIdentity::App) {
             ok.remove_header(names.account.as_str());
         }
-        if self.routes.remove_jwt_header {
-            ok.remove_header(self.routes.jwt_header.as_str());
+        if self.routes.remove_jwt_header() {
+            ok.remove_header(self.routes.jwt_header());
         }
         let mut response = CheckResponse::with_status(render::allowed());
         response.set_http_response(ok);
@@ -109,7 +109,7 @@ impl EnvoyCheck {
     /// An OK response for a pass-through route: no token, and every header we own removed.
     fn pass_through(&self) -> CheckResponse {
         let mut ok = OkHttpResponseBuilder::new();
-        for name in self.routes.response_headers.all() {
+        for name in self.routes.response_headers().all() {
             ok.remove_header(name);
         }
         let mut response = CheckResponse::with_status(render::allowed());

@@ -67,9 +67,9 @@ impl Pipeline {
             if matched.pass_through {
                 return Ok(Checked::PassThrough { route });
             }
-            let jwt_header = http.header(&routes.jwt_header);
+            let jwt_header = http.header(routes.jwt_header());
             let bearer = jwt_header.as_deref().map(bearer);
-            let credential = match (http.header_count(&routes.jwt_header), bearer.as_deref()) {
+            let credential = match (http.header_count(routes.jwt_header()), bearer.as_deref()) {
                 (0, _) | (_, None) => Credential::Absent,
                 // A proxy merges repeated headers with commas (RFC 9110
                 // §5.3), which a JWT never contains.
