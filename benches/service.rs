@@ -27,6 +27,7 @@ use prost::Message as _;
 use prost::bytes::{Buf as _, BufMut as _};
 use serde_json::json;
 use support::authz::{self, Verdict, envoy_check, ext_authz_section, verdict};
+use support::fixtures::TEAM_ROOMS;
 use support::server::TestServer;
 use tokengate::grpc::envoy_check::EnvoyCheck;
 use tokengate::grpc::pb;
@@ -37,20 +38,6 @@ use tonic::transport::Channel;
 
 const CHANNEL: &str = "team-blue-standup";
 
-const RULES: &str = r#"
-[[rules]]
-name = "team rooms"
-actions = ["rtc"]
-issuer = "https://idp.test.example"
-channel = "team-{team}-*"
-condition = 'has(claims.teams) && captures.team in claims.teams'
-project = "main"
-max_role = "publisher"
-uid_claim = "agora_uid"
-default_ttl = "1h"
-max_ttl = "8h"
-"#;
-
 fn bench_service(c: &mut Criterion) {
     // One thread runs the client and the server: a call costs the work of
     // both ends, without cross-thread wake-ups whose latency depends on what
@@ -60,7 +47,7 @@ fn bench_service(c: &mut Criterion) {
         .build()
         .unwrap();
     let server = runtime.block_on(async {
-        let server = authz::start(RULES, &ext_authz_section("")).await;
+        let server = authz::start(TEAM_ROOMS, &ext_authz_section("")).await;
         server.wait_ready().await;
         server
     });
@@ -155,7 +142,7 @@ fn bench_service(c: &mut Criterion) {
     // rides in an HPACK-indexed header).
     let text = format!(
         "{}\n{}",
-        support::server::config_text(&server.jwks.jwks_url(), RULES),
+        support::server::config_text(&server.jwks.jwks_url(), TEAM_ROOMS),
         ext_authz_section("")
     );
     let (api_handler, check_handler) = runtime.block_on(async {

@@ -8,6 +8,8 @@ use std::process::{Command, Output};
 
 use tokengate::token::AppCertificate;
 
+use crate::support::fixtures::LOBBY;
+
 const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
 
 /// The certificates the example config reads from the environment (test values).
@@ -149,15 +151,9 @@ name = "idp"
 issuer = "https://idp.test.example"
 audiences = ["tokengate"]
 jwks_url = "http://127.0.0.1:9/jwks"
-
-[[rules]]
-name = "lobby"
-actions = ["rtc"]
-channel = "lobby-*"
-project = "main"
-account_claim = "sub"
 "#
     .to_owned()
+        + LOBBY
 }
 
 fn edit(from: &str, to: &str) -> String {
@@ -252,8 +248,8 @@ fn bad_configs() -> Vec<BadConfig> {
         (
             "rule with unknown project",
             edit(
-                "project = \"main\"\naccount_claim",
-                "project = \"other\"\naccount_claim",
+                "channel = \"lobby-*\"\nproject = \"main\"",
+                "channel = \"lobby-*\"\nproject = \"other\"",
             ),
             env.clone(),
             "rules[0].project",
@@ -400,6 +396,18 @@ fn a_missing_config_file_exits_64() {
     assert!(stderr.contains("/nonexistent/tokengate.toml"), "{stderr}");
 }
 
+/// `tokengate serve` with the config at `path` and the main project's primary certificate.
+fn serve(path: &Path) -> Output {
+    let args = [
+        "serve",
+        "--config",
+        path.to_str().unwrap(),
+        "--log-format",
+        "text",
+    ];
+    run(&args, &EXAMPLE_ENV[..1])
+}
+
 #[test]
 fn serve_with_a_bad_config_exits_64_without_binding() {
     // Hold the port the config names: if serve bound before validating, it
@@ -418,16 +426,7 @@ fn serve_with_a_bad_config_exits_64_without_binding() {
         1,
     );
     std::fs::write(&path, config).unwrap();
-    let output = run(
-        &[
-            "serve",
-            "--config",
-            path.to_str().unwrap(),
-            "--log-format",
-            "text",
-        ],
-        &EXAMPLE_ENV[..1],
-    );
+    let output = serve(&path);
     let (stdout, stderr) = text(&output);
     assert_eq!(output.status.code(), Some(64), "{stdout}\n{stderr}");
     assert!(stderr.contains("rules[0].project_typo"), "{stderr}");
@@ -443,16 +442,7 @@ fn serve_with_a_bad_config_exits_64_without_binding() {
         ),
     )
     .unwrap();
-    let output = run(
-        &[
-            "serve",
-            "--config",
-            path.to_str().unwrap(),
-            "--log-format",
-            "text",
-        ],
-        &EXAMPLE_ENV[..1],
-    );
+    let output = serve(&path);
     let (_, stderr) = text(&output);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("cannot listen"), "{stderr}");

@@ -4,44 +4,17 @@
 
 use crate::support;
 
-use std::process::Command;
-
 use serde_json::{Value, json};
+use support::TestKey;
 use support::authz::{
     self, OVERWRITE_IF_EXISTS_OR_ADD, Verdict, envoy_check, ext_authz_section, verdict,
 };
+use support::fixtures::ROOMS_AND_WEBINARS;
 use support::server::{APP_ID, PRIMARY_CERT, TestServer, config_text};
-use support::{JwksServer, TestKey, tools_dir};
+use support::tools::grpcurl_plaintext;
 use tokengate::token::services::ServiceKind;
 use tokengate::token::{AppCertificate, v007};
 use tonic::Code;
-
-/// Team members publish in their team's rooms as their `agora_uid`; webinar
-/// attendees watch as their subject (an account binding).
-const RULES: &str = r#"
-[[rules]]
-name = "team rooms"
-actions = ["rtc"]
-issuer = "https://idp.test.example"
-channel = "team-{team}-*"
-condition = 'has(claims.teams) && captures.team in claims.teams'
-project = "main"
-max_role = "publisher"
-uid_claim = "agora_uid"
-default_ttl = "1h"
-max_ttl = "8h"
-
-[[rules]]
-name = "webinar attendees"
-actions = ["rtc"]
-issuer = "https://idp.test.example"
-channel = "webinar-*"
-project = "main"
-max_role = "subscriber"
-account_claim = "sub"
-default_ttl = "2h"
-max_ttl = "4h"
-"#;
 
 /// A request header `(name, value)`, and a case's headers.
 type Header<'a> = (&'a str, &'a str);
@@ -65,7 +38,7 @@ const PUBLISH_AUDIO: u16 = 2;
 const CALLS_ALL_THE_WAY: &str = "/calls/abc";
 
 async fn start() -> TestServer {
-    let server = authz::start(RULES, &ext_authz_section("")).await;
+    let server = authz::start(ROOMS_AND_WEBINARS, &ext_authz_section("")).await;
     server.wait_ready().await;
     server
 }
@@ -382,7 +355,7 @@ async fn spoofed_headers_are_overwritten_or_removed() {
     let section = ext_authz_section(
         "[ext_authz.request_headers]\nuid = \"x-requested-uid\"\naccount = \"x-requested-account\"",
     );
-    let server = authz::start(RULES, &section).await;
+    let server = authz::start(ROOMS_AND_WEBINARS, &section).await;
     server.wait_ready().await;
     let bob = format!("Bearer {}", server.mint("bob", json!({})));
     let mut headers = vec![("authorization", bob.as_str()), ("x-agora-uid", "1")];
@@ -404,7 +377,7 @@ async fn spoofed_headers_are_overwritten_or_removed() {
 #[tokio::test]
 async fn remove_jwt_header_removes_it_upstream() {
     let section = ext_authz_section("remove_jwt_header = true\njwt_header = \"x-company-jwt\"");
-    let server = authz::start(RULES, &section).await;
+    let server = authz::start(ROOMS_AND_WEBINARS, &section).await;
     server.wait_ready().await;
     let jwt = alice(&server);
     // The custom header carries the bare JWT; `authorization` is someone else's business.
@@ -488,13 +461,11 @@ async fn unmatched_paths_are_denied_and_public_ones_pass_through() {
 
 #[tokio::test]
 async fn keys_never_loaded_is_a_503_with_retry_after_never_a_grpc_error() {
-    let es256 = TestKey::generate(jsonwebtoken::Algorithm::ES256, "es-1");
-    let rs256 = TestKey::generate(jsonwebtoken::Algorithm::RS256, "rs-1");
-    let jwks = JwksServer::start(&[&es256, &rs256]).await;
+    let (jwks, es256, rs256) = support::server::test_keys().await;
     jwks.fail_next(1_000_000, 503);
     let text = format!(
         "{}\n{}",
-        config_text(&jwks.jwks_url(), RULES),
+        config_text(&jwks.jwks_url(), ROOMS_AND_WEBINARS),
         ext_authz_section("")
     );
     let server = TestServer::start_with(text, jwks, es256, rs256).await;
@@ -552,10 +523,11 @@ async fn disabled_ext_authz_is_unimplemented_and_unlisted() {
         "",
         "[ext_authz]\nenabled = false\n[[ext_authz.routes]]\npath = \"/x/{channel}\"\n",
     ] {
-        let es256 = TestKey::generate(jsonwebtoken::Algorithm::ES256, "es-1");
-        let rs256 = TestKey::generate(jsonwebtoken::Algorithm::RS256, "rs-1");
-        let jwks = JwksServer::start(&[&es256, &rs256]).await;
-        let text = format!("{}\n{section}", config_text(&jwks.jwks_url(), RULES));
+        let (jwks, es256, rs256) = support::server::test_keys().await;
+        let text = format!(
+            "{}\n{section}",
+            config_text(&jwks.jwks_url(), ROOMS_AND_WEBINARS)
+        );
         let server = TestServer::start_with(text, jwks, es256, rs256).await;
         server.wait_ready().await;
         let jwt = format!("Bearer {}", alice(&server));
@@ -573,7 +545,7 @@ async fn disabled_ext_authz_is_unimplemented_and_unlisted() {
             Code::Unimplemented,
             "{section:?}: {status:?}"
         );
-        let services = grpcurl(&server, &["list"]);
+        let services = grpcurl(&server, &[], "list").await;
         assert!(services.contains("tokengate.v1.TokenService"), "{services}");
         assert!(
             !services.contains("envoy.service.auth"),
@@ -587,7 +559,7 @@ async fn disabled_ext_authz_is_unimplemented_and_unlisted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_calls_check_through_reflection() {
     let server = start().await;
-    let services = grpcurl(&server, &["list"]);
+    let services = grpcurl(&server, &[], "list").await;
     assert!(
         services
             .lines()
@@ -632,12 +604,10 @@ async fn grpcurl_calls_check_through_reflection() {
     });
     let out = grpcurl(
         &server,
-        &[
-            "-d",
-            &body.to_string(),
-            "envoy.service.auth.v3.Authorization/Check",
-        ],
-    );
+        &["-d", &body.to_string()],
+        "envoy.service.auth.v3.Authorization/Check",
+    )
+    .await;
     let response: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     let headers = response["okResponse"]["headers"]
         .as_array()
@@ -658,25 +628,9 @@ async fn grpcurl_calls_check_through_reflection() {
     server.shutdown().await;
 }
 
-/// Runs the real grpcurl against `server` (plaintext) and returns its stdout; fails on error.
-fn grpcurl(server: &TestServer, args: &[&str]) -> String {
-    let binary = tools_dir().join("venv/bin/grpcurl");
-    assert!(
-        binary.exists(),
-        "grpcurl is missing at {} (run `bash .ci/setup` or set TOKENGATE_TOOLS)",
-        binary.display()
-    );
-    let output = Command::new(&binary)
-        .arg("-plaintext")
-        .args(&args[..args.len() - 1])
-        .arg(server.addr.to_string())
-        .arg(args[args.len() - 1])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "grpcurl {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
+/// Runs the real grpcurl against `server` (plaintext) with `args` and then the
+/// verb or method, and returns its stdout; fails on error.
+async fn grpcurl(server: &TestServer, args: &[&str], verb: &str) -> String {
+    let run = grpcurl_plaintext(server.addr, args, &[verb]).await;
+    run.success().to_owned()
 }

@@ -7,6 +7,7 @@ use crate::support;
 use serde_json::{Value, json};
 use support::authz::{self, Verdict, envoy_check, ext_authz_section, verdict};
 use support::binary::{Running, loopback};
+use support::fixtures::{ROOMS_AND_WEBINARS, rtc, rtc_uid};
 use support::server::{TestServer, config_text};
 use support::{JwksServer, TestKey};
 use tokengate::grpc::pb;
@@ -14,24 +15,8 @@ use tokengate::grpc::pb::token_service_client::TokenServiceClient;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-const RULES: &str = r#"
-[[rules]]
-name = "team rooms"
-actions = ["rtc"]
-channel = "team-{team}-*"
-condition = 'has(claims.teams) && captures.team in claims.teams'
-project = "main"
-max_role = "publisher"
-uid_claim = "agora_uid"
-
-[[rules]]
-name = "webinar attendees"
-actions = ["rtc"]
-channel = "webinar-*"
-project = "main"
-max_role = "subscriber"
-account_claim = "sub"
-
+/// A rule that lets the caller choose the identity but not the wildcard uid.
+const NO_WILDCARD: &str = r#"
 [[rules]]
 name = "no wildcard"
 actions = ["rtc"]
@@ -39,6 +24,11 @@ channel = "open-*"
 project = "main"
 caller_chooses_identity = true
 "#;
+
+/// Team rooms and webinars (as ext_authz's tests use them), and [`NO_WILDCARD`].
+fn rules() -> String {
+    format!("{ROOMS_AND_WEBINARS}{NO_WILDCARD}")
+}
 
 /// The schema of every audit event (README, "Audit events").
 const AUDIT_FIELDS: [&str; 20] = [
@@ -91,18 +81,19 @@ fn grpc_reason(status: &tonic::Status) -> String {
     }
 }
 
-fn rtc(channel: &str, role: pb::Role, uid: Option<u32>) -> pb::IssueRtcTokenRequest {
-    pb::IssueRtcTokenRequest {
-        channel: channel.into(),
-        role: role as i32,
-        identity: uid.map(pb::issue_rtc_token_request::Identity::Uid),
-        ..Default::default()
-    }
+/// The request id a reply or a refusal carries in its `x-request-id` header.
+fn request_id(metadata: &tonic::metadata::MetadataMap) -> String {
+    metadata
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned()
 }
 
 #[tokio::test]
 async fn grpc_and_ext_authz_agree_on_every_refusal() {
-    let server = authz::start(RULES, &ext_authz_section("")).await;
+    let server = authz::start(&rules(), &ext_authz_section("")).await;
     server.wait_ready().await;
     let member = server.mint("alice", json!({"teams": ["blue"], "agora_uid": 4242}));
     let stranger = server.mint("mallory", json!({}));
@@ -148,7 +139,11 @@ async fn grpc_and_ext_authz_agree_on_every_refusal() {
         } else {
             pb::Role::Subscriber
         };
-        let mut request = tonic::Request::new(rtc(channel, role, uid));
+        let message = match uid {
+            Some(uid) => rtc_uid(channel, role, uid),
+            None => rtc(channel, role),
+        };
+        let mut request = tonic::Request::new(message);
         if let Some(jwt) = jwt {
             request
                 .metadata_mut()
@@ -186,34 +181,23 @@ async fn grpc_and_ext_authz_agree_on_every_refusal() {
             assert_eq!(*grpc_code, status.code() as i32, "{label}");
         }
         // Both name the same request id in what they return.
-        let request_id = status
+        let in_details = status
             .get_error_details()
             .request_info()
             .unwrap()
             .request_id
             .clone();
-        assert_eq!(
-            status
-                .metadata()
-                .get("x-request-id")
-                .unwrap()
-                .to_str()
-                .unwrap(),
-            request_id,
-            "{label}"
-        );
+        assert_eq!(request_id(status.metadata()), in_details, "{label}");
     }
     server.shutdown().await;
 }
 
 #[tokio::test]
 async fn every_call_writes_exactly_one_audit_event_with_the_whole_schema() {
-    let es256 = TestKey::generate(jsonwebtoken::Algorithm::ES256, "es-1");
-    let rs256 = TestKey::generate(jsonwebtoken::Algorithm::RS256, "rs-1");
-    let jwks = JwksServer::start(&[&es256, &rs256]).await;
+    let (jwks, es256, _) = support::server::test_keys().await;
     let config = loopback(&format!(
         "{}\n{}",
-        config_text(&jwks.jwks_url(), RULES),
+        config_text(&jwks.jwks_url(), &rules()),
         ext_authz_section("")
     ));
     let server = Running::start_config(&config);
@@ -235,7 +219,7 @@ async fn every_call_writes_exactly_one_audit_event_with_the_whole_schema() {
     let ok = client
         .issue_rtc_token(TestServer::authed(
             &member,
-            rtc("team-blue-a", pb::Role::Publisher, None),
+            rtc("team-blue-a", pb::Role::Publisher),
         ))
         .await
         .unwrap();
@@ -251,19 +235,19 @@ async fn every_call_writes_exactly_one_audit_event_with_the_whole_schema() {
     expected.push(("IssueRtcToken", "allow", None));
     let refusals = [
         (
-            rtc("team-red-a", pb::Role::Subscriber, None),
+            rtc("team-red-a", pb::Role::Subscriber),
             Some(&member),
             "deny",
             "no_matching_rule",
         ),
         (
-            rtc("team-blue-a", pb::Role::Subscriber, None),
+            rtc("team-blue-a", pb::Role::Subscriber),
             None,
             "unauthenticated",
             "missing",
         ),
         (
-            rtc("", pb::Role::Subscriber, None),
+            rtc("", pb::Role::Subscriber),
             Some(&member),
             "invalid",
             "invalid_request",
@@ -275,15 +259,7 @@ async fn every_call_writes_exactly_one_audit_event_with_the_whole_schema() {
             None => tonic::Request::new(message),
         };
         let status = client.issue_rtc_token(request).await.unwrap_err();
-        grpc_ids.push(
-            status
-                .metadata()
-                .get("x-request-id")
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .to_owned(),
-        );
+        grpc_ids.push(request_id(status.metadata()));
         expected.push(("IssueRtcToken", decision, Some(reason)));
     }
     let renewed = client
@@ -296,15 +272,7 @@ async fn every_call_writes_exactly_one_audit_event_with_the_whole_schema() {
         ))
         .await
         .unwrap();
-    grpc_ids.push(
-        renewed
-            .metadata()
-            .get("x-request-id")
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .to_owned(),
-    );
+    grpc_ids.push(request_id(renewed.metadata()));
     expected.push(("RenewToken", "allow", None));
     // No rule allows inspect or explain: one refusal event each.
     let status = client
@@ -317,15 +285,7 @@ async fn every_call_writes_exactly_one_audit_event_with_the_whole_schema() {
         ))
         .await
         .unwrap_err();
-    grpc_ids.push(
-        status
-            .metadata()
-            .get("x-request-id")
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .to_owned(),
-    );
+    grpc_ids.push(request_id(status.metadata()));
     expected.push(("InspectToken", "deny", Some("no_matching_rule")));
     let status = client
         .explain_access(TestServer::authed(
@@ -334,15 +294,7 @@ async fn every_call_writes_exactly_one_audit_event_with_the_whole_schema() {
         ))
         .await
         .unwrap_err();
-    grpc_ids.push(
-        status
-            .metadata()
-            .get("x-request-id")
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .to_owned(),
-    );
+    grpc_ids.push(request_id(status.metadata()));
     expected.push(("ExplainAccess", "invalid", Some("invalid_request")));
 
     let bearer = format!("Bearer {member}");
@@ -495,7 +447,7 @@ async fn a_server_bug_is_internal_and_logged_never_the_callers_fault() {
     let es256 = TestKey::generate(jsonwebtoken::Algorithm::ES256, "es-1");
     let jwks = JwksServer::start(&[&es256]).await;
     let config = tokengate::config::load(
-        &config_text(&jwks.jwks_url(), RULES),
+        &config_text(&jwks.jwks_url(), &rules()),
         &support::server::test_env,
     )
     .unwrap()
@@ -535,7 +487,7 @@ async fn a_server_bug_is_internal_and_logged_never_the_callers_fault() {
     let status = client
         .issue_rtc_token(TestServer::authed(
             &jwt,
-            rtc("team-blue-a", pb::Role::Subscriber, None),
+            rtc("team-blue-a", pb::Role::Subscriber),
         ))
         .await
         .unwrap_err();

@@ -10,6 +10,7 @@ use sha2::{Digest, Sha256};
 use tonic::Code;
 use tonic_types::StatusExt;
 
+use support::fixtures::{API_RULES, TEAM_ROOMS_SUBSCRIBERS_ONLY, rtc, secs};
 use support::server::{APP_ID, ISSUER, PRIMARY_CERT, SECONDARY_CERT, TestServer, config_text};
 use support::{JwksServer, TestKey, unix_now};
 use tokengate::grpc::pb;
@@ -19,87 +20,6 @@ use tokengate::token::services::{
     PermissionType, ResourceType, Rtm2Permissions, Service, ServiceKind,
 };
 use tokengate::token::{AppCertificate, AppId, v006, v007};
-
-/// The rules every test here runs with. Order matters: first match wins.
-const RULES: &str = r#"
-[[rules]]
-name = "suspended"
-effect = "deny"
-actions = ["rtc", "rtm", "chat"]
-condition = 'has(claims.status) && claims.status == "suspended"'
-
-[[rules]]
-name = "backend"
-actions = ["rtc", "rtm", "chat"]
-issuer = "https://idp.test.example"
-condition = '"tokens:mint" in caller.scopes'
-project = "main"
-max_role = "publisher"
-caller_chooses_identity = true
-allow_wildcard_uid = true
-allow_app_token = true
-default_ttl = "1h"
-max_ttl = "24h"
-
-[[rules]]
-name = "team rooms"
-actions = ["rtc", "rtm"]
-channel = "team-{team}-*"
-condition = 'has(claims.teams) && captures.team in claims.teams'
-project = "main"
-max_role = "publisher"
-uid_claim = "agora_uid"
-default_ttl = "1h"
-max_ttl = "8h"
-publish_ttl = "30m"
-
-[[rules.rtm_permissions]]
-resource_type = "message_channels"
-access = "read"
-resources = ["team-{team}-*"]
-
-[[rules.rtm_permissions]]
-resource_type = "message_channels"
-access = "write"
-resources = ["team-{team}-chat"]
-
-[[rules]]
-name = "lobby"
-actions = ["rtc"]
-channel = "lobby-*"
-project = "main"
-max_role = "subscriber"
-account_claim = "sub"
-default_ttl = "30m"
-max_ttl = "1h"
-
-[[rules]]
-name = "users"
-actions = ["rtm", "chat"]
-project = "main"
-account_claim = "sub"
-default_ttl = "12h"
-max_ttl = "24h"
-
-[[rules]]
-name = "debug"
-actions = ["inspect", "explain"]
-condition = '"tokengate:debug" in caller.scopes'
-"#;
-
-/// The same project and issuer, but team rooms only let members subscribe now.
-const SUBSCRIBER_ONLY_RULES: &str = r#"
-[[rules]]
-name = "team rooms"
-actions = ["rtc", "rtm"]
-channel = "team-{team}-*"
-condition = 'has(claims.teams) && captures.team in claims.teams'
-project = "main"
-max_role = "subscriber"
-uid_claim = "agora_uid"
-default_ttl = "1h"
-max_ttl = "8h"
-"#;
 
 const HOUR: u32 = 3600;
 const HALF_HOUR: u32 = 1800;
@@ -120,21 +40,6 @@ fn debugger(server: &TestServer) -> String {
         "dev",
         json!({"scope": "tokengate:debug", "teams": ["blue"], "agora_uid": 9}),
     )
-}
-
-fn rtc(channel: &str, role: pb::Role) -> pb::IssueRtcTokenRequest {
-    pb::IssueRtcTokenRequest {
-        channel: channel.into(),
-        role: role as i32,
-        ..Default::default()
-    }
-}
-
-fn secs(s: i64) -> Option<prost_types::Duration> {
-    Some(prost_types::Duration {
-        seconds: s,
-        nanos: 0,
-    })
 }
 
 async fn issue_rtc(
@@ -468,7 +373,7 @@ fn now32() -> u32 {
 
 #[tokio::test]
 async fn issue_rtc_token_grants_exactly_what_the_rule_allows() {
-    let server = ready(RULES).await;
+    let server = ready(API_RULES).await;
     let alice = alice(&server);
     let backend = backend(&server);
     let lobby_user = server.mint("carol", json!({}));
@@ -623,7 +528,7 @@ async fn issue_rtc_token_grants_exactly_what_the_rule_allows() {
 
 #[tokio::test]
 async fn issue_rtm_token_plain_and_with_rtm2_permissions() {
-    let server = ready(RULES).await;
+    let server = ready(API_RULES).await;
     let alice = alice(&server);
     let backend = backend(&server);
     let mut team_permissions = Rtm2Permissions::new();
@@ -718,7 +623,7 @@ async fn issue_rtm_token_plain_and_with_rtm2_permissions() {
 
 #[tokio::test]
 async fn issue_chat_token_user_and_app() {
-    let server = ready(RULES).await;
+    let server = ready(API_RULES).await;
     let alice = alice(&server);
     let backend = backend(&server);
     let cases: Vec<(&str, &str, pb::IssueChatTokenRequest, Expected)> = vec![
@@ -780,7 +685,7 @@ async fn issue_chat_token_user_and_app() {
 
 #[tokio::test]
 async fn renew_token_reissues_the_same_grant() {
-    let server = ready(RULES).await;
+    let server = ready(API_RULES).await;
     let alice_jwt = alice(&server);
     let first = issue_rtc(
         &server,
@@ -890,7 +795,7 @@ async fn renew_token_reissues_the_same_grant() {
 
 #[tokio::test]
 async fn renew_token_never_grants_more_than_the_rules_now_allow() {
-    let server = ready(RULES).await;
+    let server = ready(API_RULES).await;
     let alice_jwt = alice(&server);
     let token = issue_rtc(
         &server,
@@ -954,7 +859,7 @@ async fn renew_token_never_grants_more_than_the_rules_now_allow() {
     // token is refused, not silently downgraded.
     let jwks = JwksServer::start(&[&server.es256, &server.rs256]).await;
     let stricter = TestServer::start_with(
-        config_text(&jwks.jwks_url(), SUBSCRIBER_ONLY_RULES),
+        config_text(&jwks.jwks_url(), TEAM_ROOMS_SUBSCRIBERS_ONLY),
         jwks,
         server.es256.clone(),
         server.rs256.clone(),
@@ -1020,7 +925,7 @@ async fn renew_token_never_grants_more_than_the_rules_now_allow() {
 
 #[tokio::test]
 async fn inspect_token_finds_project_certificate_and_diagnoses() {
-    let server = ready(RULES).await;
+    let server = ready(API_RULES).await;
     let debug = debugger(&server);
     let alice_jwt = alice(&server);
     let issued = issue_rtc(
@@ -1330,7 +1235,7 @@ async fn inspect_token_finds_project_certificate_and_diagnoses() {
 /// (tests/cli_token.rs, `inspect_006_expiry_is_the_earlier_of_ts_and_join`).
 #[tokio::test]
 async fn inspect_006_expiry_is_the_earlier_of_ts_and_join() {
-    let server = ready(RULES).await;
+    let server = ready(API_RULES).await;
     let debug = debugger(&server);
     let app_id = AppId::parse(APP_ID).unwrap();
     let primary = AppCertificate::parse(PRIMARY_CERT).unwrap();
@@ -1375,7 +1280,7 @@ async fn inspect_006_expiry_is_the_earlier_of_ts_and_join() {
 
 #[tokio::test]
 async fn explain_access_traces_allow_and_deny() {
-    let server = ready(RULES).await;
+    let server = ready(API_RULES).await;
     let debug = debugger(&server);
     use pb::explain_access_request::Request as Explained;
 
@@ -1506,7 +1411,7 @@ async fn explain_access_traces_allow_and_deny() {
 
 #[tokio::test]
 async fn unauthenticated_callers_get_the_failed_check() {
-    let server = ready(RULES).await;
+    let server = ready(API_RULES).await;
     let now = unix_now();
     let claims = |extra: Value| TestServer::claims("alice", extra);
     let impostor = TestKey::generate(Algorithm::ES256, "es-1");
@@ -1646,7 +1551,7 @@ async fn unauthenticated_callers_get_the_failed_check() {
 
 #[tokio::test]
 async fn refusals_carry_the_deny_reason_and_rule() {
-    let server = ready(RULES).await;
+    let server = ready(API_RULES).await;
     let alice_jwt = alice(&server);
     let backend_jwt = backend(&server);
     let suspended = server.mint(
@@ -1788,7 +1693,7 @@ async fn refusals_carry_the_deny_reason_and_rule() {
 
 #[tokio::test]
 async fn malformed_requests_list_every_field_violation() {
-    let server = ready(RULES).await;
+    let server = ready(API_RULES).await;
     let jwt = alice(&server);
     let lifetimes = |token: i64, join: i64, publish: i64| pb::IssueRtcTokenRequest {
         lifetimes: Some(pb::Lifetimes {
@@ -1965,11 +1870,9 @@ async fn malformed_requests_list_every_field_violation() {
 
 #[tokio::test]
 async fn unavailable_while_the_issuers_keys_have_never_loaded() {
-    let es256 = TestKey::generate(Algorithm::ES256, "es-1");
-    let rs256 = TestKey::generate(Algorithm::RS256, "rs-1");
-    let jwks = JwksServer::start(&[&es256, &rs256]).await;
+    let (jwks, es256, rs256) = support::server::test_keys().await;
     jwks.fail_next(usize::MAX, 503);
-    let text = config_text(&jwks.jwks_url(), RULES);
+    let text = config_text(&jwks.jwks_url(), API_RULES);
     let server = TestServer::start_with(text, jwks, es256, rs256).await;
     let jwt = alice(&server);
     let status = issue_rtc(&server, &jwt, rtc("team-blue-standup", pb::Role::Publisher))
@@ -1998,7 +1901,7 @@ async fn unavailable_when_the_jwks_port_is_closed() {
     let es256 = TestKey::generate(Algorithm::ES256, "es-1");
     let rs256 = TestKey::generate(Algorithm::RS256, "rs-1");
     let jwks = JwksServer::start(&[&es256]).await;
-    let server = TestServer::start_with(config_text(&url, RULES), jwks, es256, rs256).await;
+    let server = TestServer::start_with(config_text(&url, API_RULES), jwks, es256, rs256).await;
     let jwt = server.mint(
         "alice",
         json!({"iss": ISSUER, "teams": ["blue"], "agora_uid": 1}),
@@ -2013,7 +1916,7 @@ async fn unavailable_when_the_jwks_port_is_closed() {
 #[tokio::test]
 async fn the_request_timeout_bounds_every_call() {
     let limits = "[limits]\nrequest_timeout = \"1s\"\n";
-    let server = ready(&format!("{limits}\n{RULES}")).await;
+    let server = ready(&format!("{limits}\n{API_RULES}")).await;
     // A JWT signed by a key the JWKS publishes only now, slowly: without the
     // timeout the call would wait about 3 s for the refetch and then succeed.
     let late = TestKey::generate(Algorithm::ES256, "es-late");
@@ -2050,7 +1953,7 @@ async fn the_request_timeout_bounds_every_call() {
 
 #[tokio::test]
 async fn renewing_a_channel_scoped_rtm_token_needs_its_channel() {
-    let server = ready(RULES).await;
+    let server = ready(API_RULES).await;
     let alice = alice(&server);
     let first = issue_rtm(
         &server,

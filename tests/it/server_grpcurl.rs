@@ -5,17 +5,13 @@
 use crate::support;
 
 use serde_json::{Value, json};
+use support::fixtures::NO_ADMIN_ROOMS;
 use support::server::{APP_ID, PRIMARY_CERT, TestServer};
-use support::tools::{Run, grpcurl_async};
+use support::tools::{Run, grpcurl_plaintext};
 use tokengate::token::{AppCertificate, services::ServiceKind, v007};
 
-const RULES: &str = r#"
-[[rules]]
-name = "no admin rooms"
-effect = "deny"
-actions = ["rtc"]
-channel = "admin-*"
-
+/// Rooms by `agora_uid` for the grpcurl calls; [`NO_ADMIN_ROOMS`] refuses `admin-*` first.
+const ROOMS: &str = r#"
 [[rules]]
 name = "rooms"
 actions = ["rtc"]
@@ -28,13 +24,14 @@ default_ttl = "1h"
 max_ttl = "8h"
 "#;
 
+/// [`NO_ADMIN_ROOMS`], then [`ROOMS`].
+fn rules() -> String {
+    format!("{NO_ADMIN_ROOMS}{ROOMS}")
+}
+
 /// Runs grpcurl against `server` with `args` before the address and `tail` after it.
 async fn call(server: &TestServer, args: &[&str], tail: &[&str]) -> Run {
-    let mut all: Vec<String> = vec!["-plaintext".into()];
-    all.extend(args.iter().map(|s| (*s).to_owned()));
-    all.push(server.addr.to_string());
-    all.extend(tail.iter().map(|s| (*s).to_owned()));
-    grpcurl_async(all).await
+    grpcurl_plaintext(server.addr, args, tail).await
 }
 
 /// An authenticated `IssueRtcToken` call with `body`, formatting errors with their details.
@@ -55,7 +52,7 @@ async fn health(server: &TestServer, body: &str) -> Run {
 }
 
 async fn started() -> TestServer {
-    let server = TestServer::start(RULES).await;
+    let server = TestServer::start(&rules()).await;
     server.wait_ready().await;
     server
 }
@@ -327,11 +324,9 @@ async fn health_check_says_serving() {
 
 #[tokio::test]
 async fn health_says_not_serving_until_the_issuer_keys_load() {
-    let es256 = support::TestKey::generate(jsonwebtoken::Algorithm::ES256, "es-1");
-    let rs256 = support::TestKey::generate(jsonwebtoken::Algorithm::RS256, "rs-1");
-    let jwks = support::JwksServer::start(&[&es256, &rs256]).await;
+    let (jwks, es256, rs256) = support::server::test_keys().await;
     jwks.fail_next(usize::MAX, 503);
-    let text = support::server::config_text(&jwks.jwks_url(), RULES);
+    let text = support::server::config_text(&jwks.jwks_url(), &rules());
     let server = TestServer::start_with(text, jwks, es256, rs256).await;
     // Wait until the first fetch has failed, so "not ready" is not a race.
     for _ in 0..400 {

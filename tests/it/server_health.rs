@@ -11,27 +11,18 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
+use support::fixtures::{LOBBY, rtc};
 use support::server::{TestServer, config_text};
 use support::{JwksServer, TestKey};
+use tokengate::grpc::pb::Role;
 
 const SERVICE: &str = "tokengate.v1.TokenService";
 
-const RULES: &str = r#"
-[[rules]]
-name = "lobby"
-actions = ["rtc"]
-channel = "lobby-*"
-project = "main"
-account_claim = "sub"
-"#;
-
 /// A server whose JWKS answers 503 until `server.jwks.fail_next(0, 503)`.
 async fn start_without_keys() -> TestServer {
-    let es256 = TestKey::generate(Algorithm::ES256, "es-1");
-    let rs256 = TestKey::generate(Algorithm::RS256, "rs-1");
-    let jwks = JwksServer::start(&[&es256, &rs256]).await;
+    let (jwks, es256, rs256) = support::server::test_keys().await;
     jwks.fail_next(usize::MAX, 503);
-    TestServer::start_with(config_text(&jwks.jwks_url(), RULES), jwks, es256, rs256).await
+    TestServer::start_with(config_text(&jwks.jwks_url(), LOBBY), jwks, es256, rs256).await
 }
 
 async fn status_of(client: &mut HealthClient<tonic::transport::Channel>, service: &str) -> i32 {
@@ -151,22 +142,13 @@ async fn not_serving_until_every_issuer_has_loaded_its_keys() {
         support::server::AUDIENCE,
         other.jwks_url()
     );
-    let server = TestServer::start(&format!("{second_issuer}\n{RULES}")).await;
+    let server = TestServer::start(&format!("{second_issuer}\n{LOBBY}")).await;
     let mut health = HealthClient::new(server.channel().await);
 
     // The first issuer works: its callers are served even before overall readiness.
     let jwt = server.mint("alice", serde_json::json!({}));
     let mut client = server.client().await;
-    let request = || {
-        TestServer::authed(
-            &jwt,
-            tokengate::grpc::pb::IssueRtcTokenRequest {
-                channel: "lobby-1".into(),
-                role: tokengate::grpc::pb::Role::Subscriber as i32,
-                ..Default::default()
-            },
-        )
-    };
+    let request = || TestServer::authed(&jwt, rtc("lobby-1", Role::Subscriber));
     let mut served = false;
     for _ in 0..200 {
         if client.issue_rtc_token(request()).await.is_ok() {
@@ -194,11 +176,7 @@ async fn not_serving_until_every_issuer_has_loaded_its_keys() {
     let status = client
         .issue_rtc_token(TestServer::authed(
             &other_jwt,
-            tokengate::grpc::pb::IssueRtcTokenRequest {
-                channel: "lobby-1".into(),
-                role: tokengate::grpc::pb::Role::Subscriber as i32,
-                ..Default::default()
-            },
+            rtc("lobby-1", Role::Subscriber),
         ))
         .await
         .unwrap_err();
@@ -226,89 +204,63 @@ mod reflection {
         pub files: Vec<FileDescriptorProto>,
     }
 
-    pub async fn v1(channel: tonic::transport::Channel, symbol: &str) -> Answers {
-        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-        use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse};
-        let mut client = ServerReflectionClient::new(channel);
-        let requests = vec![
-            ServerReflectionRequest {
-                host: String::new(),
-                message_request: Some(MessageRequest::ListServices(String::new())),
-            },
-            ServerReflectionRequest {
-                host: String::new(),
-                message_request: Some(MessageRequest::FileContainingSymbol(symbol.into())),
-            },
-        ];
-        let mut stream = client
-            .server_reflection_info(tonic::codegen::tokio_stream::iter(requests))
-            .await
-            .unwrap()
-            .into_inner();
-        let mut answers = Answers {
-            services: Vec::new(),
-            files: Vec::new(),
-        };
-        while let Some(ServerReflectionResponse {
-            message_response, ..
-        }) = stream.message().await.unwrap()
-        {
-            match message_response {
-                Some(MessageResponse::ListServicesResponse(list)) => {
-                    answers.services = list.service.into_iter().map(|s| s.name).collect();
+    /// Defines `pub async fn $version(channel, symbol) -> Answers`: lists the
+    /// services and asks for the files defining `symbol`, through the client
+    /// of `tonic_reflection::pb::$version` (the two versions' types differ, so
+    /// one function cannot serve both).
+    macro_rules! reflection_client {
+        ($version:ident) => {
+            pub async fn $version(channel: tonic::transport::Channel, symbol: &str) -> Answers {
+                use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+                use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
+                use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
+                use tonic_reflection::pb::$version::{
+                    ServerReflectionRequest, ServerReflectionResponse,
+                };
+                let mut client = ServerReflectionClient::new(channel);
+                let requests = vec![
+                    ServerReflectionRequest {
+                        host: String::new(),
+                        message_request: Some(MessageRequest::ListServices(String::new())),
+                    },
+                    ServerReflectionRequest {
+                        host: String::new(),
+                        message_request: Some(MessageRequest::FileContainingSymbol(symbol.into())),
+                    },
+                ];
+                let mut stream = client
+                    .server_reflection_info(tonic::codegen::tokio_stream::iter(requests))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                let mut answers = Answers {
+                    services: Vec::new(),
+                    files: Vec::new(),
+                };
+                while let Some(ServerReflectionResponse {
+                    message_response, ..
+                }) = stream.message().await.unwrap()
+                {
+                    match message_response {
+                        Some(MessageResponse::ListServicesResponse(list)) => {
+                            answers.services = list.service.into_iter().map(|s| s.name).collect();
+                        }
+                        Some(MessageResponse::FileDescriptorResponse(files)) => {
+                            answers.files = decode(&files.file_descriptor_proto);
+                        }
+                        other => panic!(
+                            "{} reflection answered {other:?}",
+                            stringify!($version)
+                        ),
+                    }
                 }
-                Some(MessageResponse::FileDescriptorResponse(files)) => {
-                    answers.files = decode(&files.file_descriptor_proto);
-                }
-                other => panic!("v1 reflection answered {other:?}"),
+                answers
             }
-        }
-        answers
+        };
     }
 
-    pub async fn v1alpha(channel: tonic::transport::Channel, symbol: &str) -> Answers {
-        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
-        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
-        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-        use tonic_reflection::pb::v1alpha::{ServerReflectionRequest, ServerReflectionResponse};
-        let mut client = ServerReflectionClient::new(channel);
-        let requests = vec![
-            ServerReflectionRequest {
-                host: String::new(),
-                message_request: Some(MessageRequest::ListServices(String::new())),
-            },
-            ServerReflectionRequest {
-                host: String::new(),
-                message_request: Some(MessageRequest::FileContainingSymbol(symbol.into())),
-            },
-        ];
-        let mut stream = client
-            .server_reflection_info(tonic::codegen::tokio_stream::iter(requests))
-            .await
-            .unwrap()
-            .into_inner();
-        let mut answers = Answers {
-            services: Vec::new(),
-            files: Vec::new(),
-        };
-        while let Some(ServerReflectionResponse {
-            message_response, ..
-        }) = stream.message().await.unwrap()
-        {
-            match message_response {
-                Some(MessageResponse::ListServicesResponse(list)) => {
-                    answers.services = list.service.into_iter().map(|s| s.name).collect();
-                }
-                Some(MessageResponse::FileDescriptorResponse(files)) => {
-                    answers.files = decode(&files.file_descriptor_proto);
-                }
-                other => panic!("v1alpha reflection answered {other:?}"),
-            }
-        }
-        answers
-    }
+    reflection_client!(v1);
+    reflection_client!(v1alpha);
 
     fn decode(files: &[Vec<u8>]) -> Vec<FileDescriptorProto> {
         files
@@ -327,7 +279,7 @@ fn defines(files: &[prost_types::FileDescriptorProto], package: &str, message: &
 
 #[tokio::test]
 async fn reflection_v1_and_v1alpha_list_the_service_and_resolve_error_details() {
-    let server = TestServer::start(RULES).await;
+    let server = TestServer::start(LOBBY).await;
     server.wait_ready().await;
     for version in ["v1", "v1alpha"] {
         let answers = |symbol: &'static str| {
@@ -419,10 +371,8 @@ async fn the_first_health_answer_is_not_serving() {
 /// A server with a long grace period: a drain that waited for open Watch
 /// streams would outlive the test's bound below instead of ending.
 async fn start_with_long_grace() -> TestServer {
-    let es256 = TestKey::generate(Algorithm::ES256, "es-1");
-    let rs256 = TestKey::generate(Algorithm::RS256, "rs-1");
-    let jwks = JwksServer::start(&[&es256, &rs256]).await;
-    let text = config_text(&jwks.jwks_url(), RULES)
+    let (jwks, es256, rs256) = support::server::test_keys().await;
+    let text = config_text(&jwks.jwks_url(), LOBBY)
         .replace("grace_period = \"5s\"", "grace_period = \"1h\"");
     assert!(text.contains("grace_period = \"1h\""));
     TestServer::start_with(text, jwks, es256, rs256).await
@@ -462,7 +412,7 @@ async fn an_open_watch_gets_not_serving_and_ends_so_the_drain_can_finish() {
 
 #[tokio::test]
 async fn a_watch_of_an_unknown_service_says_so() {
-    let server = TestServer::start(RULES).await;
+    let server = TestServer::start(LOBBY).await;
     server.wait_ready().await;
     let mut health = HealthClient::new(server.channel().await);
     let mut stream = health
@@ -491,14 +441,7 @@ async fn readyz_answers_503_while_draining() {
     let mut client = server.client().await;
     let call = tokio::spawn(async move {
         client
-            .issue_rtc_token(TestServer::authed(
-                &jwt,
-                tokengate::grpc::pb::IssueRtcTokenRequest {
-                    channel: "lobby-1".into(),
-                    role: tokengate::grpc::pb::Role::Subscriber as i32,
-                    ..Default::default()
-                },
-            ))
+            .issue_rtc_token(TestServer::authed(&jwt, rtc("lobby-1", Role::Subscriber)))
             .await
     });
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -6,19 +6,13 @@
 
 use crate::support;
 
-use std::net::SocketAddr;
-use std::time::Duration;
-
 use serde_json::json;
 use support::OidcProvider;
+use support::fixtures::rtc_uid;
 use support::oidc::AUDIENCE;
-use support::server::{APP_ID, PRIMARY_CERT, SECONDARY_CERT, TestServer, test_env};
+use support::server::{APP_ID, InProcess, PRIMARY_CERT, SECONDARY_CERT, TestServer, project_text};
 use support::tools::agora_token_views;
 use tokengate::grpc::pb;
-use tokengate::grpc::pb::token_service_client::TokenServiceClient;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -34,19 +28,7 @@ fn config_text(idp: &OidcProvider, explicit_url: bool) -> String {
         "discovery = true".to_owned()
     };
     format!(
-        r#"
-[server]
-grace_period = "5s"
-
-[[projects]]
-name = "main"
-app_id = "{APP_ID}"
-signing_certificate = "primary"
-certificates = [
-  {{ name = "primary", env = "TEST_PRIMARY_CERT" }},
-  {{ name = "secondary", env = "TEST_SECONDARY_CERT" }},
-]
-
+        r#"{projects}
 [[issuers]]
 name = "oidc"
 issuer = "{issuer}"
@@ -67,91 +49,26 @@ caller_chooses_identity = true
 default_ttl = "30m"
 max_ttl = "2h"
 "#,
+        projects = project_text(),
         issuer = idp.issuer,
         alg = idp.alg,
     )
 }
 
-/// tokengate in process with `text`: the same `config::load` and `server::serve` as `serve`.
-struct Gate {
-    addr: SocketAddr,
-    admin: SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
-    join: JoinHandle<Result<(), tokengate::server::StartError>>,
-}
-
-impl Gate {
-    async fn start(text: &str) -> Self {
-        let config = tokengate::config::load(text, &test_env).expect("the config loads");
-        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = grpc.local_addr().unwrap();
-        let admin = admin_listener.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        let join = tokio::spawn(tokengate::server::serve(
-            config,
-            grpc,
-            admin_listener,
-            async move {
-                let _ = rx.await;
-            },
-        ));
-        let gate = Self {
-            addr,
-            admin,
-            shutdown: Some(tx),
-            join,
-        };
-        gate.wait_ready().await;
-        gate
-    }
-
-    /// Waits for `/readyz`: the provider's keys have loaded through discovery.
-    async fn wait_ready(&self) {
-        let url = format!("http://{}/readyz", self.admin);
-        for _ in 0..600 {
-            if let Ok(response) = reqwest::get(&url).await
-                && response.status() == 200
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("tokengate never became ready (discovery of the provider's keys failed?)");
-    }
-
-    async fn client(&self) -> TokenServiceClient<tonic::transport::Channel> {
-        TokenServiceClient::connect(format!("http://{}", self.addr))
-            .await
-            .unwrap()
-    }
-
-    async fn shutdown(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        self.join.await.unwrap().expect("the server ended cleanly");
-    }
-}
-
-fn request(channel: &str, uid: u32) -> pb::IssueRtcTokenRequest {
-    pb::IssueRtcTokenRequest {
-        channel: channel.into(),
-        identity: Some(pb::issue_rtc_token_request::Identity::Uid(uid)),
-        role: pb::Role::Publisher as i32,
-        ..Default::default()
-    }
-}
-
 /// The whole exchange for a provider signing with `alg`.
 async fn exchange(alg: &str, explicit_url: bool) {
     let idp = OidcProvider::start(alg).await;
-    let gate = Gate::start(&config_text(&idp, explicit_url)).await;
+    let gate = InProcess::start(&config_text(&idp, explicit_url)).await;
+    // Ready once the provider's keys have loaded through discovery.
+    gate.wait_ready().await;
     let mut client = gate.client().await;
 
     let access_token = idp.token().await;
     let issued = client
-        .issue_rtc_token(TestServer::authed(&access_token, request("live-42", 1001)))
+        .issue_rtc_token(TestServer::authed(
+            &access_token,
+            rtc_uid("live-42", pb::Role::Publisher, 1001),
+        ))
         .await
         .unwrap_or_else(|status| panic!("{alg}: {status:?}"))
         .into_inner()
@@ -185,7 +102,10 @@ async fn exchange(alg: &str, explicit_url: bool) {
     // An access token for another resource (audience) is refused.
     let other = idp.token_for(Some("urn:other-service")).await;
     let status = client
-        .issue_rtc_token(TestServer::authed(&other, request("live-42", 1001)))
+        .issue_rtc_token(TestServer::authed(
+            &other,
+            rtc_uid("live-42", pb::Role::Publisher, 1001),
+        ))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
@@ -195,7 +115,10 @@ async fn exchange(alg: &str, explicit_url: bool) {
 
     // The right audience but a channel no rule grants: PERMISSION_DENIED.
     let status = client
-        .issue_rtc_token(TestServer::authed(&access_token, request("studio-1", 1001)))
+        .issue_rtc_token(TestServer::authed(
+            &access_token,
+            rtc_uid("studio-1", pb::Role::Publisher, 1001),
+        ))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");

@@ -7,29 +7,13 @@ use crate::support;
 use std::process::Command;
 
 use serde_json::{Value, json};
+use support::fixtures::{NO_ADMIN_ROOMS, TEAM_ROOMS_AS_ACCOUNT};
 use support::server::{APP_ID, PRIMARY_CERT, TestServer};
 use support::tools::{blocking, python_path, run};
 use tokengate::token::{AppCertificate, services::ServiceKind, v007};
 
-const RULES: &str = r#"
-[[rules]]
-name = "no admin rooms"
-effect = "deny"
-actions = ["rtc"]
-channel = "admin-*"
-
-[[rules]]
-name = "team rooms"
-actions = ["rtc"]
-issuer = "https://idp.test.example"
-channel = "team-{team}-*"
-condition = 'has(claims.teams) && captures.team in claims.teams'
-project = "main"
-max_role = "publisher"
-account_claim = "sub"
-default_ttl = "1h"
-max_ttl = "8h"
-
+/// RTM for any caller, as their subject, for half an hour.
+const MESSAGING: &str = r#"
 [[rules]]
 name = "messaging"
 actions = ["rtm"]
@@ -38,6 +22,12 @@ project = "main"
 account_claim = "sub"
 default_ttl = "30m"
 "#;
+
+/// Admin rooms refused, team rooms bound to the caller's account (the Python
+/// caller's JWT has no uid claim, and the tests assert the account), messaging.
+fn rules() -> String {
+    format!("{NO_ADMIN_ROOMS}{TEAM_ROOMS_AS_ACCOUNT}{MESSAGING}")
+}
 
 /// Runs `client.py` against `server` and returns the JSON object it prints.
 async fn python(server: &TestServer, jwt: &str, method: &str, request: Value) -> Value {
@@ -56,7 +46,7 @@ async fn python(server: &TestServer, jwt: &str, method: &str, request: Value) ->
 
 #[tokio::test]
 async fn the_python_client_gets_a_token_that_verifies() {
-    let server = TestServer::start(RULES).await;
+    let server = TestServer::start(&rules()).await;
     server.wait_ready().await;
     let jwt = server.mint("alice", json!({"teams": ["blue"]}));
     let reply = python(
@@ -95,7 +85,7 @@ async fn the_python_client_gets_a_token_that_verifies() {
 
 #[tokio::test]
 async fn the_python_client_sees_permission_denied_with_the_reason() {
-    let server = TestServer::start(RULES).await;
+    let server = TestServer::start(&rules()).await;
     server.wait_ready().await;
     let jwt = server.mint("alice", json!({"teams": ["blue"]}));
     let cases = [
@@ -129,7 +119,7 @@ async fn the_python_client_sees_permission_denied_with_the_reason() {
 
 #[tokio::test]
 async fn the_python_client_gets_an_rtm_token_and_field_violations() {
-    let server = TestServer::start(RULES).await;
+    let server = TestServer::start(&rules()).await;
     server.wait_ready().await;
     let jwt = server.mint("alice", json!({"teams": ["blue"]}));
     let reply = python(&server, &jwt, "IssueRtmToken", json!({})).await;

@@ -17,32 +17,17 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_types::StatusExt;
 
 use support::binary::Running;
+use support::fixtures::{LOBBY, rtc};
 use support::server::{PRIMARY_CERT, SECONDARY_CERT, TestServer};
 use support::{JwksServer, TestKey};
 use tokengate::grpc::pb;
 use tokengate::grpc::pb::token_service_client::TokenServiceClient;
 
-const RULES: &str = r#"
-[[rules]]
-name = "lobby"
-actions = ["rtc"]
-channel = "lobby-*"
-project = "main"
-account_claim = "sub"
-"#;
-
 /// The config's grace period (`config_text` sets 5s).
 const GRACE: Duration = Duration::from_secs(5);
 
 fn lobby_request(jwt: &str) -> tonic::Request<pb::IssueRtcTokenRequest> {
-    TestServer::authed(
-        jwt,
-        pb::IssueRtcTokenRequest {
-            channel: "lobby-main".into(),
-            role: pb::Role::Subscriber as i32,
-            ..Default::default()
-        },
-    )
+    TestServer::authed(jwt, rtc("lobby-main", pb::Role::Subscriber))
 }
 
 /// One call of the stream: when it started and how it ended.
@@ -56,7 +41,7 @@ async fn sigterm_drains_in_flight_calls_and_exits_zero() {
     let es256 = TestKey::generate(Algorithm::ES256, "es-1");
     let late = TestKey::generate(Algorithm::ES256, "es-2");
     let jwks = JwksServer::start(&[&es256]).await;
-    let mut server = Running::start(&jwks.jwks_url(), RULES);
+    let mut server = Running::start(&jwks.jwks_url(), LOBBY);
     server.wait_ready().await;
     let jwt = es256.mint(&TestServer::claims("alice", json!({})));
 
@@ -197,7 +182,7 @@ async fn sigterm_drains_in_flight_calls_and_exits_zero() {
 async fn sigint_exits_zero() {
     let es256 = TestKey::generate(Algorithm::ES256, "es-1");
     let jwks = JwksServer::start(&[&es256]).await;
-    let mut server = Running::start(&jwks.jwks_url(), RULES);
+    let mut server = Running::start(&jwks.jwks_url(), LOBBY);
     server.wait_ready().await;
     // The server answers before the signal.
     let jwt = es256.mint(&TestServer::claims("alice", json!({})));
@@ -254,7 +239,7 @@ async fn a_call_longer_than_the_grace_period_does_not_hold_the_exit() {
     let es256 = TestKey::generate(Algorithm::ES256, "es-1");
     let late = TestKey::generate(Algorithm::ES256, "es-2");
     let jwks = JwksServer::start(&[&es256]).await;
-    let mut server = Running::start_with_grace(&jwks.jwks_url(), RULES, "1s");
+    let mut server = Running::start_with_grace(&jwks.jwks_url(), LOBBY, "1s");
     server.wait_ready().await;
     // A call that waits about 4 s for a key refetch: longer than the 1 s grace.
     jwks.set_delay(Duration::from_secs(4));

@@ -2,9 +2,7 @@
 //! (2.0.6, installed by `.ci/setup`) parses and verifies tokens built by
 //! tokengate for every service type, and reads the same fields.
 
-use std::io::Write as _;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use crate::support::tools::agora_token_views;
 
 use serde_json::{Value, json};
 use tokengate::domain::{Account, ChannelName, Role, RtcIdentity, RtmUserId, Uid};
@@ -18,48 +16,10 @@ use tokengate::token::{AppCertificate, AppId};
 const APP_ID: &str = "970CA35de60c44645bbae8a215061b33";
 const CERT: &str = "5CFd2fd1755d40ecb72977518be15d3b";
 
-#[allow(clippy::disallowed_methods)] // The test tools' folder is the test runner's setting, not service config.
-fn tools() -> PathBuf {
-    let dir = std::env::var_os("TOKENGATE_TOOLS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.tools")));
-    let package = dir.join("node/node_modules/agora-token/src/AccessToken2.js");
-    assert!(
-        package.is_file(),
-        "agora-token is not installed at {}: run `bash .ci/setup` (or set TOKENGATE_TOOLS)",
-        package.display()
-    );
-    dir
-}
-
-/// Runs the node script on `tokens` and returns its per-token views.
+/// Agora's npm parser's view of each of `tokens`, verified with [`CERT`].
 fn npm_views(tokens: &[String]) -> Vec<Value> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/npm/verify.js");
-    let mut child = Command::new("node")
-        .arg(script)
-        .arg(tools())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run `node` (is Node.js installed and on PATH?): {e}"));
-    let input: Vec<Value> = tokens
-        .iter()
-        .map(|t| json!({ "token": t, "certificate": CERT }))
-        .collect();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(serde_json::to_string(&input).unwrap().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "node verify.js failed: {:?}",
-        out.status
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    let pairs: Vec<(&str, &str)> = tokens.iter().map(|t| (t.as_str(), CERT)).collect();
+    agora_token_views(&pairs)
 }
 
 fn text(bytes: &[u8]) -> Value {

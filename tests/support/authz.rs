@@ -69,9 +69,7 @@ pass_through = true
 
 /// Starts a server whose config is the test config with `rules` and then `ext_authz` (TOML).
 pub async fn start(rules: &str, ext_authz: &str) -> TestServer {
-    let es256 = TestKey::generate(jsonwebtoken::Algorithm::ES256, "es-1");
-    let rs256 = TestKey::generate(jsonwebtoken::Algorithm::RS256, "rs-1");
-    let jwks = JwksServer::start(&[&es256, &rs256]).await;
+    let (jwks, es256, rs256) = super::server::test_keys().await;
     let text = format!("{}\n{ext_authz}", config_text(&jwks.jwks_url(), rules));
     TestServer::start_with(text, jwks, es256, rs256).await
 }

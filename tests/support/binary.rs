@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tonic::transport::Channel;
 
-use super::server::{PRIMARY_CERT, SECONDARY_CERT, config_text};
+use super::server::{PRIMARY_CERT, SECONDARY_CERT, config_text, ready_within};
 
 /// The binary, running; killed if the test fails before it exits.
 pub struct Running {
@@ -160,16 +160,8 @@ impl Running {
     }
 
     pub async fn wait_ready(&self) {
-        let url = format!("http://{}/readyz", self.admin);
-        for _ in 0..400 {
-            if let Ok(response) = self.admin_client.get(&url).send().await
-                && response.status() == 200
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("never ready; logs: {:#?}", self.logs());
+        let ready = ready_within(&self.admin_client, self.admin, 400).await;
+        assert!(ready, "never ready; logs: {:#?}", self.logs());
     }
 
     pub async fn channel(&self) -> Channel {

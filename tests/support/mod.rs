@@ -4,12 +4,15 @@
 //!   public JWKs, and `mint(claims, key)` / `TestKey::mint` for JWTs.
 //! * [`jwks_server`]: a controllable JWKS + discovery server on `127.0.0.1:0`.
 //! * [`oidc`]: a real oidc-provider on loopback (`OidcProvider::start(alg)`).
+//! * [`fixtures`]: the shared rule sets and request builders.
+//! * [`server`]: the real server in process; [`binary`]: the real binary.
 //!
 //! Not every test file uses every helper.
 #![allow(dead_code, unused_imports)]
 
 pub mod authz;
 pub mod binary;
+pub mod fixtures;
 pub mod jwks_server;
 pub mod keys;
 pub mod oidc;

@@ -4,9 +4,12 @@
 //! RS256 key, writes a config whose single issuer trusts it, and serves the
 //! whole service (token API, health, reflection, admin port) until the
 //! `TestServer` is shut down or dropped. `TestServer::mint` signs caller JWTs.
-//! A panic in the server task is re-raised by `shutdown`.
+//! [`InProcess`] serves any config text the same way, for tests that bring
+//! their own issuer. A panic in the server task is re-raised by `shutdown`.
 
 use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
+use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 use serde_json::{Value, json};
@@ -30,24 +33,32 @@ pub const PRIMARY_CERT: &str = "5CFd2fd1755d40ecb72977518be15d3b";
 /// The secondary certificate of the test project (verifies, never signs).
 pub const SECONDARY_CERT: &str = "0123456789abcdef0123456789abcdef";
 
-/// A running server and the JWKS server its issuer trusts.
-pub struct TestServer {
+/// tokengate serving a config in process: the same `config::load` and
+/// `server::serve` as `tokengate serve`, on 127.0.0.1:0.
+pub struct InProcess {
     /// The gRPC address.
     pub addr: SocketAddr,
     /// The admin HTTP address.
     pub admin: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    join: Option<JoinHandle<Result<(), tokengate::server::StartError>>>,
+}
+
+/// A running server and the JWKS server its issuer trusts (the server's
+/// addresses and controls are [`InProcess`]'s, through `Deref`).
+pub struct TestServer {
+    server: InProcess,
     /// The JWKS server (controllable: rotation, outages).
     pub jwks: JwksServer,
     /// The ES256 key the JWKS publishes (kid `es-1`).
     pub es256: TestKey,
     /// The RS256 key the JWKS publishes (kid `rs-1`).
     pub rs256: TestKey,
-    shutdown: Option<oneshot::Sender<()>>,
-    join: Option<JoinHandle<Result<(), tokengate::server::StartError>>>,
 }
 
-/// The config text for a test server: one project, one issuer at `jwks_url`, and `rules`.
-pub fn config_text(jwks_url: &str, rules: &str) -> String {
+/// The `[server]` and `[[projects]]` part of every test config: the project
+/// `main` with its two certificates from [`test_env`].
+pub fn project_text() -> String {
     format!(
         r#"
 [server]
@@ -61,7 +72,14 @@ certificates = [
   {{ name = "primary", env = "TEST_PRIMARY_CERT" }},
   {{ name = "secondary", env = "TEST_SECONDARY_CERT" }},
 ]
+"#
+    )
+}
 
+/// The config text for a test server: one project, one issuer at `jwks_url`, and `rules`.
+pub fn config_text(jwks_url: &str, rules: &str) -> String {
+    format!(
+        r#"{projects}
 [[issuers]]
 name = "test-idp"
 issuer = "{ISSUER}"
@@ -69,8 +87,18 @@ audiences = ["{AUDIENCE}"]
 jwks_url = "{jwks_url}"
 
 {rules}
-"#
+"#,
+        projects = project_text(),
     )
+}
+
+/// The caller keys of a [`TestServer`]'s issuer, ES256 `es-1` and RS256
+/// `rs-1`, and a JWKS server publishing both.
+pub async fn test_keys() -> (JwksServer, TestKey, TestKey) {
+    let es256 = TestKey::generate(Algorithm::ES256, "es-1");
+    let rs256 = TestKey::generate(Algorithm::RS256, "rs-1");
+    let jwks = JwksServer::start(&[&es256, &rs256]).await;
+    (jwks, es256, rs256)
 }
 
 /// The environment the test config reads its certificates from.
@@ -85,9 +113,7 @@ pub fn test_env(name: &str) -> Option<String> {
 impl TestServer {
     /// Starts a JWKS server and tokengate with `rules` (TOML `[[rules]]` tables).
     pub async fn start(rules: &str) -> Self {
-        let es256 = TestKey::generate(Algorithm::ES256, "es-1");
-        let rs256 = TestKey::generate(Algorithm::RS256, "rs-1");
-        let jwks = JwksServer::start(&[&es256, &rs256]).await;
+        let (jwks, es256, rs256) = test_keys().await;
         let text = config_text(&jwks.jwks_url(), rules);
         Self::start_with(text, jwks, es256, rs256).await
     }
@@ -99,45 +125,12 @@ impl TestServer {
         es256: TestKey,
         rs256: TestKey,
     ) -> Self {
-        let config = config::load(&text, &test_env).expect("test config loads");
-        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = grpc.local_addr().unwrap();
-        let admin = admin_listener.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        let join = tokio::spawn(tokengate::server::serve(
-            config,
-            grpc,
-            admin_listener,
-            async move {
-                let _ = rx.await;
-            },
-        ));
         Self {
-            addr,
-            admin,
+            server: InProcess::start(&text).await,
             jwks,
             es256,
             rs256,
-            shutdown: Some(tx),
-            join: Some(join),
         }
-    }
-
-    /// A tonic client connected to the server.
-    pub async fn client(&self) -> TokenServiceClient<Channel> {
-        TokenServiceClient::connect(format!("http://{}", self.addr))
-            .await
-            .expect("connect to the test server")
-    }
-
-    /// A channel to the server, for health and reflection clients.
-    pub async fn channel(&self) -> Channel {
-        Channel::from_shared(format!("http://{}", self.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap()
     }
 
     /// Default claims for `sub`: issuer, audience, one hour of validity; `extra` is merged over them.
@@ -169,18 +162,74 @@ impl TestServer {
         request
     }
 
-    /// Waits until `/readyz` answers 200 (every issuer's keys loaded).
-    pub async fn wait_ready(&self) {
-        let url = format!("http://{}/readyz", self.admin);
-        for _ in 0..200 {
-            if let Ok(response) = reqwest::get(&url).await
-                && response.status() == 200
-            {
-                return;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    /// Signals shutdown and waits for the server to drain; re-raises a server panic.
+    pub async fn shutdown(self) {
+        self.server.shutdown().await;
+    }
+}
+
+impl Deref for TestServer {
+    type Target = InProcess;
+
+    fn deref(&self) -> &InProcess {
+        &self.server
+    }
+}
+
+impl DerefMut for TestServer {
+    fn deref_mut(&mut self) -> &mut InProcess {
+        &mut self.server
+    }
+}
+
+impl InProcess {
+    /// Starts tokengate with `text` (its certificates come from [`test_env`]).
+    pub async fn start(text: &str) -> Self {
+        let config = config::load(text, &test_env).expect("test config loads");
+        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = grpc.local_addr().unwrap();
+        let admin = admin_listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let join = tokio::spawn(tokengate::server::serve(
+            config,
+            grpc,
+            admin_listener,
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        Self {
+            addr,
+            admin,
+            shutdown: Some(tx),
+            join: Some(join),
         }
-        panic!("the test server never became ready");
+    }
+
+    /// A tonic client connected to the server.
+    pub async fn client(&self) -> TokenServiceClient<Channel> {
+        TokenServiceClient::connect(format!("http://{}", self.addr))
+            .await
+            .expect("connect to the test server")
+    }
+
+    /// A channel to the server, for health and reflection clients.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// Waits until `/readyz` answers 200 (every issuer's keys loaded), for at most 30 s.
+    pub async fn wait_ready(&self) {
+        let ready = ready_within(&reqwest::Client::new(), self.admin, 1200).await;
+        assert!(
+            ready,
+            "the test server never became ready (did its issuers' keys load?)"
+        );
     }
 
     /// Signals shutdown without waiting, so a test can watch the drain
@@ -209,10 +258,25 @@ impl TestServer {
     }
 }
 
-impl Drop for TestServer {
+impl Drop for InProcess {
     fn drop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
     }
+}
+
+/// Polls `admin`'s `/readyz` with `client` every 25 ms until it answers 200,
+/// at most `tries` times; whether it did.
+pub async fn ready_within(client: &reqwest::Client, admin: SocketAddr, tries: usize) -> bool {
+    let url = format!("http://{admin}/readyz");
+    for _ in 0..tries {
+        if let Ok(response) = client.get(&url).send().await
+            && response.status() == 200
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
 }

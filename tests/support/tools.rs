@@ -4,6 +4,7 @@
 //! A missing tool fails the test with a message naming the fix, never skips it.
 
 use std::ffi::OsStr;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -73,6 +74,16 @@ where
 /// Runs grpcurl off the async runtime, so an in-process server keeps serving.
 pub async fn grpcurl_async(args: Vec<String>) -> Run {
     blocking(move || grpcurl(args)).await
+}
+
+/// Runs grpcurl in plaintext against `addr` off the async runtime: `args`
+/// (flags) before the address, `tail` (the verb or method) after it.
+pub async fn grpcurl_plaintext(addr: SocketAddr, args: &[&str], tail: &[&str]) -> Run {
+    let mut all: Vec<String> = vec!["-plaintext".into()];
+    all.extend(args.iter().map(|s| (*s).to_owned()));
+    all.push(addr.to_string());
+    all.extend(tail.iter().map(|s| (*s).to_owned()));
+    grpcurl_async(all).await
 }
 
 /// Runs `f` on tokio's blocking pool and re-raises its panic as is (a clear
