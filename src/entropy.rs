@@ -1,7 +1,7 @@
 //! The edges where the wall clock and the OS random source enter.
 //!
 //! The pure core (`token`, `policy`) takes `now` and the salt as arguments;
-//! the request handlers and the CLI get them here, so there is one place to
+//! the pipeline (and the CLI) get them here, so there is one place to
 //! read each. (The JWKS refresher reads tokio's monotonic clock on its own.)
 
 /// The largest salt Agora's python, Go and Node builders draw (spec §2.6).

@@ -1,4 +1,6 @@
-//! The thin tonic adapter: the only module that knows protobuf and `tonic::Status`.
+//! The tonic adapters, which convert the wire in and render the pipeline's
+//! outcome out: with `server`, the only modules that know protobuf (statuses
+//! are built by `render`).
 
 pub mod convert;
 pub mod envoy_check;
