@@ -15,6 +15,7 @@ pub mod entropy;
 pub mod gate;
 pub mod grpc;
 pub mod identity;
+pub mod metrics;
 pub mod pipeline;
 pub mod policy;
 pub mod render;

@@ -335,13 +335,25 @@ async fn every_call_writes_exactly_one_audit_event_with_the_whole_schema() {
         expected.push(("ext_authz", decision, *reason));
     }
 
-    // Each call's event is written before its reply is sent, so all are in the log now.
-    let events: Vec<Value> = server
-        .logs()
-        .iter()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|event| event["target"] == "audit")
-        .collect();
+    // Each call's event is written before its reply is sent, but the test's
+    // reader thread may not have collected the last lines yet: wait, bounded,
+    // for as many events as calls (more would fail the comparison below).
+    let audit_events = || -> Vec<Value> {
+        server
+            .logs()
+            .iter()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|event| event["target"] == "audit")
+            .collect()
+    };
+    let mut events = audit_events();
+    for _ in 0..200 {
+        if events.len() >= expected.len() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        events = audit_events();
+    }
     let got: Vec<(String, String, Option<String>)> = events
         .iter()
         .map(|e| {

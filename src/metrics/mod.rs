@@ -1,0 +1,320 @@
+//! Prometheus metrics: one registry, written to on the request path by the
+//! pipeline (decisions, tokens, JWT verifications, ext_authz checks) and by
+//! the gRPC layer (`grpc_server_*`, with the names go-grpc-prometheus made
+//! standard), and read at scrape time from the identity refreshers and
+//! `/proc/self` through collectors.
+//!
+//! Built on `prometheus-client`, the official Rust client (the one
+//! linkerd2-proxy uses): typed families, lock-free counters and histograms,
+//! and an OpenMetrics encoder. The admin port serves OpenMetrics when the
+//! scraper asks for it (`Accept: application/openmetrics-text`, as
+//! Prometheus does) and the classic text format otherwise; [`encode`] derives
+//! the classic form from the OpenMetrics one.
+//!
+//! Every label set is bounded: label values are reasons, decisions, rule,
+//! project, issuer and route names from the config, and gRPC method names,
+//! never a channel, subject, uid or token.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+mod collectors;
+mod grpc;
+mod text;
+
+pub use collectors::{IssuerSnapshot, IssuerState};
+pub use grpc::{GrpcMetricsLayer, Method};
+pub use text::{OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE, wants_openmetrics};
+
+/// A label set: label names are static, values are bounded strings.
+type Labels = Vec<(&'static str, Cow<'static, str>)>;
+
+/// Latency buckets for a sub-millisecond service: 50 µs to 5 s.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05,
+    0.1, 0.5, 1.0, 5.0,
+];
+
+/// What the binary was built from, for `tokengate_build_info`.
+#[derive(Debug, Clone)]
+pub struct BuildInfo {
+    /// The crate version.
+    pub version: &'static str,
+    /// The git commit, or `unknown`.
+    pub git_sha: &'static str,
+    /// The rustc version.
+    pub rustc: &'static str,
+}
+
+/// One call as the pipeline saw it, for the decision metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct CallRecord<'a> {
+    /// The action label: `rtc`, `rtm`, `chat`, `renew`, `inspect`, `explain` or `ext_authz`.
+    pub action: &'static str,
+    /// The audit decision.
+    pub decision: &'static str,
+    /// The refusal's reason, or `none`.
+    pub reason: &'a str,
+    /// The deciding rule, if any.
+    pub rule: Option<&'a str>,
+    /// The project that signed, for an issued token.
+    pub project: Option<&'a str>,
+    /// The Agora services in an issued token.
+    pub services: &'a [&'static str],
+    /// The ext_authz route template, for a check.
+    pub route: Option<&'a str>,
+}
+
+/// The service's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    grpc_started: Family<Labels, Counter>,
+    grpc_handled: Family<Labels, Counter>,
+    grpc_handling: Family<Labels, Histogram, fn() -> Histogram>,
+    decisions: Family<Labels, Counter>,
+    rule_decisions: Family<Labels, Counter>,
+    tokens_issued: Family<Labels, Counter>,
+    jwt_verifications: Family<Labels, Counter>,
+    jwt_verification_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    ext_authz_checks: Family<Labels, Counter>,
+    config_generation: Gauge,
+    config_loaded: Gauge,
+    config_info: Family<Labels, Gauge>,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+fn label(value: &str) -> Cow<'static, str> {
+    Cow::Owned(value.to_owned())
+}
+
+impl Metrics {
+    /// A registry with every tokengate metric, the build info, the process
+    /// metrics, and the JWKS state that `issuers` reports at each scrape.
+    pub fn new(build: &BuildInfo, issuers: Arc<dyn IssuerSnapshot>) -> Arc<Self> {
+        let mut registry = Registry::default();
+        let grpc_started = Family::default();
+        registry.register(
+            "grpc_server_started",
+            "RPCs started on the server",
+            grpc_started.clone(),
+        );
+        let grpc_handled = Family::default();
+        registry.register(
+            "grpc_server_handled",
+            "RPCs completed on the server, by gRPC status code",
+            grpc_handled.clone(),
+        );
+        let grpc_handling: Family<Labels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "grpc_server_handling_seconds",
+            "Time from the start of an RPC to its status, seconds",
+            grpc_handling.clone(),
+        );
+        let decisions = Family::default();
+        registry.register(
+            "tokengate_decisions",
+            "Calls by action, decision and reason",
+            decisions.clone(),
+        );
+        let rule_decisions = Family::default();
+        registry.register(
+            "tokengate_rule_decisions",
+            "Decisions made by each configured rule",
+            rule_decisions.clone(),
+        );
+        let tokens_issued = Family::default();
+        registry.register(
+            "tokengate_tokens_issued",
+            "Agora tokens issued, by project and service",
+            tokens_issued.clone(),
+        );
+        let jwt_verifications = Family::default();
+        registry.register(
+            "tokengate_jwt_verifications",
+            "JWT verifications by issuer and outcome (ok or the refusal reason)",
+            jwt_verifications.clone(),
+        );
+        let jwt_verification_seconds: Family<Labels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "tokengate_jwt_verification_seconds",
+            "Time to verify a JWT, seconds",
+            jwt_verification_seconds.clone(),
+        );
+        let ext_authz_checks = Family::default();
+        registry.register(
+            "tokengate_ext_authz_checks",
+            "ext_authz checks by outcome and route",
+            ext_authz_checks.clone(),
+        );
+        let config_generation = Gauge::default();
+        registry.register(
+            "tokengate_config_generation",
+            "How many configs this process has loaded (1 at start, +1 per reload)",
+            config_generation.clone(),
+        );
+        let config_loaded = Gauge::default();
+        registry.register(
+            "tokengate_config_last_load_timestamp_seconds",
+            "When the config in use was loaded, unix seconds",
+            config_loaded.clone(),
+        );
+        let config_info = Family::<Labels, Gauge>::default();
+        registry.register(
+            "tokengate_config_info",
+            "The fingerprint of the config in use (value 1)",
+            config_info.clone(),
+        );
+        let build_info = Family::<Labels, Gauge>::default();
+        build_info
+            .get_or_create(&vec![
+                ("version", label(build.version)),
+                ("git_sha", label(build.git_sha)),
+                ("rustc", label(build.rustc)),
+            ])
+            .set(1);
+        registry.register(
+            "tokengate_build_info",
+            "The running build (value 1)",
+            build_info,
+        );
+        registry.register_collector(Box::new(collectors::Process::new()));
+        registry.register_collector(Box::new(collectors::Jwks::new(issuers)));
+        Arc::new(Self {
+            registry,
+            grpc_started,
+            grpc_handled,
+            grpc_handling,
+            decisions,
+            rule_decisions,
+            tokens_issued,
+            jwt_verifications,
+            jwt_verification_seconds,
+            ext_authz_checks,
+            config_generation,
+            config_loaded,
+            config_info,
+        })
+    }
+
+    /// Records one call's decision, the rule's, the tokens it issued and, for ext_authz, the check.
+    pub fn record_call(&self, call: &CallRecord<'_>) {
+        self.decisions
+            .get_or_create(&vec![
+                ("action", Cow::Borrowed(call.action)),
+                ("decision", Cow::Borrowed(call.decision)),
+                ("reason", label(call.reason)),
+            ])
+            .inc();
+        if let Some(rule) = call.rule {
+            self.rule_decisions
+                .get_or_create(&vec![
+                    ("rule", label(rule)),
+                    ("decision", Cow::Borrowed(call.decision)),
+                ])
+                .inc();
+        }
+        if let Some(project) = call.project {
+            for service in call.services {
+                self.tokens_issued
+                    .get_or_create(&vec![
+                        ("project", label(project)),
+                        ("service", Cow::Borrowed(*service)),
+                    ])
+                    .inc();
+            }
+        }
+        if call.action == "ext_authz" {
+            self.ext_authz_checks
+                .get_or_create(&vec![
+                    ("outcome", Cow::Borrowed(check_outcome(call.decision))),
+                    ("route", label(call.route.unwrap_or("none"))),
+                ])
+                .inc();
+        }
+    }
+
+    /// Records one JWT verification.
+    pub fn record_jwt(&self, issuer: &str, outcome: &str, seconds: f64) {
+        self.jwt_verifications
+            .get_or_create(&vec![
+                ("issuer", label(issuer)),
+                ("outcome", label(outcome)),
+            ])
+            .inc();
+        self.jwt_verification_seconds
+            .get_or_create(&vec![("issuer", label(issuer))])
+            .observe(seconds);
+    }
+
+    /// Records the start of an RPC.
+    pub fn grpc_started(&self, service: &str, method: &str, kind: &'static str) {
+        self.grpc_started
+            .get_or_create(&grpc_labels(service, method, kind))
+            .inc();
+    }
+
+    /// Records the end of an RPC with its status code name (`OK`, `Unauthenticated`, ...).
+    pub fn grpc_handled(
+        &self,
+        service: &str,
+        method: &str,
+        kind: &'static str,
+        code: &'static str,
+        seconds: f64,
+    ) {
+        let mut labels = grpc_labels(service, method, kind);
+        self.grpc_handling.get_or_create(&labels).observe(seconds);
+        labels.push(("grpc_code", Cow::Borrowed(code)));
+        self.grpc_handled.get_or_create(&labels).inc();
+    }
+
+    /// Records the config in use: its fingerprint and when it was loaded.
+    pub fn config_loaded(&self, fingerprint: &str, unix_secs: u64) {
+        self.config_generation.inc();
+        self.config_loaded
+            .set(i64::try_from(unix_secs).unwrap_or(i64::MAX));
+        self.config_info.clear();
+        self.config_info
+            .get_or_create(&vec![("fingerprint", label(fingerprint))])
+            .set(1);
+    }
+
+    /// The exposition: OpenMetrics, or the classic Prometheus text format.
+    pub fn encode(&self, openmetrics: bool) -> String {
+        text::encode(&self.registry, openmetrics)
+    }
+}
+
+/// The `outcome` label of an ext_authz check, from the audit decision:
+/// each refusal kind answers one HTTP status (see the README's error table).
+fn check_outcome(decision: &str) -> &'static str {
+    match decision {
+        "allow" => "allowed",
+        "pass_through" => "pass_through",
+        "deny" => "denied",
+        "unauthenticated" => "unauthenticated",
+        "invalid" => "invalid",
+        "unavailable" => "unavailable",
+        _ => "error",
+    }
+}
+
+fn grpc_labels(service: &str, method: &str, kind: &'static str) -> Labels {
+    vec![
+        ("grpc_service", label(service)),
+        ("grpc_method", label(method)),
+        ("grpc_type", Cow::Borrowed(kind)),
+    ]
+}
