@@ -14,6 +14,7 @@ mod cli_token;
 mod deploy;
 mod ext_authz;
 mod identity_catalogue;
+mod identity_hardening;
 mod identity_jwks;
 mod identity_oidc;
 mod identity_wycheproof;
