@@ -422,7 +422,8 @@ async fn start_with_long_grace() -> TestServer {
     let es256 = TestKey::generate(Algorithm::ES256, "es-1");
     let rs256 = TestKey::generate(Algorithm::RS256, "rs-1");
     let jwks = JwksServer::start(&[&es256, &rs256]).await;
-    let text = config_text(&jwks.jwks_url(), RULES)
+    let rules = format!("{}{RULES}", support::server::LONG_UNKNOWN_KID_WAIT);
+    let text = config_text(&jwks.jwks_url(), &rules)
         .replace("grace_period = \"5s\"", "grace_period = \"1h\"");
     assert!(text.contains("grace_period = \"1h\""));
     TestServer::start_with(text, jwks, es256, rs256).await

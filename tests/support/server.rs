@@ -46,6 +46,12 @@ pub struct TestServer {
     join: Option<JoinHandle<Result<(), tokengate::server::StartError>>>,
 }
 
+/// TOML for the test issuer (put it first in `rules`): a request waits up to
+/// 5 s for a refetch forced by an unknown `kid`, instead of the 1 s default.
+/// Tests that make a call slow on purpose (a key published only now, by a
+/// JWKS that answers slowly) need the call to wait for the whole refetch.
+pub const LONG_UNKNOWN_KID_WAIT: &str = "[issuers.refresh]\nunknown_kid_wait = \"5s\"\n";
+
 /// The config text for a test server: one project, one issuer at `jwks_url`, and `rules`.
 pub fn config_text(jwks_url: &str, rules: &str) -> String {
     format!(
