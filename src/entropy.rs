@@ -43,6 +43,11 @@ impl Stopwatch {
         Self(std::time::Instant::now())
     }
 
+    /// Seconds since `start`.
+    pub fn elapsed_secs(&self) -> f64 {
+        self.0.elapsed().as_secs_f64()
+    }
+
     /// Microseconds since `start`, saturating.
     pub fn elapsed_us(&self) -> u64 {
         u64::try_from(self.0.elapsed().as_micros()).unwrap_or(u64::MAX)

@@ -176,6 +176,7 @@ mod tests {
             AuthError::BadAudience,
             AuthError::MissingClaim("email".into()),
             AuthError::KeysExpired { issuer: "a".into() },
+            AuthError::LifetimeTooLong,
         ];
         let denials = DenyReason::ALL
             .into_iter()

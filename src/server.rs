@@ -300,8 +300,8 @@ pub async fn bind(
 }
 
 /// Runs tokengate for a validated `config` on the given listeners until `shutdown`:
-/// starts the key refreshers, reports ready once every issuer's keys have
-/// loaded, serves, and drains.
+/// starts the key refreshers, reports ready once the issuers' readiness
+/// policy holds (`identity::Readiness`), serves, and drains.
 pub async fn serve(
     config: crate::config::Config,
     grpc: TcpListener,
@@ -328,7 +328,18 @@ pub async fn serve(
     let keys = Arc::clone(&authenticator);
     tokio::spawn(async move {
         keys.wait_ready().await;
-        tracing::info!("every issuer's keys have loaded; serving");
+        // Optional issuers may still be loading; their callers get UNAVAILABLE meanwhile.
+        let still_loading: Vec<String> = keys
+            .readiness()
+            .issuers
+            .into_iter()
+            .filter(|s| !s.loaded)
+            .map(|s| s.name)
+            .collect();
+        tracing::info!(
+            ?still_loading,
+            "the issuers required for readiness have loaded their keys; serving"
+        );
         ready.set(true);
     });
     let routes_config = config.ext_authz.map(Arc::new);

@@ -142,6 +142,12 @@ pub(crate) struct IssuerSection {
     /// The largest accepted token, in bytes, checked before any decoding.
     #[serde(default)]
     pub max_token_size: Option<usize>,
+    /// The longest JWT lifetime accepted (`exp - iat`, or `exp - now` without `iat`).
+    #[serde(default)]
+    pub max_token_lifetime: Option<HumanDuration>,
+    /// Whether readiness waits for this issuer's keys (default true).
+    #[serde(default)]
+    pub required_for_readiness: Option<bool>,
     /// How the keys are kept fresh.
     #[serde(default)]
     pub refresh: RefreshSection,
@@ -163,6 +169,8 @@ pub(crate) struct RefreshSection {
     pub max_stale: Option<HumanDuration>,
     /// See `identity::RefreshConfig::unknown_kid_cooldown`.
     pub unknown_kid_cooldown: Option<HumanDuration>,
+    /// See `identity::IssuerBuilder::unknown_kid_wait`.
+    pub unknown_kid_wait: Option<HumanDuration>,
     /// See `identity::RefreshConfig::backoff_initial`.
     pub backoff_initial: Option<HumanDuration>,
     /// See `identity::RefreshConfig::backoff_max`.

@@ -36,6 +36,8 @@ pub(super) fn resolve_issuer(
         },
     )?;
     let key_source = key_source(&section, hs_source.is_some()).map_err(in_table)?;
+    let unknown_kid_wait = section.refresh.unknown_kid_wait.as_ref().map(|d| d.0);
+    let has_public_keys = key_source != KeySource::SecretOnly;
     let algorithms = section
         .algorithms
         .unwrap_or_else(|| DEFAULT_ALGORITHMS.to_vec());
@@ -46,6 +48,15 @@ pub(super) fn resolve_issuer(
             SecretSource::File(_) => "hs_secret_file",
             SecretSource::Env(_) => "hs_secret_env",
         });
+        // Symmetric and asymmetric keys never share an issuer (the builder
+        // refuses it too); said here so the error names the secret's own key,
+        // before anything is read for it.
+        if has_public_keys {
+            return Err(invalid(
+                &secret_key,
+                "an HS secret cannot be combined with jwks_url, discovery_url, discovery, jwks_file or jwks_inline: give the HS tokens an issuer of their own",
+            ));
+        }
         // A secret no algorithm uses is a mistake worth naming by its own key,
         // before anything is read for it.
         if !algorithms
@@ -78,6 +89,15 @@ pub(super) fn resolve_issuer(
     }
     if let Some(size) = section.max_token_size {
         builder = builder.max_token_size(size);
+    }
+    if let Some(lifetime) = section.max_token_lifetime {
+        builder = builder.max_token_lifetime(lifetime.0);
+    }
+    if let Some(required) = section.required_for_readiness {
+        builder = builder.required_for_readiness(required);
+    }
+    if let Some(wait) = unknown_kid_wait {
+        builder = builder.unknown_kid_wait(wait);
     }
     builder.build().map_err(in_table)
 }
@@ -165,7 +185,15 @@ mod tests {
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
     fn env(name: &str) -> Option<String> {
-        (name == "S").then(|| format!("{SECRET}\n"))
+        match name {
+            "S" => Some(format!("{SECRET}\n")),
+            // The armour is what gives a public key away, whatever its body.
+            "PEM" => Some(format!(
+                "-----BEGIN PUBLIC KEY-----\n{SECRET}\n-----END PUBLIC KEY-----\n"
+            )),
+            "JWK" => Some(format!(r#"{{"kty":"oct","k":"{SECRET}"}}"#)),
+            _ => None,
+        }
     }
 
     fn resolve(text: &str) -> Result<IssuerSettings, ConfigError> {
@@ -178,6 +206,13 @@ mod tests {
         issuer = "https://idp.example.com"
         audiences = ["tokengate"]
         jwks_url = "https://idp.example.com/jwks"
+    "#;
+
+    /// `BASE` without public keys, for issuers that sign with an HS secret.
+    const HS_BASE: &str = r#"
+        name = "corp"
+        issuer = "https://idp.example.com"
+        audiences = ["tokengate"]
     "#;
 
     #[test]
@@ -243,7 +278,14 @@ mod tests {
     fn validation_names_the_key() {
         check("", None);
         check("algorithms = [\"HS256\"]", Some("issuers[1].algorithms"));
-        check("algorithms = [\"HS256\"]\nhs_secret_env = \"S\"", None);
+        check(
+            "algorithms = [\"HS256\"]\nhs_secret_env = \"S\"",
+            Some("issuers[1].hs_secret_env"),
+        );
+        check(
+            &format!("{HS_BASE}\nalgorithms = [\"HS256\"]\nhs_secret_env = \"S\""),
+            None,
+        );
         check("hs_secret_env = \"S\"", Some("issuers[1].hs_secret_env"));
         check("algorithms = []", Some("issuers[1].algorithms"));
         check("max_token_size = 0", Some("issuers[1].max_token_size"));
@@ -283,9 +325,45 @@ mod tests {
     }
 
     #[test]
+    fn lifetime_readiness_and_kid_wait_keys_parse() {
+        let c = resolve(BASE).unwrap();
+        assert_eq!(c.max_token_lifetime(), None);
+        assert!(c.required_for_readiness());
+        assert_eq!(c.unknown_kid_wait(), Duration::from_secs(1));
+        let c = resolve(&format!(
+            "{BASE}\nmax_token_lifetime = \"12h\"\nrequired_for_readiness = false\n[refresh]\nunknown_kid_wait = \"250ms\""
+        ))
+        .unwrap();
+        assert_eq!(c.max_token_lifetime(), Some(Duration::from_secs(12 * 3600)));
+        assert!(!c.required_for_readiness());
+        assert_eq!(c.unknown_kid_wait(), Duration::from_millis(250));
+        check(
+            "max_token_lifetime = \"0s\"",
+            Some("issuers[1].max_token_lifetime"),
+        );
+        check(
+            "[refresh]\nunknown_kid_wait = \"6s\"",
+            Some("issuers[1].refresh.unknown_kid_wait"),
+        );
+    }
+
+    #[test]
+    fn public_keys_are_refused_as_hs_secrets() {
+        let hs = format!("{HS_BASE}\nalgorithms = [\"HS256\"]");
+        for var in ["PEM", "JWK"] {
+            let err = resolve(&format!("{hs}\nhs_secret_env = \"{var}\""))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("issuers[1].hs_secret_env:"), "{err}");
+            assert!(err.contains("not a shared secret"), "{err}");
+            assert!(!err.contains(SECRET), "the secret is never echoed: {err}");
+        }
+    }
+
+    #[test]
     fn hs_secrets_are_read_here_and_checked() {
-        let hs = "algorithms = [\"HS256\"]";
-        let c = resolve(&format!("{BASE}\n{hs}\nhs_secret_env = \"S\"")).unwrap();
+        let hs = format!("{HS_BASE}\nalgorithms = [\"HS256\"]");
+        let c = resolve(&format!("{hs}\nhs_secret_env = \"S\"")).unwrap();
         assert!(c.hs_secret().is_some());
         assert_eq!(c.algorithms(), [Algorithm::HS256]);
         // An unset variable, an unreadable file, both sources, a short secret:
@@ -306,7 +384,7 @@ mod tests {
         let short = dir.path().join("short");
         std::fs::write(&short, "short\n").unwrap();
         let err = resolve(&format!(
-            "{BASE}\n{hs}\nhs_secret_file = {:?}",
+            "{hs}\nhs_secret_file = {:?}",
             short.display().to_string()
         ))
         .unwrap_err()
@@ -317,14 +395,17 @@ mod tests {
             !err.contains("short\""),
             "the secret is never echoed: {err}"
         );
-        // Only secret-backed issuers may go without public keys.
+        // Only secret-backed issuers may go without public keys, and a
+        // secret-backed issuer has no public keys: the two never mix.
         let no_keys = "name = \"h\"\nissuer = \"i\"\naudiences = [\"a\"]\nalgorithms = [\"HS256\"]\nhs_secret_env = \"S\"";
-        assert_eq!(
-            resolve(&format!("{no_keys}\njwks_url = \"https://i/jwks\""))
-                .unwrap()
-                .key_source(),
-            &KeySource::jwks_url("https://i/jwks").unwrap()
+        check(
+            &format!("{no_keys}\njwks_url = \"https://i/jwks\""),
+            Some("issuers[1].hs_secret_env"),
         );
         check(no_keys, None);
+        check(
+            &no_keys.replace("[\"HS256\"]", "[\"HS256\", \"RS256\"]"),
+            Some("issuers[1].algorithms"),
+        );
     }
 }

@@ -4,7 +4,9 @@
 //! client leaves, so one client doing gRPC client-side health checking held a
 //! graceful shutdown for the whole grace period. This one sends NOT_SERVING
 //! and then ends every `Watch` when the drain starts, and answers NOT_SERVING
-//! from the first call until every issuer's keys have loaded.
+//! from the first call until the issuers' readiness policy holds: every issuer
+//! with `required_for_readiness` (the default) and at least one issuer have
+//! loaded their keys (`identity::Readiness`).
 
 use tokio::sync::{mpsc, watch};
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
@@ -17,7 +19,7 @@ use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 /// What health reports: whether the service is ready, and whether it is draining.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct HealthState {
-    /// Every issuer's keys have loaded.
+    /// The issuers' readiness policy holds (their keys have loaded).
     pub ready: bool,
     /// Shutdown has begun; this is final.
     pub draining: bool,

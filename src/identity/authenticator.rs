@@ -5,7 +5,8 @@
 //! the issuer from the unverified `iss` and from then on use only that
 //! issuer's keys; check the algorithm against the issuer's allow-list and the
 //! key's pinned `alg`; type the registered claims before any key is looked
-//! up; verify the signature; then check time (`exp`, `nbf`, future `iat`,
+//! up; refuse an absurd `exp` or a lifetime beyond the issuer's
+//! `max_token_lifetime`; verify the signature; then check time (`exp`, `nbf`, future `iat`,
 //! against the caller's `now`), audience and required claims.
 //!
 //! jsonwebtoken supplies the signature primitive (`crypto::verify` on the
@@ -23,7 +24,7 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use tokio::task::AbortHandle;
 
 use super::claims::{ClaimProblem, Claims, Registered};
-use super::config::{HsSecret, IdentityConfigError, IssuerSettings, validate_issuers};
+use super::config::{HsSecret, IdentityConfigError, IssuerSettings, MAX_EXP, validate_issuers};
 use super::keys::VerifyKey;
 use super::refresh::{IssuerStatus, KeyCache, KeyState, Refresher};
 use crate::domain::{ClaimValue, Fingerprint, Principal};
@@ -40,13 +41,20 @@ pub struct Authenticator {
     tasks: Vec<AbortHandle>,
 }
 
-/// Whether every issuer's keys have loaded, with each issuer's status.
+/// Whether the readiness policy holds, with each issuer's status.
+///
+/// The policy: every issuer with `required_for_readiness` (the default) has
+/// loaded its keys at least once, and at least one issuer has. An optional
+/// issuer whose keys never load leaves the service ready; its callers are
+/// refused with `keys_unavailable` (UNAVAILABLE) while the others are served.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Readiness {
-    /// True when every issuer's keys have loaded at least once.
+    /// True when the policy holds.
     pub ready: bool,
     /// One status per issuer, in config order.
     pub issuers: Vec<IssuerStatus>,
+    /// Whether each issuer (same order) is required for readiness.
+    pub required: Vec<bool>,
 }
 
 /// Why a caller was refused. `reason()` is the stable label for metrics and replies.
@@ -111,6 +119,9 @@ pub enum AuthError {
         /// The issuer's configured name.
         issuer: String,
     },
+    /// `exp` is absurd (after 9999), or the token lives longer than the issuer's `max_token_lifetime`.
+    #[error("the token's lifetime is longer than this service accepts")]
+    LifetimeTooLong,
 }
 
 /// One configured issuer, compiled for the request path.
@@ -122,6 +133,9 @@ struct Issuer {
     required_claims: Vec<String>,
     require_kid: bool,
     max_token_size: usize,
+    /// The longest accepted `exp - iat` (or `exp - now`), in seconds.
+    max_token_lifetime: Option<u64>,
+    required_for_readiness: bool,
     algorithms: Vec<Algorithm>,
     hs_secret: Option<HsSecret>,
     cache: Arc<KeyCache>,
@@ -163,7 +177,12 @@ impl Authenticator {
         let mut tasks = Vec::with_capacity(settings.len());
         for (i, settings) in settings.into_iter().enumerate() {
             let source = settings.key_source().clone();
-            let cache = Arc::new(KeyCache::new(settings.name(), settings.refresh(), &source));
+            let cache = Arc::new(KeyCache::new(
+                settings.name(),
+                settings.refresh(),
+                &source,
+                settings.unknown_kid_wait(),
+            ));
             for iss in settings.issuer() {
                 by_iss.insert(iss.clone(), i);
             }
@@ -212,22 +231,41 @@ impl Authenticator {
         issuer.verify(parsed, now).await
     }
 
-    /// Whether every issuer's keys have loaded, and each issuer's status.
+    /// Whether the readiness policy holds (see [`Readiness`]), and each issuer's status.
     pub fn readiness(&self) -> Readiness {
         let issuers: Vec<_> = self.issuers.iter().map(|i| i.cache.status()).collect();
+        let required: Vec<_> = self
+            .issuers
+            .iter()
+            .map(|i| i.required_for_readiness)
+            .collect();
+        let ready = issuers
+            .iter()
+            .zip(&required)
+            .all(|(status, required)| status.loaded || !required)
+            && issuers.iter().any(|s| s.loaded);
         Readiness {
-            ready: issuers.iter().all(|s| s.loaded),
+            ready,
             issuers,
+            required,
         }
     }
 
-    /// Waits until every issuer's keys have loaded at least once.
+    /// Waits until the readiness policy holds (see [`Readiness`]).
     pub async fn wait_ready(&self) {
-        for issuer in &self.issuers {
-            let mut rx = issuer.cache.watch();
-            // An Err means the refresher is gone; readiness then never comes
-            // and the caller's own deadline applies.
-            let _ = rx.wait_for(|s| s.loaded).await;
+        // Subscribed before the first look, so no change between the look and
+        // the wait is missed.
+        let mut receivers: Vec<_> = self.issuers.iter().map(|i| i.cache.watch()).collect();
+        while !self.readiness().ready {
+            if receivers.is_empty() {
+                // Every refresher is gone: readiness never comes, and the
+                // caller's own deadline applies.
+                std::future::pending::<()>().await;
+            }
+            let closed = any_change(&mut receivers).await;
+            if let Some(i) = closed {
+                receivers.swap_remove(i);
+            }
         }
     }
 
@@ -245,6 +283,23 @@ impl Authenticator {
             task.abort();
         }
     }
+}
+
+/// Waits until one of `receivers` sees a change; `Some(i)` when receiver `i` is closed.
+async fn any_change(receivers: &mut [tokio::sync::watch::Receiver<IssuerStatus>]) -> Option<usize> {
+    let mut changes: Vec<_> = receivers
+        .iter_mut()
+        .map(|rx| Box::pin(rx.changed()))
+        .collect();
+    std::future::poll_fn(|cx| {
+        for (i, change) in changes.iter_mut().enumerate() {
+            if let std::task::Poll::Ready(result) = change.as_mut().poll(cx) {
+                return std::task::Poll::Ready(result.err().map(|_| i));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 impl Drop for Authenticator {
@@ -271,6 +326,7 @@ impl AuthError {
             AuthError::BadAudience => "bad_audience",
             AuthError::MissingClaim(_) => "missing_claim",
             AuthError::KeysNotLoaded { .. } | AuthError::KeysExpired { .. } => "keys_unavailable",
+            AuthError::LifetimeTooLong => "lifetime_too_long",
         }
     }
 
@@ -290,6 +346,8 @@ impl Issuer {
             required_claims: settings.required_claims().to_vec(),
             require_kid: settings.require_kid(),
             max_token_size: settings.max_token_size(),
+            max_token_lifetime: settings.max_token_lifetime().map(|l| l.as_secs()),
+            required_for_readiness: settings.required_for_readiness(),
             algorithms: settings.algorithms().to_vec(),
             hs_secret: settings.hs_secret().cloned(),
             cache,
@@ -313,6 +371,8 @@ impl Issuer {
             ClaimProblem::Invalid("aud") => AuthError::BadAudience,
             other => AuthError::MissingClaim(other.claim().to_owned()),
         })?;
+        // Also before the signature: an absurd lifetime is refused whoever signed it.
+        self.check_lifetime(&registered, now)?;
         if parsed.alg.family() == AlgorithmFamily::Hmac {
             let secret = self
                 .hs_secret
@@ -406,6 +466,22 @@ impl Issuer {
             Some(missing) => Err(AuthError::MissingClaim(missing.clone())),
             None => Ok(()),
         }
+    }
+
+    /// Refuses an `exp` after 9999 and, with `max_token_lifetime`, a token
+    /// that lives longer: `exp - iat`, or `exp - now` when it has no `iat`.
+    fn check_lifetime(&self, claims: &Registered, now: u64) -> Result<(), AuthError> {
+        if claims.exp > MAX_EXP {
+            return Err(AuthError::LifetimeTooLong);
+        }
+        let Some(max) = self.max_token_lifetime else {
+            return Ok(());
+        };
+        let lifetime = claims.exp.saturating_sub(claims.iat.unwrap_or(now));
+        if lifetime > max {
+            return Err(AuthError::LifetimeTooLong);
+        }
+        Ok(())
     }
 
     fn check_times(&self, claims: &Registered, now: u64) -> Result<(), AuthError> {
@@ -629,6 +705,7 @@ mod tests {
                 AuthError::KeysExpired { issuer: "i".into() },
                 "keys_unavailable",
             ),
+            (AuthError::LifetimeTooLong, "lifetime_too_long"),
         ];
         for (error, reason) in cases {
             assert_eq!(error.reason(), reason);

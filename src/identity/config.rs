@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use base64::Engine as _;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use reqwest::Url;
 
@@ -31,6 +32,15 @@ pub const MAX_TOKEN_SIZE_LIMIT: usize = 64 * 1024;
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
 /// The shortest HS secret accepted: RFC 7518 §3.2 wants at least the hash size.
 pub const MIN_HS_SECRET_LEN: usize = 32;
+/// How long a request waits, by default, for a refetch forced by an unknown
+/// `kid`: well below the default 5 s request timeout, so a flood of junk kids
+/// holds a call slot for at most this long.
+pub const DEFAULT_UNKNOWN_KID_WAIT: Duration = Duration::from_secs(1);
+/// The longest `unknown_kid_wait` accepted: the default request timeout.
+pub const MAX_UNKNOWN_KID_WAIT: Duration = Duration::from_secs(5);
+/// The latest `exp` accepted at all: 9999-12-31T23:59:59Z. Anything later is
+/// not a real expiry, and would overflow date arithmetic downstream.
+pub const MAX_EXP: u64 = 253_402_300_799;
 
 /// One trusted identity provider, validated.
 #[derive(Debug, Clone)]
@@ -46,6 +56,9 @@ pub struct IssuerSettings {
     require_kid: bool,
     max_token_size: usize,
     refresh: RefreshConfig,
+    unknown_kid_wait: Duration,
+    max_token_lifetime: Option<Duration>,
+    required_for_readiness: bool,
 }
 
 /// The unvalidated parts of an [`IssuerSettings`]; [`IssuerBuilder::build`] checks them.
@@ -149,6 +162,9 @@ impl HsSecret {
                 "the secret is shorter than 32 bytes",
             ));
         }
+        if let Some(reason) = looks_like_a_public_key(bytes) {
+            return Err(IdentityConfigError::Secret(reason));
+        }
         DecodingKey::from_secret(bytes)
             .map(Self)
             .map_err(|_| IdentityConfigError::Secret("the secret is not usable"))
@@ -158,6 +174,50 @@ impl HsSecret {
     pub(super) fn key(&self) -> &DecodingKey {
         &self.0
     }
+}
+
+/// Why `bytes` look like key material rather than a shared secret, if they do.
+///
+/// A public key is public: anyone who reads it from the JWKS or the IdP's
+/// documentation could sign HS tokens with it. So a PEM block (any
+/// `-----BEGIN`), a JWK or JWKS document, and the base64 body of a DER public
+/// key (a PEM without its armour) are refused as HS secrets.
+fn looks_like_a_public_key(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.windows(10).any(|w| w == b"-----BEGIN") {
+        return Some("the secret is a pem block (a key or certificate), not a shared secret");
+    }
+    if let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(bytes)
+        && (map.contains_key("kty") || map.contains_key("keys"))
+    {
+        return Some("the secret is a jwk or jwks document, not a shared secret");
+    }
+    let compact: Vec<u8> = bytes
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    if let Ok(der) = base64::engine::general_purpose::STANDARD.decode(&compact)
+        && is_der_public_key(&der)
+    {
+        return Some("the secret is a base64 der key, not a shared secret");
+    }
+    None
+}
+
+/// Whether `der` is a DER SEQUENCE naming an RSA, EC or Ed25519 key algorithm.
+fn is_der_public_key(der: &[u8]) -> bool {
+    /// The DER encodings of rsaEncryption, id-ecPublicKey and id-Ed25519.
+    const KEY_OIDS: [&[u8]; 3] = [
+        &[
+            0x06, 0x09, 0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01, 0x01,
+        ],
+        &[0x06, 0x07, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01],
+        &[0x06, 0x03, 0x2B, 0x65, 0x70],
+    ];
+    der.first() == Some(&0x30)
+        && KEY_OIDS
+            .iter()
+            .any(|oid| der.windows(oid.len()).any(|w| w == *oid))
 }
 
 impl std::fmt::Debug for HsSecret {
@@ -199,6 +259,9 @@ impl IssuerBuilder {
                 require_kid: true,
                 max_token_size: DEFAULT_MAX_TOKEN_SIZE,
                 refresh: RefreshConfig::default(),
+                unknown_kid_wait: DEFAULT_UNKNOWN_KID_WAIT,
+                max_token_lifetime: None,
+                required_for_readiness: true,
             },
         }
     }
@@ -257,6 +320,25 @@ impl IssuerBuilder {
         self
     }
 
+    /// The longest a request waits for a refetch forced by an unknown `kid`
+    /// (at most [`MAX_UNKNOWN_KID_WAIT`]; zero: never wait, refetch in the background).
+    pub fn unknown_kid_wait(mut self, wait: Duration) -> Self {
+        self.settings.unknown_kid_wait = wait;
+        self
+    }
+
+    /// The longest JWT lifetime accepted: `exp - iat`, or `exp - now` without `iat`.
+    pub fn max_token_lifetime(mut self, lifetime: Duration) -> Self {
+        self.settings.max_token_lifetime = Some(lifetime);
+        self
+    }
+
+    /// Whether the service waits for this issuer's keys before it reports ready.
+    pub fn required_for_readiness(mut self, required: bool) -> Self {
+        self.settings.required_for_readiness = required;
+        self
+    }
+
     /// Checks every field; an error's key is the field (`algorithms`, `refresh.min_refresh`).
     pub fn build(self) -> Result<IssuerSettings, IdentityConfigError> {
         let s = &self.settings;
@@ -294,6 +376,25 @@ impl IssuerBuilder {
             }
             _ => {}
         }
+        // Symmetric and asymmetric keys never share an issuer: with both, a
+        // published public key used as the HS secret verifies a forged token
+        // (the RS256 to HS256 confusion).
+        if s.hs_secret.is_some() && s.key_source != KeySource::SecretOnly {
+            return Err(invalid(
+                "hs_secret",
+                "an HS secret cannot be combined with public keys (jwks_url, discovery_url, discovery, jwks_file, jwks_inline) on one issuer",
+            ));
+        }
+        if wants_hs
+            && s.algorithms
+                .iter()
+                .any(|a| a.family() != AlgorithmFamily::Hmac)
+        {
+            return Err(invalid(
+                "algorithms",
+                "an issuer with an HS secret allows only HS256/HS384/HS512",
+            ));
+        }
         if s.key_source == KeySource::SecretOnly && s.hs_secret.is_none() {
             return Err(invalid(
                 "jwks_url",
@@ -308,6 +409,15 @@ impl IssuerBuilder {
                 "max_token_size",
                 &format!("must be within 1..={MAX_TOKEN_SIZE_LIMIT} bytes"),
             ));
+        }
+        if s.unknown_kid_wait > MAX_UNKNOWN_KID_WAIT {
+            return Err(invalid(
+                "refresh.unknown_kid_wait",
+                &format!("must be at most {}s", MAX_UNKNOWN_KID_WAIT.as_secs()),
+            ));
+        }
+        if s.max_token_lifetime.is_some_and(|l| l.is_zero()) {
+            return Err(invalid("max_token_lifetime", "must be positive"));
         }
         s.refresh.validate()?;
         Ok(self.settings)
@@ -368,6 +478,21 @@ impl IssuerSettings {
     /// The key refresh schedule.
     pub fn refresh(&self) -> &RefreshConfig {
         &self.refresh
+    }
+
+    /// The longest a request waits for a refetch forced by an unknown `kid`.
+    pub fn unknown_kid_wait(&self) -> Duration {
+        self.unknown_kid_wait
+    }
+
+    /// The longest JWT lifetime accepted, when capped.
+    pub fn max_token_lifetime(&self) -> Option<Duration> {
+        self.max_token_lifetime
+    }
+
+    /// Whether readiness waits for this issuer's keys.
+    pub fn required_for_readiness(&self) -> bool {
+        self.required_for_readiness
     }
 }
 
@@ -512,10 +637,30 @@ mod tests {
                 inline("a", "i").hs_secret(secret.clone()),
                 Some("algorithms"),
             ),
+            // Symmetric and asymmetric keys never share an issuer.
             (
                 inline("a", "i")
                     .algorithms(hs.clone())
                     .hs_secret(secret.clone()),
+                Some("hs_secret"),
+            ),
+            (
+                IssuerBuilder::new("a", "i", "aud", KeySource::SecretOnly)
+                    .algorithms(vec![Algorithm::HS256, Algorithm::RS256])
+                    .hs_secret(secret.clone()),
+                Some("algorithms"),
+            ),
+            (
+                inline("a", "i").unknown_kid_wait(MAX_UNKNOWN_KID_WAIT + Duration::from_millis(1)),
+                Some("refresh.unknown_kid_wait"),
+            ),
+            (inline("a", "i").unknown_kid_wait(Duration::ZERO), None),
+            (
+                inline("a", "i").max_token_lifetime(Duration::ZERO),
+                Some("max_token_lifetime"),
+            ),
+            (
+                inline("a", "i").max_token_lifetime(Duration::from_secs(3600)),
                 None,
             ),
             (
@@ -567,6 +712,37 @@ mod tests {
         let debug = format!("{secret:?}");
         assert!(debug.contains("<redacted>"), "{debug}");
         assert!(!debug.contains("0123"), "{debug}");
+    }
+
+    #[test]
+    fn public_keys_are_not_hs_secrets() {
+        const SPKI_RSA: &str = "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gunVTLw7onLRnrq0/IzW7yWR7QkrmBL7jTKEn5u+qKhbwKfBstIs+bMY2Zkp18gnTxKLxoS2tFczGkPLPgizskuemMghRniWaoLcyehkd3qqGElvW/VDL5AaWTg0nLVkjRo9z+40RQzuVaE8AkAFmxZzow3x+VJYKdjykkJ0iT9wCS0DRTXu269V264Vf/3jvredZiKRkgwlL9xNAwxXFg0x/XFw005UWVRIkdgcKWTjpBP2dPwVZ4WWC+9aGVd+Gyn1o0CLelf4rEjGoXbAAEgAqeGUxrcIlbjXfbcmwIDAQAB";
+        let pem = format!("-----BEGIN PUBLIC KEY-----\n{SPKI_RSA}\n-----END PUBLIC KEY-----");
+        let jwk = r#"{"kty":"RSA","n":"u1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gunVTLw7onLRnrq0_IzW7yWR7QkrmBL7jTKEn5u-qKhbwKfBstIs-bMY2Zkp18gnTxKLxoS2tFczGkPLPgizskuemMghRniWaoLcyehkd3qqGElvW_VDL5AaWTg0nLVkjRo9z-40RQzuVaE8AkAFmxZzow3x-VJYKdjykkJ0iT9wCS0DRTXu269V264Vf_3jvredZiKRkgwlL9xNAwxXFg0x_XFw005UWVRIkdgcKWTjpBP2dPwVZ4WWC-9aGVd-Gyn1o0CLelf4rEjGoXbAAEgAqeGUxrcIlbjXfbcmw","e":"AQAB"}"#;
+        let jwks = format!(r#"{{"keys":[{jwk}]}}"#);
+        let certificate = "-----BEGIN CERTIFICATE-----\nMIIB...\n-----END CERTIFICATE-----";
+        for (label, secret) in [
+            ("pem", pem.as_str()),
+            ("pem after text", &format!("key: {pem}")),
+            ("certificate", certificate),
+            ("jwk", jwk),
+            ("jwks", &jwks),
+            ("pem body", SPKI_RSA),
+        ] {
+            let err = HsSecret::new(secret.as_bytes()).unwrap_err();
+            assert!(
+                matches!(err, IdentityConfigError::Secret(m) if m.contains("not a shared secret")),
+                "{label}: {err:?}"
+            );
+        }
+        // Random secrets, in the usual encodings, are fine.
+        for secret in [
+            "0123456789abcdef0123456789abcdef",
+            "q8W1pXn3t0k9S4bZ7yR2vL5mC6hJ0dFgTzUaEwQo3Ns=",
+            r#"{"not":"a key","but":"json of 32 bytes or more"}"#,
+        ] {
+            assert!(HsSecret::new(secret.as_bytes()).is_ok(), "{secret}");
+        }
     }
 
     #[test]

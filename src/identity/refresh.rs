@@ -8,13 +8,19 @@
 //! `Expired` (the refresher wakes up for that deadline, so the request path
 //! never reads a clock to decide staleness). A request that meets an unknown
 //! `kid` asks for one refetch: concurrent askers join the same fetch, and a new
-//! one starts at most once per `unknown_kid_cooldown`.
+//! one starts at most once per `unknown_kid_cooldown`. Waiting for it is
+//! bounded twice, because a caller with a junk `kid` must never make a caller
+//! with a good token wait (tonic's per-connection concurrency limit counts the
+//! waiting calls): every waiter of one fetch shares one deadline,
+//! `unknown_kid_wait` after the fetch was asked for, and at most
+//! [`MAX_UNKNOWN_KID_WAITERS`] requests per issuer wait at all; the others
+//! look at the current keys once and are refused at once.
 //!
 //! This task is one of the two places where time and randomness enter the
 //! service (ARCHITECTURE.md): it uses `tokio::time::Instant`, so tests can
 //! drive it with paused time, and `getrandom` for the jitter.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +32,11 @@ use tokio::time::{Instant, sleep_until};
 use super::config::{KeySource, RefreshConfig};
 use super::fetch::{self, FetchLimits, Fetched};
 use super::keys::KeySet;
+
+/// The most requests of one issuer that wait on a forced refetch at once;
+/// beyond it an unknown `kid` is refused without waiting, so a flood of junk
+/// kids holds at most this many call slots, for at most `unknown_kid_wait`.
+pub const MAX_UNKNOWN_KID_WAITERS: usize = 8;
 
 /// What the request path sees of an issuer's keys.
 #[derive(Debug)]
@@ -90,8 +101,10 @@ pub struct KeyCache {
     fetching: AtomicBool,
     forced: Mutex<Forced>,
     cooldown: Duration,
-    /// How long a request waits for a forced refetch.
+    /// How long the requests waiting on one forced refetch may wait, from when it was asked for.
     wait_limit: Duration,
+    /// Requests waiting on a forced refetch now, at most [`MAX_UNKNOWN_KID_WAITERS`].
+    waiters: AtomicUsize,
     /// False for inline keys and HS-only issuers: nothing could change on a refetch.
     refetchable: bool,
 }
@@ -115,13 +128,37 @@ pub struct Refresher {
 #[derive(Debug, Default)]
 struct Forced {
     last: Option<Instant>,
-    /// The generation that completes the forced fetch in flight.
-    pending: Option<u64>,
+    /// The forced fetch in flight.
+    pending: Option<Pending>,
+}
+
+/// A forced fetch in flight: the generation that completes it, and the
+/// deadline every request waiting on it shares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pending {
+    target: u64,
+    deadline: Instant,
+}
+
+/// One of the [`MAX_UNKNOWN_KID_WAITERS`] places; dropping it (also when the
+/// request is cancelled) frees the place.
+struct WaiterSlot<'a>(&'a AtomicUsize);
+
+impl Drop for WaiterSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl KeyCache {
-    /// An empty cache for the issuer `name` whose keys come from `source`.
-    pub fn new(name: &str, refresh: &RefreshConfig, source: &KeySource) -> Self {
+    /// An empty cache for the issuer `name` whose keys come from `source`;
+    /// requests wait at most `unknown_kid_wait` for a forced refetch.
+    pub fn new(
+        name: &str,
+        refresh: &RefreshConfig,
+        source: &KeySource,
+        unknown_kid_wait: Duration,
+    ) -> Self {
         let status = IssuerStatus {
             name: name.to_owned(),
             loaded: false,
@@ -143,8 +180,8 @@ impl KeyCache {
             fetching: AtomicBool::new(false),
             forced: Mutex::new(Forced::default()),
             cooldown: refresh.unknown_kid_cooldown,
-            // Discovery plus JWKS, each under the fetch timeout, and a margin.
-            wait_limit: refresh.fetch_timeout * 2 + Duration::from_secs(1),
+            wait_limit: unknown_kid_wait,
+            waiters: AtomicUsize::new(0),
             refetchable: !matches!(source, KeySource::Inline(_) | KeySource::SecretOnly),
         }
     }
@@ -165,30 +202,47 @@ impl KeyCache {
     }
 
     /// Asks for a refetch because a token named a `kid` we do not have, and
-    /// waits for it. Returns `false` without waiting when the cooldown forbids
-    /// a new fetch and none is in flight.
+    /// waits for it, until the fetch's shared deadline at the latest. Returns
+    /// `false` without waiting when the cooldown forbids a new fetch and none
+    /// is in flight; `true` when the keys are worth a second look (the fetch
+    /// finished, or may have: looking is cheap).
     pub async fn refetch_for_unknown_kid(&self) -> bool {
-        let Some(target) = self.claim_refetch() else {
+        let Some(pending) = self.claim_refetch() else {
             return false;
         };
+        // Beyond the few waiters, the fetch still happens (it was asked for
+        // above) but this request does not hold its call slot for it.
+        let Some(_slot) = self.waiter_slot() else {
+            return true;
+        };
         let mut generation = self.generation.subscribe();
-        let done = generation.wait_for(|g| *g >= target);
-        // A refresher that died or hangs must not hang requests: after the
-        // limit the caller just sees the kid as unknown.
-        let _ = tokio::time::timeout(self.wait_limit, done).await;
+        let done = generation.wait_for(|g| *g >= pending.target);
+        // A slow IdP, or a refresher that died or hangs, must not hold
+        // requests: at the deadline the caller just sees the kid as unknown.
+        let _ = tokio::time::timeout_at(pending.deadline, done).await;
         true
     }
 
+    /// Takes one of the waiting places, if one is free.
+    fn waiter_slot(&self) -> Option<WaiterSlot<'_>> {
+        self.waiters
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_UNKNOWN_KID_WAITERS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| WaiterSlot(&self.waiters))
+    }
+
     /// Joins the forced fetch in flight, or starts one if the cooldown allows.
-    fn claim_refetch(&self) -> Option<u64> {
+    fn claim_refetch(&self) -> Option<Pending> {
         if !self.refetchable {
             return None;
         }
         let now = Instant::now();
         let current = *self.generation.borrow();
         let mut forced = self.forced.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(target) = forced.pending.filter(|t| current < *t) {
-            return Some(target);
+        if let Some(pending) = forced.pending.filter(|p| current < p.target) {
+            return Some(pending);
         }
         if forced
             .last
@@ -204,11 +258,15 @@ impl KeyCache {
             } else {
                 1
             };
+        let pending = Pending {
+            target,
+            deadline: now + self.wait_limit,
+        };
         forced.last = Some(now);
-        forced.pending = Some(target);
+        forced.pending = Some(pending);
         self.status.send_modify(|s| s.forced_refetches += 1);
         self.wake.notify_one();
-        Some(target)
+        Some(pending)
     }
 
     fn publish(&self, state: KeyState) {
@@ -374,19 +432,71 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn unknown_kid_refetches_are_coalesced_and_rate_limited() {
         let source = KeySource::File("/nonexistent".into());
-        let cache = Arc::new(KeyCache::new("t", &refresh(), &source));
-        let fixed = KeyCache::new("t", &refresh(), &KeySource::Inline("{}".into()));
-        assert_eq!(fixed.claim_refetch(), None, "inline keys cannot change");
+        let wait = Duration::from_secs(1);
+        let cache = Arc::new(KeyCache::new("t", &refresh(), &source, wait));
+        let fixed = KeyCache::new("t", &refresh(), &KeySource::Inline("{}".into()), wait);
+        let target = |c: &KeyCache| c.claim_refetch().map(|p| p.target);
+        assert_eq!(target(&fixed), None, "inline keys cannot change");
         // No refresher runs: a forced fetch is claimed, then simulated done.
         let first = cache.claim_refetch();
-        assert_eq!(first, Some(1));
-        assert_eq!(cache.claim_refetch(), Some(1), "joins the fetch in flight");
+        assert_eq!(first.map(|p| p.target), Some(1));
+        assert_eq!(
+            cache.claim_refetch(),
+            first,
+            "joins the fetch in flight, and its deadline"
+        );
         cache.generation.send_modify(|g| *g += 1);
-        assert_eq!(cache.claim_refetch(), None, "cooldown after the fetch");
+        assert_eq!(target(&cache), None, "cooldown after the fetch");
         tokio::time::advance(Duration::from_secs(29)).await;
-        assert_eq!(cache.claim_refetch(), None);
+        assert_eq!(target(&cache), None);
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(cache.claim_refetch(), Some(2));
+        assert_eq!(target(&cache), Some(2));
         assert_eq!(cache.status().forced_refetches, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unknown_kid_waits_share_one_deadline_and_few_places() {
+        let source = KeySource::File("/nonexistent".into());
+        let cache = Arc::new(KeyCache::new(
+            "t",
+            &refresh(),
+            &source,
+            Duration::from_secs(1),
+        ));
+        // No refresher runs, so the fetch never completes: every wait ends at
+        // the deadline set when the fetch was asked for, not later.
+        let start = Instant::now();
+        let spawn = |cache: &Arc<KeyCache>| {
+            let cache = Arc::clone(cache);
+            tokio::spawn(async move { cache.refetch_for_unknown_kid().await })
+        };
+        let mut waiters: Vec<_> = (1..MAX_UNKNOWN_KID_WAITERS)
+            .map(|_| spawn(&cache))
+            .collect();
+        let settle = |cache: Arc<KeyCache>, n: usize| async move {
+            while cache.waiters.load(Ordering::Acquire) < n {
+                tokio::task::yield_now().await;
+            }
+        };
+        settle(Arc::clone(&cache), MAX_UNKNOWN_KID_WAITERS - 1).await;
+        tokio::time::advance(Duration::from_millis(600)).await;
+        // A late joiner takes the last place, and shares the first one's deadline.
+        let late = spawn(&cache);
+        settle(Arc::clone(&cache), MAX_UNKNOWN_KID_WAITERS).await;
+        // Every place is taken: one more request is answered at once.
+        let extra = Instant::now();
+        assert!(cache.refetch_for_unknown_kid().await);
+        assert_eq!(Instant::now(), extra, "no place left, no wait");
+        waiters.push(late);
+        for waiter in waiters {
+            assert!(waiter.await.unwrap());
+        }
+        assert_eq!(Instant::now() - start, Duration::from_secs(1));
+        assert_eq!(
+            cache.waiters.load(Ordering::Acquire),
+            0,
+            "places are given back"
+        );
+        assert_eq!(cache.status().forced_refetches, 1);
     }
 }

@@ -12,7 +12,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use http_body::{Body, Frame};
 
@@ -49,7 +48,7 @@ pub struct GrpcMetrics<S> {
 struct Pending {
     metrics: Arc<Metrics>,
     method: Method,
-    started: Instant,
+    started: crate::entropy::Stopwatch,
     done: bool,
 }
 
@@ -121,7 +120,7 @@ where
             pending: Some(Pending {
                 metrics: Arc::clone(&self.metrics),
                 method,
-                started: Instant::now(),
+                started: crate::entropy::Stopwatch::start(),
                 done: false,
             }),
         }
@@ -207,7 +206,7 @@ impl Pending {
             &self.method.method,
             self.method.kind,
             code,
-            self.started.elapsed().as_secs_f64(),
+            self.started.elapsed_secs(),
         );
     }
 }

@@ -291,7 +291,7 @@ fn bad_configs() -> Vec<BadConfig> {
         ),
         (
             "HS secret variable not set",
-            edit(JWKS_URL_LINE, &format!("{JWKS_URL_LINE}{HS_FROM_ENV}")),
+            edit(JWKS_URL_LINE, HS_FROM_ENV),
             env.clone(),
             "issuers[0].hs_secret_env",
         ),
@@ -299,16 +299,14 @@ fn bad_configs() -> Vec<BadConfig> {
             "HS secret file unreadable",
             edit(
                 JWKS_URL_LINE,
-                &format!(
-                    "{JWKS_URL_LINE}algorithms = [\"ES256\", \"HS256\"]\nhs_secret_file = \"/nonexistent/hs-secret\"\n"
-                ),
+                "algorithms = [\"HS256\"]\nhs_secret_file = \"/nonexistent/hs-secret\"\n",
             ),
             env.clone(),
             "issuers[0].hs_secret_file",
         ),
         (
             "HS secret too short",
-            edit(JWKS_URL_LINE, &format!("{JWKS_URL_LINE}{HS_FROM_ENV}")),
+            edit(JWKS_URL_LINE, HS_FROM_ENV),
             vec![EXAMPLE_ENV[0], ("IDP_HS_SECRET", "short")],
             "issuers[0].hs_secret_env",
         ),
@@ -329,15 +327,68 @@ fn bad_configs() -> Vec<BadConfig> {
             env.clone(),
             "projects[1].app_id",
         ),
+        (
+            "HS secret beside a JWKS",
+            edit(JWKS_URL_LINE, &format!("{JWKS_URL_LINE}{HS_FROM_ENV}")),
+            vec![EXAMPLE_ENV[0], ("IDP_HS_SECRET", HS_SECRET)],
+            "issuers[0].hs_secret_env",
+        ),
+        (
+            "HS secret that is a PEM public key",
+            edit(JWKS_URL_LINE, HS_FROM_ENV),
+            vec![EXAMPLE_ENV[0], ("IDP_HS_SECRET", PEM_SECRET)],
+            "issuers[0].hs_secret_env",
+        ),
+        (
+            "HS secret that is a JWK",
+            edit(JWKS_URL_LINE, HS_FROM_ENV),
+            vec![
+                EXAMPLE_ENV[0],
+                (
+                    "IDP_HS_SECRET",
+                    r#"{"kty":"RSA","n":"u1SU1LfVLPHCozMxH2Mo4lgOEePzNm0t","e":"AQAB"}"#,
+                ),
+            ],
+            "issuers[0].hs_secret_env",
+        ),
+        (
+            "HS issuer that also allows RS256",
+            edit(
+                JWKS_URL_LINE,
+                "algorithms = [\"HS256\", \"RS256\"]\nhs_secret_env = \"IDP_HS_SECRET\"\n",
+            ),
+            vec![EXAMPLE_ENV[0], ("IDP_HS_SECRET", HS_SECRET)],
+            "issuers[0].algorithms",
+        ),
+        (
+            "zero max_token_lifetime",
+            edit(
+                JWKS_URL_LINE,
+                &format!("{JWKS_URL_LINE}max_token_lifetime = \"0s\"\n"),
+            ),
+            env.clone(),
+            "issuers[0].max_token_lifetime",
+        ),
+        (
+            "unknown_kid_wait beyond 5s",
+            edit(
+                JWKS_URL_LINE,
+                &format!("{JWKS_URL_LINE}[issuers.refresh]\nunknown_kid_wait = \"10s\"\n"),
+            ),
+            env.clone(),
+            "issuers[0].refresh.unknown_kid_wait",
+        ),
         ("not TOML", "[server\n".to_owned(), env, "(file)"),
     ]
 }
 
 /// The base config's issuer key line, which the HS cases extend.
 const JWKS_URL_LINE: &str = "jwks_url = \"http://127.0.0.1:9/jwks\"\n";
-/// An HS secret for the base issuer, from the environment.
-const HS_FROM_ENV: &str =
-    "algorithms = [\"ES256\", \"HS256\"]\nhs_secret_env = \"IDP_HS_SECRET\"\n";
+/// An HS secret for the base issuer, from the environment, in place of its
+/// JWKS: symmetric and asymmetric keys never share an issuer.
+const HS_FROM_ENV: &str = "algorithms = [\"HS256\"]\nhs_secret_env = \"IDP_HS_SECRET\"\n";
+/// An RSA public key PEM, as an HS secret would be mistaken for one.
+const PEM_SECRET: &str = "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0t\n-----END PUBLIC KEY-----\n";
 /// A usable HS secret (32 bytes) for `IDP_HS_SECRET`.
 const HS_SECRET: &str = "0123456789abcdef0123456789abcdef";
 
@@ -346,11 +397,7 @@ fn an_hs_issuer_passes_with_its_secret_set() {
     // Control for the HS cases above: with the variable set, the same config is fine.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("hs.toml");
-    std::fs::write(
-        &path,
-        edit(JWKS_URL_LINE, &format!("{JWKS_URL_LINE}{HS_FROM_ENV}")),
-    )
-    .unwrap();
+    std::fs::write(&path, edit(JWKS_URL_LINE, HS_FROM_ENV)).unwrap();
     let output = run(
         &["check-config", path.to_str().unwrap()],
         &[EXAMPLE_ENV[0], ("IDP_HS_SECRET", HS_SECRET)],

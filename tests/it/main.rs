@@ -15,6 +15,7 @@ mod deploy;
 mod ext_authz;
 mod hardening;
 mod identity_catalogue;
+mod identity_hardening;
 mod identity_jwks;
 mod identity_oidc;
 mod identity_wycheproof;

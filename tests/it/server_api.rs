@@ -1916,7 +1916,8 @@ async fn unavailable_when_the_jwks_port_is_closed() {
 #[tokio::test]
 async fn the_request_timeout_bounds_every_call() {
     let limits = "[limits]\nrequest_timeout = \"1s\"\n";
-    let server = ready(&format!("{limits}\n{API_RULES}")).await;
+    let wait = support::server::LONG_UNKNOWN_KID_WAIT;
+    let server = ready(&format!("{wait}{limits}\n{API_RULES}")).await;
     // A JWT signed by a key the JWKS publishes only now, slowly: without the
     // timeout the call would wait about 3 s for the refetch and then succeed.
     let late = TestKey::generate(Algorithm::ES256, "es-late");

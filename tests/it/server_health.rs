@@ -372,7 +372,8 @@ async fn the_first_health_answer_is_not_serving() {
 /// streams would outlive the test's bound below instead of ending.
 async fn start_with_long_grace() -> TestServer {
     let (jwks, es256, rs256) = support::server::test_keys().await;
-    let text = config_text(&jwks.jwks_url(), LOBBY)
+    let rules = format!("{}{LOBBY}", support::server::LONG_UNKNOWN_KID_WAIT);
+    let text = config_text(&jwks.jwks_url(), &rules)
         .replace("grace_period = \"5s\"", "grace_period = \"1h\"");
     assert!(text.contains("grace_period = \"1h\""));
     TestServer::start_with(text, jwks, es256, rs256).await

@@ -41,7 +41,8 @@ async fn sigterm_drains_in_flight_calls_and_exits_zero() {
     let es256 = TestKey::generate(Algorithm::ES256, "es-1");
     let late = TestKey::generate(Algorithm::ES256, "es-2");
     let jwks = JwksServer::start(&[&es256]).await;
-    let mut server = Running::start(&jwks.jwks_url(), LOBBY);
+    let rules = format!("{}{LOBBY}", support::server::LONG_UNKNOWN_KID_WAIT);
+    let mut server = Running::start(&jwks.jwks_url(), &rules);
     server.wait_ready().await;
     let jwt = es256.mint(&TestServer::claims("alice", json!({})));
 
@@ -239,7 +240,8 @@ async fn a_call_longer_than_the_grace_period_does_not_hold_the_exit() {
     let es256 = TestKey::generate(Algorithm::ES256, "es-1");
     let late = TestKey::generate(Algorithm::ES256, "es-2");
     let jwks = JwksServer::start(&[&es256]).await;
-    let mut server = Running::start_with_grace(&jwks.jwks_url(), LOBBY, "1s");
+    let rules = format!("{}{LOBBY}", support::server::LONG_UNKNOWN_KID_WAIT);
+    let mut server = Running::start_with_grace(&jwks.jwks_url(), &rules, "1s");
     server.wait_ready().await;
     // A call that waits about 4 s for a key refetch: longer than the 1 s grace.
     jwks.set_delay(Duration::from_secs(4));

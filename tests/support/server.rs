@@ -56,6 +56,12 @@ pub struct TestServer {
     pub rs256: TestKey,
 }
 
+/// TOML for the test issuer (put it first in `rules`): a request waits up to
+/// 5 s for a refetch forced by an unknown `kid`, instead of the 1 s default.
+/// Tests that make a call slow on purpose (a key published only now, by a
+/// JWKS that answers slowly) need the call to wait for the whole refetch.
+pub const LONG_UNKNOWN_KID_WAIT: &str = "[issuers.refresh]\nunknown_kid_wait = \"5s\"\n";
+
 /// The `[server]` and `[[projects]]` part of every test config: the project
 /// `main` with its two certificates from [`test_env`].
 pub fn project_text() -> String {
