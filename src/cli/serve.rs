@@ -144,7 +144,7 @@ pub fn summary(config: &Config) -> String {
         let _ = writeln!(out, "  [{i}] {name}");
     }
     for warning in config.warnings() {
-        let _ = writeln!(out, "warning: {warning:?}");
+        let _ = writeln!(out, "warning: {warning}");
     }
     out
 }

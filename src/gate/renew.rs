@@ -123,14 +123,16 @@ fn requested_identity(uid: &[u8]) -> Result<RequestedIdentity, GateError> {
     if text.is_empty() {
         return Ok(RequestedIdentity::AnyUid);
     }
-    // A canonical decimal uid (no leading zero) is a numeric uid; Agora treats
-    // account "123" and uid 123 alike, so this loses nothing.
+    // A canonical decimal uid (no leading zero) is on the wire both uid 123
+    // and account "123": the token cannot say which was issued, so the
+    // policy binds it as whatever the rule binds (a uid or an account), and
+    // the identity must still equal the bound one.
     if !text.starts_with('0')
         && text.bytes().all(|b| b.is_ascii_digit())
         && let Ok(n) = text.parse::<u64>()
         && let Ok(uid) = Uid::from_u64(n)
     {
-        return Ok(RequestedIdentity::Uid(uid));
+        return Ok(RequestedIdentity::UidOrAccount(uid));
     }
     Ok(RequestedIdentity::Account(text))
 }
