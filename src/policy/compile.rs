@@ -249,10 +249,7 @@ fn compile_namespace(
             .map(|i| i.name.as_str())
             .collect(),
     };
-    if from_claim
-        && reaching.len() > 1
-        && prefix == IdentityPrefix::None
-        && !config.shared_identity
+    if from_claim && reaching.len() > 1 && prefix == IdentityPrefix::None && !config.shared_identity
     {
         let claim = match binding {
             Binding::UidClaim(c) | Binding::AccountClaim(c) => c.as_str(),
@@ -480,13 +477,18 @@ fn compile_permissions(
             let known = |name: &str| channel.is_some_and(|p| p.has_capture(name));
             let template = Template::parse(text, known)
                 .map_err(|e| site.error(format!("{key}.resources[{j}]"), e))?;
-            if template.is_ambiguous() {
+            // The channel itself (a star-free pattern written again) is the
+            // one multi-capture resource that is safe: it renders exactly
+            // the channel, whose split the matcher has proved unique.
+            let is_the_channel =
+                channel.is_some_and(|p| p.as_str() == text.as_str()) && !text.contains('*');
+            if template.is_ambiguous() && !is_the_channel {
                 // Unlike a channel, a granted resource cannot be refused at
                 // request time: `team-a-*` already covers team `a-b`.
                 return Err(site.error(
                     format!("{key}.resources[{j}]"),
                     format!(
-                        "{text:?} combines a capture with another capture or `*`, so one member's resource can cover or equal another's (`team-{{team}}-*` for team `a` covers team `a-b`); use the capture with fixed text only, e.g. \"team-{{team}}\" or \"team-{{team}}-chat\""
+                        "{text:?} combines a capture with another capture or `*`, so one member's resource can cover or equal another's (`team-{{team}}-*` for team `a` covers team `a-b`); use the capture with fixed text only, e.g. \"team-{{team}}\" or \"team-{{team}}-chat\", or exactly the channel pattern when it has no `*`"
                     ),
                 ));
             }

@@ -519,7 +519,11 @@ mod tests {
         ambiguous("team-{team}-{room}", "team-a-b-c", "team", ["a", "a-b"]);
         // A delimiter real names never contain keeps real channels unique;
         // a channel that breaks the convention is ambiguous, never split.
-        check("team-{team}:*", "team-data-eng:standup", Some(&[("team", "data-eng")]));
+        check(
+            "team-{team}:*",
+            "team-data-eng:standup",
+            Some(&[("team", "data-eng")]),
+        );
         ambiguous("team-{team}:*", "team-a:b:c", "team", ["a", "a:b"]);
     }
 
@@ -558,8 +562,7 @@ mod tests {
             ("lobby-*", false),
             ("announcements", false),
         ] {
-            let template =
-                Template::parse(source, |n| n == "team" || n == "room").unwrap();
+            let template = Template::parse(source, |n| n == "team" || n == "room").unwrap();
             assert_eq!(template.is_ambiguous(), ambiguous, "{source}");
         }
     }
@@ -568,7 +571,10 @@ mod tests {
     fn many_stars_stay_fast_on_long_channels() {
         let pattern = ChannelPattern::parse(&"*a".repeat(30)).unwrap();
         assert_eq!(pattern.split(&"a".repeat(63)), Split::One(vec![]));
-        assert_eq!(pattern.split(&format!("{}b", "a".repeat(62))), Split::NoMatch);
+        assert_eq!(
+            pattern.split(&format!("{}b", "a".repeat(62))),
+            Split::NoMatch
+        );
         let captures = ChannelPattern::parse(&format!("{}{{x}}", "*a".repeat(30))).unwrap();
         assert!(matches!(
             captures.split(&"a".repeat(63)),
