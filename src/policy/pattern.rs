@@ -4,6 +4,10 @@
 //! written as itself: `*` is not an Agora character, so it is free to mean
 //! "anything", and a capture is `{` + identifier + `}`. A brace that does not
 //! open such a capture is a literal brace.
+//!
+//! A match never picks one split of a channel over another: when a channel
+//! fits with two values of a capture, [`ChannelPattern::split`] says so, and
+//! the policy then refuses to let that rule allow it.
 
 use std::fmt;
 
