@@ -147,7 +147,7 @@ pub fn summary(config: &Config) -> String {
         let _ = writeln!(out, "warning: {notice}");
     }
     for warning in config.warnings() {
-        let _ = writeln!(out, "warning: {warning:?}");
+        let _ = writeln!(out, "warning: {warning}");
     }
     out
 }

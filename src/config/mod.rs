@@ -287,7 +287,15 @@ fn resolve(
         .collect::<Result<Vec<_>, _>>()?;
     validate_issuers(&issuers, "issuers").map_err(identity_error)?;
     let names: Vec<&str> = projects.iter().map(|p| p.name.as_str()).collect();
-    let (policy, warnings) = Policy::compile(&file.rules, &names).map_err(policy_error)?;
+    let issuer_names: Vec<crate::policy::Issuer> = issuers
+        .iter()
+        .map(|i| crate::policy::Issuer {
+            name: i.name().to_owned(),
+            iss: i.issuer().to_vec(),
+        })
+        .collect();
+    let (policy, warnings) =
+        Policy::compile_with_issuers(&file.rules, &names, &issuer_names).map_err(policy_error)?;
     let mesh = Routes::compile(&file.ext_authz, &names).map_err(|e| ConfigError::Invalid {
         key: e.key,
         message: e.message,

@@ -123,14 +123,16 @@ fn requested_identity(uid: &[u8]) -> Result<RequestedIdentity, GateError> {
     if text.is_empty() {
         return Ok(RequestedIdentity::AnyUid);
     }
-    // A canonical decimal uid (no leading zero) is a numeric uid; Agora treats
-    // account "123" and uid 123 alike, so this loses nothing.
+    // A canonical decimal uid (no leading zero) is on the wire both uid 123
+    // and account "123": the token cannot say which was issued, so the
+    // policy binds it as whatever the rule binds (a uid or an account), and
+    // the identity must still equal the bound one.
     if !text.starts_with('0')
         && text.bytes().all(|b| b.is_ascii_digit())
         && let Ok(n) = text.parse::<u64>()
         && let Ok(uid) = Uid::from_u64(n)
     {
-        return Ok(RequestedIdentity::Uid(uid));
+        return Ok(RequestedIdentity::UidOrAccount(uid));
     }
     Ok(RequestedIdentity::Account(text))
 }
@@ -138,4 +140,33 @@ fn requested_identity(uid: &[u8]) -> Result<RequestedIdentity, GateError> {
 fn utf8(bytes: &[u8]) -> Result<String, GateError> {
     String::from_utf8(bytes.to_vec())
         .map_err(|_| GateError::BadToken("a string in the token is not UTF-8".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_uid_string_is_read_as_what_it_can_stand_for() {
+        let uid = |n| RequestedIdentity::UidOrAccount(Uid::new(n).unwrap());
+        let account = |s: &str| RequestedIdentity::Account(s.to_owned());
+        let cases = [
+            ("", RequestedIdentity::AnyUid),
+            // Uid 4242 and account "4242" are the same bytes: the rule decides.
+            ("4242", uid(4242)),
+            ("4294967295", uid(u32::MAX)),
+            // Not a canonical uid: only an account can have made these.
+            ("04242", account("04242")),
+            ("0", account("0")),
+            ("4294967296", account("4294967296")),
+            ("alice", account("alice")),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(
+                requested_identity(text.as_bytes()).unwrap(),
+                expected,
+                "{text:?}"
+            );
+        }
+    }
 }

@@ -126,7 +126,7 @@ impl Collector for Process {
 impl Collector for Jwks {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let issuers = self.source.issuers();
-        let gauges: [(&str, &str, fn(&IssuerState) -> Option<f64>); 5] = [
+        let gauges: [(&str, &str, StateValue); 5] = [
             (
                 "tokengate_jwks_keys",
                 "Usable keys in the issuer's current key set",
@@ -223,6 +223,9 @@ impl Collector for Jwks {
         Ok(())
     }
 }
+
+/// Reads one gauge's value out of an issuer's state.
+type StateValue = fn(&IssuerState) -> Option<f64>;
 
 /// What `/proc/self/stat` says, converted.
 struct Stat {

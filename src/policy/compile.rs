@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use cel::Env;
 
-use crate::domain::{Lifetime, Role, Rtm2PermissionType, Rtm2ResourceType};
+use crate::domain::{Lifetime, Role, Rtm2PermissionType, Rtm2ResourceType, is_agora_char};
 
 use super::PolicyError;
 use super::condition::Condition;
@@ -36,7 +36,26 @@ pub(crate) struct Rule {
     pub(crate) allow_wildcard_channel: bool,
     pub(crate) allow_app_token: bool,
     pub(crate) lifetimes: Lifetimes,
+    pub(crate) identity_prefix: IdentityPrefix,
     pub(crate) rtm_permissions: Vec<PermissionTemplate>,
+}
+
+/// What a claim-bound account is prefixed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IdentityPrefix {
+    /// Nothing: the claim as it is.
+    None,
+    /// The caller's issuer's configured name and `:`.
+    IssuerName,
+}
+
+/// An identity provider as the rules see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issuer {
+    /// The configured name (`[[issuers]].name`).
+    pub name: String,
+    /// The `iss` values its tokens carry.
+    pub iss: Vec<String>,
 }
 
 /// How a rule binds the Agora identity.
@@ -60,6 +79,8 @@ pub(crate) struct Lifetimes {
     pub(crate) join: Option<Lifetime>,
     pub(crate) publish: Option<Lifetime>,
     pub(crate) clamp: bool,
+    /// `cap_to_jwt_expiry`: nothing outlives the caller's JWT.
+    pub(crate) cap_to_jwt: bool,
 }
 
 /// An RTM 2 permission set with resource templates.
@@ -88,12 +109,14 @@ impl Site<'_> {
     }
 }
 
-/// Compiles one rule; `projects` are the known project names.
+/// Compiles one rule; `projects` are the known project names, `issuers` the
+/// configured identity providers (empty when the caller knows none).
 pub(crate) fn compile_rule(
     env: &Env,
     index: usize,
     config: &RuleConfig,
     projects: &BTreeSet<String>,
+    issuers: &[Issuer],
 ) -> Result<Rule, PolicyError> {
     let site = Site {
         index,
@@ -127,6 +150,13 @@ pub(crate) fn compile_rule(
     };
     let binding = compile_binding(&site, config, &actions)?;
     let lifetimes = compile_lifetimes(&site, config)?;
+    if lifetimes.cap_to_jwt && actions.contains(&Action::Issue(Service::Fpa)) {
+        return Err(site.error(
+            "cap_to_jwt_expiry",
+            "fpa tokens always live 24 hours (the official builder fixes it), so they cannot be capped; put fpa in a rule of its own",
+        ));
+    }
+    let identity_prefix = compile_namespace(&site, config, &binding, issuers)?;
     let rtm_permissions = compile_permissions(&site, &config.rtm_permissions, channel.as_ref())?;
     if !rtm_permissions.is_empty() && !actions.contains(&Action::Issue(Service::Rtm)) {
         return Err(site.error(
@@ -148,8 +178,93 @@ pub(crate) fn compile_rule(
         allow_wildcard_channel: config.allow_wildcard_channel,
         allow_app_token: config.allow_app_token,
         lifetimes,
+        identity_prefix,
         rtm_permissions,
     })
+}
+
+/// `identity_prefix` and `shared_identity`: when the rule binds the identity
+/// from a claim and callers of more than one issuer reach it, it must say how
+/// their namespaces relate, or one issuer's "alice" is another's.
+fn compile_namespace(
+    site: &Site<'_>,
+    config: &RuleConfig,
+    binding: &Binding,
+    issuers: &[Issuer],
+) -> Result<IdentityPrefix, PolicyError> {
+    let from_claim = matches!(binding, Binding::UidClaim(_) | Binding::AccountClaim(_));
+    let prefix = match config.identity_prefix.as_deref() {
+        None => IdentityPrefix::None,
+        Some("issuer_name") => IdentityPrefix::IssuerName,
+        Some(other) => {
+            return Err(site.error(
+                "identity_prefix",
+                format!("{other:?} is not \"issuer_name\", the one prefix there is"),
+            ));
+        }
+    };
+    if prefix == IdentityPrefix::IssuerName {
+        if config.shared_identity {
+            return Err(site.error(
+                "shared_identity",
+                "conflicts with identity_prefix; set only one",
+            ));
+        }
+        if !matches!(binding, Binding::AccountClaim(_)) {
+            return Err(site.error(
+                "identity_prefix",
+                "only applies to account_claim: a numeric uid cannot carry a prefix (set issuer, or shared_identity = true)",
+            ));
+        }
+        if issuers.is_empty() {
+            return Err(site.error(
+                "identity_prefix",
+                "needs the configured issuers, and none were given",
+            ));
+        }
+        if let Some(bad) = issuers
+            .iter()
+            .find(|i| i.name.is_empty() || !i.name.chars().all(is_agora_char))
+        {
+            return Err(site.error(
+                "identity_prefix",
+                format!(
+                    "issuer name {:?} is not made of Agora account characters, so it cannot prefix an account",
+                    bad.name
+                ),
+            ));
+        }
+    }
+    if config.shared_identity && !from_claim {
+        return Err(site.error(
+            "shared_identity",
+            "only applies to rules that bind the identity from a claim (uid_claim, account_claim)",
+        ));
+    }
+    let reaching: Vec<&str> = match &config.issuer {
+        None => issuers.iter().map(|i| i.name.as_str()).collect(),
+        Some(iss) => issuers
+            .iter()
+            .filter(|i| i.iss.contains(iss))
+            .map(|i| i.name.as_str())
+            .collect(),
+    };
+    if from_claim && reaching.len() > 1 && prefix == IdentityPrefix::None && !config.shared_identity
+    {
+        let claim = match binding {
+            Binding::UidClaim(c) | Binding::AccountClaim(c) => c.as_str(),
+            Binding::CallerChooses | Binding::Unbound => "",
+        };
+        return Err(site.error(
+            "issuer",
+            format!(
+                "the rule binds the identity from claim {claim:?} and callers of {} issuers ({}) reach it, so the same {claim:?} from two of them would get the same Agora identity; set issuer to one of them, identity_prefix = \"issuer_name\" (account_claim: the account becomes \"<issuer name>:<{claim}>\"), or shared_identity = true if they share one user namespace",
+                reaching.len(),
+                reaching.join(", ")
+            ),
+        ));
+    }
+    Ok(prefix)
 }
 
 /// `actions`: a non-empty list of known names, no repeats.
@@ -178,7 +293,7 @@ fn compile_actions(site: &Site<'_>, names: &[String]) -> Result<Vec<Action>, Pol
 
 /// A deny rule only matches; a grant key on it would be silently ignored, so it is refused.
 fn check_deny_keys(site: &Site<'_>, c: &RuleConfig) -> Result<(), PolicyError> {
-    let grant_keys: [(&str, bool); 14] = [
+    let grant_keys: [(&str, bool); 17] = [
         ("project", c.project.is_some()),
         ("max_role", c.max_role.is_some()),
         ("uid_claim", c.uid_claim.is_some()),
@@ -192,6 +307,9 @@ fn check_deny_keys(site: &Site<'_>, c: &RuleConfig) -> Result<(), PolicyError> {
         ("join_ttl", c.join_ttl.is_some()),
         ("publish_ttl", c.publish_ttl.is_some()),
         ("clamp_ttl", c.clamp_ttl),
+        ("cap_to_jwt_expiry", c.cap_to_jwt_expiry),
+        ("identity_prefix", c.identity_prefix.is_some()),
+        ("shared_identity", c.shared_identity),
         ("rtm_permissions", !c.rtm_permissions.is_empty()),
     ];
     match grant_keys.iter().find(|(_, set)| *set) {
@@ -298,6 +416,7 @@ fn compile_lifetimes(site: &Site<'_>, c: &RuleConfig) -> Result<Lifetimes, Polic
         join,
         publish,
         clamp: c.clamp_ttl,
+        cap_to_jwt: c.cap_to_jwt_expiry,
     })
 }
 
@@ -358,6 +477,21 @@ fn compile_permissions(
             let known = |name: &str| channel.is_some_and(|p| p.has_capture(name));
             let template = Template::parse(text, known)
                 .map_err(|e| site.error(format!("{key}.resources[{j}]"), e))?;
+            // The channel itself (a star-free pattern written again) is the
+            // one multi-capture resource that is safe: it renders exactly
+            // the channel, whose split the matcher has proved unique.
+            let is_the_channel =
+                channel.is_some_and(|p| p.as_str() == text.as_str()) && !text.contains('*');
+            if template.is_ambiguous() && !is_the_channel {
+                // Unlike a channel, a granted resource cannot be refused at
+                // request time: `team-a-*` already covers team `a-b`.
+                return Err(site.error(
+                    format!("{key}.resources[{j}]"),
+                    format!(
+                        "{text:?} combines a capture with another capture or `*`, so one member's resource can cover or equal another's (`team-{{team}}-*` for team `a` covers team `a-b`); use the capture with fixed text only, e.g. \"team-{{team}}\" or \"team-{{team}}-chat\", or exactly the channel pattern when it has no `*`"
+                    ),
+                ));
+            }
             resources.push(template);
         }
         out.push(PermissionTemplate {

@@ -289,7 +289,9 @@ fn request_map(request: &Request) -> CelMap<'_> {
     );
     let (kind, uid, account): (&str, Box<dyn Val>, Box<dyn Val>) = match &request.identity {
         RequestedIdentity::FromJwt => ("from_jwt", Box::new(CelNull), Box::new(CelNull)),
-        RequestedIdentity::Uid(uid) => (
+        // A renewed numeric identity is shown as the uid, as it was before
+        // renewal learned to bind it as an account for account rules.
+        RequestedIdentity::Uid(uid) | RequestedIdentity::UidOrAccount(uid) => (
             "uid",
             Box::new(CelInt::from(i64::from(uid.get()))),
             Box::new(CelNull),

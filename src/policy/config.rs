@@ -78,6 +78,15 @@ pub struct RuleConfig {
     /// Reduce a too-long requested lifetime to the maximum instead of denying `ttl_too_long`.
     #[serde(default)]
     pub clamp_ttl: bool,
+    /// Limit the token and every privilege to end no later than the caller's JWT (`exp`).
+    #[serde(default)]
+    pub cap_to_jwt_expiry: bool,
+    /// Namespace a claim-bound account by issuer: `"issuer_name"` makes it `<issuer name>:<claim>`.
+    #[serde(default)]
+    pub identity_prefix: Option<String>,
+    /// The issuers that reach this rule share one user namespace: bind the raw claim.
+    #[serde(default)]
+    pub shared_identity: bool,
     /// RTM 2 permission sets granted with `rtm` tokens.
     #[serde(default)]
     pub rtm_permissions: Vec<Rtm2PermissionConfig>,

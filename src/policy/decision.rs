@@ -189,6 +189,12 @@ pub enum DenyReason {
     AppTokenNotAllowed,
     /// A requested lifetime is above the rule's maximum and the rule does not clamp.
     TtlTooLong,
+    /// The channel fits a rule's pattern with more than one value of a capture
+    /// (`team-{team}-*` on `team-a-b-x`), and no other rule decided.
+    AmbiguousChannel,
+    /// The rule caps the token at the caller's JWT expiry (`cap_to_jwt_expiry`)
+    /// and the JWT has no whole second left (it is inside the leeway) or no readable `exp`.
+    JwtExpiresTooSoon,
 }
 
 impl Decision {
@@ -308,7 +314,7 @@ impl RtcGrant {
 
 impl DenyReason {
     /// Every reason, for documentation and exhaustive tests.
-    pub const ALL: [DenyReason; 16] = [
+    pub const ALL: [DenyReason; 18] = [
         DenyReason::NoMatchingRule,
         DenyReason::DeniedByRule,
         DenyReason::ConditionError,
@@ -325,6 +331,8 @@ impl DenyReason {
         DenyReason::WildcardChannelNotAllowed,
         DenyReason::AppTokenNotAllowed,
         DenyReason::TtlTooLong,
+        DenyReason::AmbiguousChannel,
+        DenyReason::JwtExpiresTooSoon,
     ];
 
     /// The stable snake_case code (`google.rpc.ErrorInfo.reason`, logs, metrics).
@@ -346,6 +354,8 @@ impl DenyReason {
             DenyReason::WildcardChannelNotAllowed => "wildcard_channel_not_allowed",
             DenyReason::AppTokenNotAllowed => "app_token_not_allowed",
             DenyReason::TtlTooLong => "ttl_too_long",
+            DenyReason::AmbiguousChannel => "ambiguous_channel",
+            DenyReason::JwtExpiresTooSoon => "jwt_expires_too_soon",
         }
     }
 }

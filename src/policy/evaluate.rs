@@ -10,7 +10,8 @@ use super::compile::Rule;
 use super::condition::{Activation, ConditionFailure};
 use super::config::Effect;
 use super::decision::{Decision, Denial, DenyReason};
-use super::pattern::Captures;
+use super::grant::Caller;
+use super::pattern::{Captures, Split};
 use super::request::{ChannelScope, Request};
 use super::trace::{RuleOutcome, RuleTrace, Trace};
 
@@ -22,6 +23,17 @@ enum Match<'a> {
     No(Miss<'a>),
     /// A deny rule's condition failed: fail closed.
     Failed(&'a str, String),
+    /// A deny rule's pattern splits the channel more than one way: fail closed.
+    Ambiguous(Ambiguity<'a>),
+}
+
+/// A channel that fits a rule's pattern with different values of a capture.
+#[derive(Clone, Copy)]
+struct Ambiguity<'a> {
+    pattern: &'a str,
+    capture: &'a str,
+    first: &'a str,
+    second: &'a str,
 }
 
 /// Why a rule did not match, borrowed so that `evaluate` allocates nothing
@@ -37,6 +49,8 @@ enum Miss<'a> {
     NoChannel,
     /// See [`RuleOutcome::ChannelMismatch`].
     Channel(&'a str),
+    /// See [`RuleOutcome::AmbiguousChannel`].
+    Ambiguous(Ambiguity<'a>),
     /// See [`RuleOutcome::ConditionFalse`].
     ConditionFalse(&'a str),
     /// See [`RuleOutcome::ConditionFailed`].
@@ -71,9 +85,28 @@ impl Policy {
         // Built on first use: most requests are decided by pattern or action
         // before any condition runs, and a failed build fails every condition.
         let mut activation: Option<Result<Activation<'_>, String>> = None;
+        // The first allow rule skipped because the channel splits its pattern
+        // more than one way: if no later rule decides, it names the denial.
+        let mut skipped: Option<(&Rule, Ambiguity<'_>)> = None;
         for (index, rule) in self.rules.iter().enumerate() {
             match self.match_rule(rule, principal, request, now, &mut activation) {
+                Match::No(Miss::Ambiguous(ambiguity)) => {
+                    note(&mut trace, index, rule, || {
+                        Miss::Ambiguous(ambiguity).into_outcome()
+                    });
+                    skipped.get_or_insert((rule, ambiguity));
+                }
                 Match::No(why) => note(&mut trace, index, rule, || why.into_outcome()),
+                Match::Ambiguous(ambiguity) => {
+                    note(&mut trace, index, rule, || {
+                        Miss::Ambiguous(ambiguity).into_outcome()
+                    });
+                    let detail = format!(
+                        "the channel fits the deny rule's pattern {:?} with more than one value of {{{}}}, so the exception may apply",
+                        ambiguity.pattern, ambiguity.capture
+                    );
+                    return deny(DenyReason::AmbiguousChannel, Some(rule), detail);
+                }
                 Match::Failed(condition, error) => {
                     note(&mut trace, index, rule, || RuleOutcome::ConditionFailed {
                         condition: condition.to_owned(),
@@ -94,10 +127,26 @@ impl Policy {
                             let detail = "a deny rule matched".to_owned();
                             deny(DenyReason::DeniedByRule, Some(rule), detail)
                         }
-                        Effect::Allow => grant(rule, principal, request, &captures, now),
+                        Effect::Allow => {
+                            let caller = Caller {
+                                principal,
+                                issuer_name: self
+                                    .issuer_names
+                                    .get(&principal.issuer)
+                                    .map(String::as_str),
+                            };
+                            grant(rule, caller, request, &captures, now)
+                        }
                     };
                 }
             }
+        }
+        if let Some((rule, ambiguity)) = skipped {
+            let detail = format!(
+                "the channel fits the rule's pattern {:?} with more than one value of {{{}}}, so the rule does not apply, and no later rule matched",
+                ambiguity.pattern, ambiguity.capture
+            );
+            return deny(DenyReason::AmbiguousChannel, Some(rule), detail);
         }
         let detail = "no rule matched the request".to_owned();
         deny(DenyReason::NoMatchingRule, None, detail)
@@ -116,7 +165,8 @@ impl Policy {
         Some(deny(DenyReason::UnknownProject, None, detail))
     }
 
-    /// Whether `rule` matches: action, issuer, project, channel, then condition.
+    /// Whether `rule` matches: action, issuer, project, channel (one split
+    /// only), then condition.
     fn match_rule<'a>(
         &self,
         rule: &'a Rule,
@@ -144,9 +194,27 @@ impl Policy {
             (None, _) => Vec::new(),
             (Some(_), None) => return Match::No(Miss::NoChannel),
             (Some(p), Some(ChannelScope::Wildcard)) if p.is_star() => Vec::new(),
-            (Some(p), Some(ChannelScope::Named(name))) => match p.matches(name.as_str()) {
-                Some(captures) => captures,
-                None => return Match::No(Miss::Channel(p.as_str())),
+            (Some(p), Some(ChannelScope::Named(name))) => match p.split(name.as_str()) {
+                Split::One(captures) => captures,
+                Split::NoMatch => return Match::No(Miss::Channel(p.as_str())),
+                Split::Ambiguous {
+                    capture,
+                    first,
+                    second,
+                } => {
+                    let ambiguity = Ambiguity {
+                        pattern: p.as_str(),
+                        capture,
+                        first,
+                        second,
+                    };
+                    // What a rule decides must not depend on the split: an
+                    // allow rule does not apply, a deny rule denies.
+                    return match rule.effect {
+                        Effect::Allow => Match::No(Miss::Ambiguous(ambiguity)),
+                        Effect::Deny => Match::Ambiguous(ambiguity),
+                    };
+                }
             },
             (Some(p), Some(ChannelScope::Wildcard)) => return Match::No(Miss::Channel(p.as_str())),
         };
@@ -201,6 +269,11 @@ impl Miss<'_> {
             Miss::Channel(pattern) => RuleOutcome::ChannelMismatch {
                 pattern: pattern.to_owned(),
             },
+            Miss::Ambiguous(a) => RuleOutcome::AmbiguousChannel {
+                pattern: a.pattern.to_owned(),
+                capture: a.capture.to_owned(),
+                values: vec![a.first.to_owned(), a.second.to_owned()],
+            },
             Miss::ConditionFalse(condition) => RuleOutcome::ConditionFalse {
                 condition: condition.to_owned(),
             },
@@ -224,12 +297,12 @@ fn deny(reason: DenyReason, rule: Option<&Rule>, detail: String) -> Decision {
 /// The grant or permit of the allow rule that matched, or the denial of its limits.
 fn grant(
     rule: &Rule,
-    principal: &Principal,
+    caller: Caller<'_>,
     request: &Request,
     captures: &Captures<'_>,
     now: u64,
 ) -> Decision {
-    match super::grant::decide(rule, principal, request, captures, now) {
+    match super::grant::decide(rule, caller, request, captures, now) {
         Ok(decision) => decision,
         Err((reason, detail)) => deny(reason, Some(rule), detail),
     }

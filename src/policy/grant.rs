@@ -12,7 +12,7 @@ use crate::domain::{
     RtmUserId, Uid,
 };
 
-use super::compile::{Binding, Lifetimes, Rule};
+use super::compile::{Binding, IdentityPrefix, Lifetimes, Rule};
 use super::decision::{
     ChatGrant, Decision, DenyReason, FpaGrant, Grant, Permit, RtcGrant, Rtm2Permission, RtmGrant,
     Terms,
@@ -134,15 +134,25 @@ impl Identity for ChatUser {
     }
 }
 
+/// Who is asking: the verified principal and its issuer's configured name.
+#[derive(Clone, Copy)]
+pub(super) struct Caller<'a> {
+    /// The verified principal.
+    pub(super) principal: &'a Principal,
+    /// The configured name of the issuer whose `iss` the principal has, if known.
+    pub(super) issuer_name: Option<&'a str>,
+}
+
 /// The decision of the allow rule that matched: a grant or a permit within
 /// its limits, or the denial of the first limit broken.
 pub(super) fn decide(
     rule: &Rule,
-    principal: &Principal,
+    caller: Caller<'_>,
     request: &Request,
     captures: &Captures<'_>,
     now: u64,
 ) -> Result<Decision, Refusal> {
+    let principal = caller.principal;
     let channel = check_wildcard_channel(rule, request)?;
     let service = match request.action {
         Action::Issue(service) => service,
@@ -157,10 +167,11 @@ pub(super) fn decide(
         }
     };
     let grant = match service {
-        Service::Rtc => Grant::Rtc(rtc(rule, principal, request, channel, now)?),
+        Service::Rtc => Grant::Rtc(rtc(rule, caller, request, channel, now)?),
         Service::Rtm => {
-            let RtmUser(user) = bind_identity(rule, principal, request)?;
+            let RtmUser(user) = bind_identity(rule, caller, request)?;
             let lifetimes = grant_lifetimes(&rule.lifetimes, request, Role::Subscriber)?;
+            let lifetimes = cap_to_jwt(&rule.lifetimes, principal, now, lifetimes)?;
             Grant::Rtm(RtmGrant {
                 terms: terms(rule, now, &lifetimes)?,
                 channel,
@@ -169,8 +180,9 @@ pub(super) fn decide(
             })
         }
         Service::Chat => {
-            let ChatUser(user) = bind_identity(rule, principal, request)?;
+            let ChatUser(user) = bind_identity(rule, caller, request)?;
             let lifetimes = grant_lifetimes(&rule.lifetimes, request, Role::Subscriber)?;
+            let lifetimes = cap_to_jwt(&rule.lifetimes, principal, now, lifetimes)?;
             Grant::Chat(ChatGrant {
                 terms: terms(rule, now, &lifetimes)?,
                 channel,
@@ -179,6 +191,7 @@ pub(super) fn decide(
         }
         Service::Fpa => {
             check_fpa_identity(&request.identity)?;
+            // `compile_rule` refuses cap_to_jwt_expiry with fpa: its token is always 24 hours.
             let lifetimes = grant_lifetimes(&rule.lifetimes, request, Role::Subscriber)?;
             Grant::Fpa(FpaGrant {
                 terms: terms(rule, now, &lifetimes)?,
@@ -192,7 +205,7 @@ pub(super) fn decide(
 /// optional RTM login, then the lifetimes.
 fn rtc(
     rule: &Rule,
-    principal: &Principal,
+    caller: Caller<'_>,
     request: &Request,
     channel: Option<ChannelScope>,
     now: u64,
@@ -204,9 +217,10 @@ fn rtc(
         ));
     };
     let role = check_role(rule, request)?;
-    let identity: RtcIdentity = bind_identity(rule, principal, request)?;
+    let identity: RtcIdentity = bind_identity(rule, caller, request)?;
     let rtm_user_id = also_rtm(rule, request, &identity)?;
     let lifetimes = grant_lifetimes(&rule.lifetimes, request, role)?;
+    let lifetimes = cap_to_jwt(&rule.lifetimes, caller.principal, now, lifetimes)?;
     Ok(RtcGrant {
         terms: terms(rule, now, &lifetimes)?,
         channel,
@@ -263,21 +277,48 @@ fn check_role(rule: &Rule, request: &Request) -> Result<Role, Refusal> {
 /// identity type `I` of the requested service.
 fn bind_identity<I: Identity>(
     rule: &Rule,
-    principal: &Principal,
+    caller: Caller<'_>,
     request: &Request,
 ) -> Result<I, Refusal> {
+    let principal = caller.principal;
     let requested = match &request.identity {
         RequestedIdentity::AnyUid => return I::any_uid(rule),
         RequestedIdentity::App => return I::app(rule),
         RequestedIdentity::FromJwt => None,
         RequestedIdentity::Uid(uid) => Some(shape(Candidate::Uid(*uid), Origin::Request)?),
         RequestedIdentity::Account(text) => Some(shape(Candidate::Text(text), Origin::Request)?),
+        // The same bytes on the wire: a uid where the rule binds a uid, an
+        // account where it binds an account (a rule that lets the caller
+        // choose takes the uid, as the token cannot say more).
+        RequestedIdentity::UidOrAccount(uid) => {
+            let text = uid.get().to_string();
+            let candidate = match rule.binding {
+                Binding::AccountClaim(_) => Candidate::Text(&text),
+                Binding::UidClaim(_) | Binding::CallerChooses | Binding::Unbound => {
+                    Candidate::Uid(*uid)
+                }
+            };
+            Some(shape(candidate, Origin::Request)?)
+        }
     };
     let bound = match &rule.binding {
         Binding::CallerChooses | Binding::Unbound => None,
         Binding::UidClaim(claim) => Some(shape(uid_claim(principal, claim)?, Origin::Claim)?),
         Binding::AccountClaim(claim) => {
-            Some(shape(account_claim(principal, claim)?, Origin::Claim)?)
+            let candidate = account_claim(principal, claim)?;
+            match (rule.identity_prefix, candidate) {
+                (IdentityPrefix::IssuerName, Candidate::Text(text)) => {
+                    let name = caller.issuer_name.ok_or_else(|| {
+                        (
+                            DenyReason::BadIdentityClaim,
+                            "identity_prefix needs the caller's issuer name, and the issuer is not configured".to_owned(),
+                        )
+                    })?;
+                    let prefixed = format!("{name}:{text}");
+                    Some(shape(Candidate::Text(&prefixed), Origin::Claim)?)
+                }
+                (_, candidate) => Some(shape(candidate, Origin::Claim)?),
+            }
         }
     };
     match (bound, requested) {
@@ -466,6 +507,64 @@ fn grant_lifetimes(limits: &Lifetimes, request: &Request, role: Role) -> Result<
         publish,
         clamped,
     })
+}
+
+/// With `cap_to_jwt_expiry`: every lifetime is cut to end no later than the
+/// caller's JWT, read from its `exp` claim. The cap always reduces (it is a
+/// property of the caller's credential, not of the request) and marks the
+/// grant clamped; a JWT with no whole second left is refused.
+fn cap_to_jwt(
+    limits: &Lifetimes,
+    principal: &Principal,
+    now: u64,
+    granted: Granted,
+) -> Result<Granted, Refusal> {
+    if !limits.cap_to_jwt {
+        return Ok(granted);
+    }
+    let exhausted = |why: &str| {
+        (
+            DenyReason::JwtExpiresTooSoon,
+            format!("cap_to_jwt_expiry: the caller's JWT {why}, so no token can end before it"),
+        )
+    };
+    let exp = jwt_expiry(principal).ok_or_else(|| exhausted("has no readable exp claim"))?;
+    let left = exp.saturating_sub(now);
+    let cap = Lifetime::from_secs(left.min(u64::from(Lifetime::MAX.secs())))
+        .map_err(|_| exhausted("has expired (it is inside the leeway)"))?;
+    let mut clamped = granted.clamped;
+    let mut fit = |lifetime: Lifetime| {
+        if lifetime > cap {
+            clamped = true;
+            cap
+        } else {
+            lifetime
+        }
+    };
+    let token = fit(granted.token);
+    let join = fit(granted.join);
+    let publish = granted.publish.map(&mut fit);
+    Ok(Granted {
+        token,
+        join,
+        publish,
+        clamped,
+    })
+}
+
+/// The JWT's `exp` claim in whole unix seconds (a fraction rounded down, as
+/// identity verifies it), or `None` if it is absent or not a number.
+fn jwt_expiry(principal: &Principal) -> Option<u64> {
+    match principal.claims.get("exp")? {
+        ClaimValue::Int(i) => u64::try_from(*i).ok(),
+        ClaimValue::UInt(u) => Some(*u),
+        ClaimValue::Float(f) if f.is_finite() && *f >= 0.0 => {
+            // Seconds below 2^53 are exact in an f64; anything above is past
+            // any Lifetime, so saturating is harmless.
+            Some(f.floor().min(u64::MAX as f64) as u64)
+        }
+        _ => None,
+    }
 }
 
 /// The requested lifetime, or the default; above `max` it is clamped or refused.

@@ -29,7 +29,11 @@ use std::sync::Arc;
 
 use cel::Env;
 
+use std::collections::BTreeMap;
+
 use compile::{Rule, compile_rule};
+
+pub use compile::Issuer;
 
 /// Requests and grants name channels with the domain's scope, which the token layer also takes.
 pub use crate::domain::ChannelScope;
@@ -45,6 +49,8 @@ pub use trace::{RuleOutcome, RuleTrace, Trace};
 pub struct Policy {
     rules: Vec<Rule>,
     projects: BTreeSet<String>,
+    /// The configured issuers' names by `iss`, for `identity_prefix`.
+    issuer_names: BTreeMap<String, String>,
     env: Arc<Env>,
 }
 
@@ -61,6 +67,20 @@ pub enum PolicyWarning {
         by_index: usize,
         /// The earlier rule's name.
         by_name: String,
+    },
+    /// A rule's channel pattern can fit a channel with more than one value of
+    /// a capture; such channels are refused (`ambiguous_channel`).
+    AmbiguousPattern {
+        /// The rule's index.
+        index: usize,
+        /// The rule's name.
+        name: String,
+        /// The pattern as written.
+        pattern: String,
+        /// The capture whose value a channel may not determine.
+        capture: String,
+        /// An unambiguous pattern to consider instead.
+        suggestion: String,
     },
 }
 
@@ -95,11 +115,26 @@ impl Policy {
         Self::compile(&config.rules, projects)
     }
 
-    /// Checks and compiles `rules`, whose `project` keys must be among `projects`.
-    /// Returns the policy and the warnings for the caller to report.
+    /// Checks and compiles `rules`, whose `project` keys must be among
+    /// `projects`, knowing no issuers: a rule with `identity_prefix` is
+    /// refused and no rule is checked for identities that collide across
+    /// issuers. The service config uses [`Policy::compile_with_issuers`].
     pub fn compile<S: AsRef<str>>(
         rules: &[RuleConfig],
         projects: &[S],
+    ) -> Result<(Policy, Vec<PolicyWarning>), PolicyError> {
+        Self::compile_with_issuers(rules, projects, &[])
+    }
+
+    /// Checks and compiles `rules` for the configured `projects` and
+    /// `issuers`. With more than one issuer, a rule that binds the identity
+    /// from a claim and that callers of several issuers reach must set
+    /// `identity_prefix` or `shared_identity`. Returns the policy and the
+    /// warnings for the caller to report.
+    pub fn compile_with_issuers<S: AsRef<str>>(
+        rules: &[RuleConfig],
+        projects: &[S],
+        issuers: &[Issuer],
     ) -> Result<(Policy, Vec<PolicyWarning>), PolicyError> {
         let env = Arc::new(Env::stdlib());
         let projects: BTreeSet<String> = projects.iter().map(|p| p.as_ref().to_owned()).collect();
@@ -113,13 +148,18 @@ impl Policy {
                     reason: format!("rules[{first}] already has this name; names must be unique"),
                 });
             }
-            compiled.push(compile_rule(&env, index, config, &projects)?);
+            compiled.push(compile_rule(&env, index, config, &projects, issuers)?);
         }
-        let warnings = shadowing(&compiled);
+        let mut warnings = shadowing(&compiled);
+        warnings.extend(ambiguity(&compiled));
         Ok((
             Policy {
                 rules: compiled,
                 projects,
+                issuer_names: issuers
+                    .iter()
+                    .flat_map(|i| i.iss.iter().map(|iss| (iss.clone(), i.name.clone())))
+                    .collect(),
                 env,
             },
             warnings,
@@ -166,8 +206,37 @@ impl fmt::Display for PolicyWarning {
                 f,
                 "rules[{index}] ({name:?}) can never match: rules[{by_index}] ({by_name:?}) matches every request it does"
             ),
+            PolicyWarning::AmbiguousPattern {
+                index,
+                name,
+                pattern,
+                capture,
+                suggestion,
+            } => write!(
+                f,
+                "rules[{index}] ({name:?}).channel: {pattern:?} can fit one channel with different values of {{{capture}}} (the text after it can also occur inside it), and such channels are refused with ambiguous_channel; make {{{capture}}} the pattern's only `*` or capture, e.g. {suggestion:?}, or follow it with a delimiter that names never contain, so that real channels always split one way"
+            ),
         }
     }
+}
+
+/// One warning per rule whose channel pattern can split a channel more than one way.
+fn ambiguity(rules: &[Rule]) -> Vec<PolicyWarning> {
+    rules
+        .iter()
+        .enumerate()
+        .filter_map(|(index, rule)| {
+            let pattern = rule.channel.as_ref()?;
+            let capture = pattern.ambiguous_capture()?;
+            Some(PolicyWarning::AmbiguousPattern {
+                index,
+                name: rule.name.clone(),
+                pattern: pattern.as_str().to_owned(),
+                capture: capture.to_owned(),
+                suggestion: pattern.unambiguous_form(capture),
+            })
+        })
+        .collect()
 }
 
 /// One warning per rule that an earlier unconditional rule covers entirely.

@@ -4,6 +4,10 @@
 //! written as itself: `*` is not an Agora character, so it is free to mean
 //! "anything", and a capture is `{` + identifier + `}`. A brace that does not
 //! open such a capture is a literal brace.
+//!
+//! A match never picks one split of a channel over another: when a channel
+//! fits with two values of a capture, [`ChannelPattern::split`] says so, and
+//! the policy then refuses to let that rule allow it.
 
 use std::fmt;
 
@@ -58,20 +62,31 @@ enum Token<'a> {
     Name(&'a str),
 }
 
-/// The backtracking matcher state for one channel.
-///
-/// It works on bytes: channel names are ASCII (Agora's character set), and a
-/// non-ASCII input can only fail to match, never panic, because pattern
-/// characters are ASCII and slices are taken with `str::get`.
-struct Matcher<'a> {
-    parts: &'a [Part],
-    channel: &'a str,
-    /// `failed[part]` bit `pos` is set once matching `parts[part..]` at byte
-    /// `pos` is known to fail, which keeps the search polynomial however many
-    /// stars a pattern has. Channels are at most 63 bytes, 128 bits suffice.
-    failed: Vec<u128>,
-    captures: Captures<'a>,
+/// How a channel splits into a pattern's captures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Split<'a> {
+    /// The channel does not fit the pattern.
+    NoMatch,
+    /// Every way the channel fits gives the same captures: these.
+    One(Captures<'a>),
+    /// The channel fits with different values for `capture`, for example
+    /// `first` and `second`: what the rule grants would depend on the split.
+    Ambiguous {
+        /// The capture whose value is not determined.
+        capture: &'a str,
+        /// One possible value.
+        first: &'a str,
+        /// Another possible value.
+        second: &'a str,
+    },
 }
+
+/// Positions in a channel as bits: bit `pos` stands for byte offset `pos`.
+/// Channels are at most 63 bytes; longer input never matches.
+type Positions = u128;
+
+/// The longest input the matcher considers, in bytes (bit 127 is the end offset).
+const MAX_MATCH_BYTES: usize = 127;
 
 impl ChannelPattern {
     /// Compiles `source`; the error says what is wrong, the caller names the key.
@@ -127,17 +142,133 @@ impl ChannelPattern {
             .any(|p| matches!(p, Part::Capture(n) if n == name))
     }
 
-    /// Matches `channel` as a whole. On success returns the captures; when
-    /// several splits fit, each `*` and capture takes the shortest run that
-    /// still lets the rest match (leftmost-shortest).
-    pub(crate) fn matches<'a>(&'a self, channel: &'a str) -> Option<Captures<'a>> {
-        let mut matcher = Matcher {
-            parts: &self.parts,
-            channel,
-            failed: vec![0u128; self.parts.len()],
-            captures: Vec::new(),
+    /// Splits `channel` by the pattern; the whole channel must fit. When it
+    /// fits in several ways that give a capture different values (`team-{team}-*`
+    /// on `team-a-b-x`: `a` or `a-b`), the answer is [`Split::Ambiguous`]
+    /// rather than a choice, so that what a rule grants never depends on
+    /// which split a matcher happens to prefer.
+    ///
+    /// It works on byte offsets as bit sets, one per pattern part, forward
+    /// (where `parts[..i]` can end) and backward (where `parts[i..]` can
+    /// start): linear in the pattern, however many stars it has. A capture
+    /// `parts[i]` can take `channel[s..e]` exactly when `s` is in `forward[i]`
+    /// and `e` in `backward[i + 1]`. A non-ASCII input can only fail to match
+    /// or match, never panic: stars and captures end on character boundaries.
+    pub(crate) fn split<'a>(&'a self, channel: &'a str) -> Split<'a> {
+        let len = channel.len();
+        if len > MAX_MATCH_BYTES {
+            return Split::NoMatch;
+        }
+        let bytes = channel.as_bytes();
+        let boundaries: Positions = (0..=len)
+            .filter(|&i| channel.is_char_boundary(i))
+            .fold(0, |set, i| set | 1 << i);
+        let char_at = |c: char| -> Positions {
+            (0..len)
+                .filter(|&i| u32::from(bytes[i]) == u32::from(c))
+                .fold(0, |set, i| set | 1 << i)
         };
-        matcher.run(0, 0).then_some(matcher.captures)
+        let n = self.parts.len();
+        let mut forward: Vec<Positions> = vec![0; n + 1];
+        forward[0] = 1;
+        for (i, part) in self.parts.iter().enumerate() {
+            let at = forward[i];
+            forward[i + 1] = match part {
+                Part::Char(c) => (at & char_at(*c)) << 1,
+                Part::Star => from_lowest(at) & boundaries,
+                Part::Capture(_) => above_lowest(at) & boundaries,
+            };
+        }
+        let mut backward: Vec<Positions> = vec![0; n + 1];
+        backward[n] = 1 << len;
+        for (i, part) in self.parts.iter().enumerate().rev() {
+            let next = backward[i + 1];
+            backward[i] = match part {
+                Part::Char(c) => (next >> 1) & char_at(*c),
+                Part::Star => up_to_highest(next) & boundaries,
+                Part::Capture(_) => below_highest(next) & boundaries,
+            };
+        }
+        if backward[0] & 1 == 0 {
+            return Split::NoMatch;
+        }
+        let mut captures = Vec::new();
+        for (i, part) in self.parts.iter().enumerate() {
+            let Part::Capture(name) = part else {
+                continue;
+            };
+            let mut value: Option<&str> = None;
+            for start in offsets(forward[i]) {
+                for end in offsets(backward[i + 1]).filter(|&end| end > start) {
+                    let Some(candidate) = channel.get(start..end) else {
+                        continue;
+                    };
+                    match value {
+                        None => value = Some(candidate),
+                        Some(first) if first != candidate => {
+                            return Split::Ambiguous {
+                                capture: name,
+                                first,
+                                second: candidate,
+                            };
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+            // A full match exists, so every capture has a value; refusing
+            // here keeps the matcher fail-closed all the same.
+            let Some(value) = value else {
+                return Split::NoMatch;
+            };
+            captures.push((name.as_str(), value));
+        }
+        Split::One(captures)
+    }
+
+    /// The first capture some channel could give two values, if any.
+    ///
+    /// That is exact: a pattern can split a channel two ways exactly when it
+    /// has a capture and another `*` or capture, because the literal text `s`
+    /// between the two can also occur inside either (`{a}` + s + `*` splits
+    /// `x` + s + `x` + s + `y` as `a = x` or `a = x` + s + `x`).
+    pub(crate) fn ambiguous_capture(&self) -> Option<&str> {
+        let variable = self
+            .parts
+            .iter()
+            .filter(|p| matches!(p, Part::Star | Part::Capture(_)))
+            .count();
+        if variable < 2 {
+            return None;
+        }
+        self.parts.iter().find_map(|p| match p {
+            Part::Capture(name) => Some(name.as_str()),
+            _ => None,
+        })
+    }
+
+    /// An unambiguous form to suggest for `capture`: the pattern's literal
+    /// text just before it, then the capture, with no other `*` or capture.
+    pub(crate) fn unambiguous_form(&self, capture: &str) -> String {
+        let Some(at) = self
+            .parts
+            .iter()
+            .position(|p| matches!(p, Part::Capture(n) if n == capture))
+        else {
+            return format!("{{{capture}}}");
+        };
+        let prefix: String = self.parts[..at]
+            .iter()
+            .rev()
+            .map_while(|p| match p {
+                Part::Char(c) => Some(*c),
+                _ => None,
+            })
+            .collect::<Vec<char>>()
+            .into_iter()
+            .rev()
+            .collect();
+        format!("{prefix}{{{capture}}}")
     }
 
     /// Whether every channel this pattern matches is also matched by `wider`.
@@ -180,6 +311,23 @@ impl Template {
         Ok(Self { parts })
     }
 
+    /// Whether two different sets of captures could render the same text, or
+    /// a text whose `*` also covers what another set renders: a capture and
+    /// another capture or `*` (`team-{team}-*` renders `team-a-*`, which
+    /// covers `team-a-b-x` of team `a-b`). The same test as
+    /// [`ChannelPattern::ambiguous_capture`], for the same reason.
+    pub(crate) fn is_ambiguous(&self) -> bool {
+        let mut captures = 0;
+        let mut stars = 0;
+        for part in &self.parts {
+            match part {
+                TemplatePart::Capture(_) => captures += 1,
+                TemplatePart::Text(text) => stars += text.matches('*').count(),
+            }
+        }
+        captures >= 1 && captures + stars >= 2
+    }
+
     /// Renders the template with `captures`; a missing capture renders empty,
     /// which load-time validation rules out.
     pub(crate) fn render(&self, captures: &Captures<'_>) -> String {
@@ -198,47 +346,50 @@ impl Template {
     }
 }
 
-impl<'a> Matcher<'a> {
-    /// Whether `parts[part..]` matches `channel[pos..]`, recording captures.
-    fn run(&mut self, part: usize, pos: usize) -> bool {
-        let len = self.channel.len();
-        let Some(current) = self.parts.get(part) else {
-            return pos == len;
-        };
-        if pos >= 128 || self.failed[part] & (1u128 << pos) != 0 {
-            return false;
+/// The offsets in `set`, ascending.
+fn offsets(mut set: Positions) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        if set == 0 {
+            return None;
         }
-        let found = match current {
-            Part::Char(c) => {
-                self.channel
-                    .as_bytes()
-                    .get(pos)
-                    .is_some_and(|b| u32::from(*b) == u32::from(*c))
-                    && self.run(part + 1, pos + 1)
-            }
-            Part::Star => (pos..=len).any(|end| self.run(part + 1, end)),
-            Part::Capture(name) => self.capture(name, part, pos),
-        };
-        if !found {
-            self.failed[part] |= 1u128 << pos;
-        }
-        found
-    }
+        let at = set.trailing_zeros() as usize;
+        set &= set - 1;
+        Some(at)
+    })
+}
 
-    /// Tries each non-empty run for the capture at `part`, shortest first.
-    fn capture(&mut self, name: &'a str, part: usize, pos: usize) -> bool {
-        for end in pos + 1..=self.channel.len() {
-            let Some(value) = self.channel.get(pos..end) else {
-                continue;
-            };
-            self.captures.push((name, value));
-            if self.run(part + 1, end) {
-                return true;
-            }
-            self.captures.pop();
-        }
-        false
+/// Every offset at or above the lowest in `set` (none if `set` is empty).
+fn from_lowest(set: Positions) -> Positions {
+    if set == 0 {
+        return 0;
     }
+    !((1u128 << set.trailing_zeros()) - 1)
+}
+
+/// Every offset strictly above the lowest in `set`.
+fn above_lowest(set: Positions) -> Positions {
+    if set == 0 {
+        return 0;
+    }
+    from_lowest(set) & !(1u128 << set.trailing_zeros())
+}
+
+/// Every offset at or below the highest in `set`.
+fn up_to_highest(set: Positions) -> Positions {
+    if set == 0 {
+        return 0;
+    }
+    let highest = 127 - set.leading_zeros();
+    below_highest(set) | 1u128 << highest
+}
+
+/// Every offset strictly below the highest in `set`.
+fn below_highest(set: Positions) -> Positions {
+    if set == 0 {
+        return 0;
+    }
+    let highest = 127 - set.leading_zeros();
+    (1u128 << highest) - 1
 }
 
 /// Whether `wide[w..]` matches every string `narrow[n..]` matches (see
@@ -306,8 +457,31 @@ mod tests {
 
     fn check(pattern: &str, channel: &str, expected: Option<&[(&str, &str)]>) {
         let compiled = ChannelPattern::parse(pattern).unwrap();
-        let got = compiled.matches(channel);
+        let got = match compiled.split(channel) {
+            Split::One(captures) => Some(captures),
+            Split::NoMatch => None,
+            other => panic!("{pattern:?} on {channel:?}: {other:?}"),
+        };
         assert_eq!(got.as_deref(), expected, "{pattern:?} on {channel:?}");
+    }
+
+    fn ambiguous(pattern: &str, channel: &str, capture: &str, values: [&str; 2]) {
+        let compiled = ChannelPattern::parse(pattern).unwrap();
+        match compiled.split(channel) {
+            Split::Ambiguous {
+                capture: got,
+                first,
+                second,
+            } => {
+                assert_eq!(got, capture, "{pattern:?} on {channel:?}");
+                let mut seen = [first, second];
+                seen.sort_unstable();
+                let mut want = values;
+                want.sort_unstable();
+                assert_eq!(seen, want, "{pattern:?} on {channel:?}");
+            }
+            other => panic!("{pattern:?} on {channel:?}: {other:?}"),
+        }
     }
 
     #[test]
@@ -316,13 +490,17 @@ mod tests {
         check("room-1", "room-10", None);
         check("room-{room}", "room-42", Some(&[("room", "42")]));
         check("room-{room}", "room-", None);
-        check("team-{team}-*", "team-a-b-c", Some(&[("team", "a")]));
+        check("team-{team}-*", "team-a-bc", Some(&[("team", "a")]));
         check("team-{team}-*", "team-a-", Some(&[("team", "a")]));
+        check("team-{team}", "team-a-b-c", Some(&[("team", "a-b-c")]));
+        check("{team}-chat", "a-b-chat", Some(&[("team", "a-b")]));
         check("team-{team}-*", "team-a", None);
         check("*", "", Some(&[]));
         check("*", "anything goes", Some(&[]));
-        check("*-{id}", "a-b-c", Some(&[("id", "b-c")]));
-        check("{a}{b}", "xyz", Some(&[("a", "x"), ("b", "yz")]));
+        check("*-{id}", "a-bc", Some(&[("id", "bc")]));
+        check("{a}{b}", "xy", Some(&[("a", "x"), ("b", "y")]));
+        // Stars alone may split many ways: no capture depends on it.
+        check("*-*-*", "a-b-c-d", Some(&[]));
         check("{a}{b}", "x", None);
         check("a*b*c*d", "aXbYcZd", Some(&[]));
         check("a*b*c*d", "aXbYcZ", None);
@@ -337,10 +515,75 @@ mod tests {
     }
 
     #[test]
+    fn a_channel_that_splits_two_ways_is_ambiguous() {
+        ambiguous("team-{team}-*", "team-a-b-standup", "team", ["a", "a-b"]);
+        ambiguous("team-{team}-*", "team-a-b-c", "team", ["a", "a-b"]);
+        ambiguous("*-{id}", "a-b-c", "id", ["c", "b-c"]);
+        ambiguous("{a}{b}", "xyz", "a", ["x", "xy"]);
+        ambiguous("team-{team}-{room}", "team-a-b-c", "team", ["a", "a-b"]);
+        // A delimiter real names never contain keeps real channels unique;
+        // a channel that breaks the convention is ambiguous, never split.
+        check(
+            "team-{team}:*",
+            "team-data-eng:standup",
+            Some(&[("team", "data-eng")]),
+        );
+        ambiguous("team-{team}:*", "team-a:b:c", "team", ["a", "a:b"]);
+    }
+
+    #[test]
+    fn patterns_with_a_capture_and_another_variable_part_can_be_ambiguous() {
+        let cases = [
+            ("team-{team}-*", Some("team")),
+            ("*-{id}", Some("id")),
+            ("{a}{b}", Some("a")),
+            ("room-{r}-x-{s}", Some("r")),
+            ("team-{team}", None),
+            ("team-{team}-chat", None),
+            ("a*b*c", None),
+            ("*", None),
+        ];
+        for (source, capture) in cases {
+            let pattern = ChannelPattern::parse(source).unwrap();
+            assert_eq!(pattern.ambiguous_capture(), capture, "{source}");
+        }
+        for (source, capture, form) in [
+            ("team-{team}-*", "team", "team-{team}"),
+            ("*-{id}", "id", "-{id}"),
+            ("{a}{b}", "a", "{a}"),
+            ("room-{r}-x-{s}", "s", "-x-{s}"),
+        ] {
+            let pattern = ChannelPattern::parse(source).unwrap();
+            assert_eq!(pattern.unambiguous_form(capture), form, "{source}");
+        }
+        for (source, ambiguous) in [
+            ("team-{team}-*", true),
+            ("{team}*", true),
+            ("*-{team}", true),
+            ("{team}-{room}", true),
+            ("team-{team}", false),
+            ("team-{team}-chat", false),
+            ("lobby-*", false),
+            ("announcements", false),
+        ] {
+            let template = Template::parse(source, |n| n == "team" || n == "room").unwrap();
+            assert_eq!(template.is_ambiguous(), ambiguous, "{source}");
+        }
+    }
+
+    #[test]
     fn many_stars_stay_fast_on_long_channels() {
         let pattern = ChannelPattern::parse(&"*a".repeat(30)).unwrap();
-        assert!(pattern.matches(&"a".repeat(63)).is_some());
-        assert!(pattern.matches(&format!("{}b", "a".repeat(62))).is_none());
+        assert_eq!(pattern.split(&"a".repeat(63)), Split::One(vec![]));
+        assert_eq!(
+            pattern.split(&format!("{}b", "a".repeat(62))),
+            Split::NoMatch
+        );
+        let captures = ChannelPattern::parse(&format!("{}{{x}}", "*a".repeat(30))).unwrap();
+        assert!(matches!(
+            captures.split(&"a".repeat(63)),
+            Split::Ambiguous { .. }
+        ));
     }
 
     #[test]

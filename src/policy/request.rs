@@ -66,6 +66,10 @@ pub enum RequestedIdentity {
     /// This string: an RTC account, or an RTM / Chat user id. Checked against
     /// the service's limits by the policy, since they differ per service.
     Account(String),
+    /// The decimal text of this uid, which on the RTC wire is both the uid
+    /// and the account of that text: what a renewed token names. It binds as
+    /// an account where the rule binds an account, else as the uid.
+    UidOrAccount(Uid),
     /// uid 0, any user (RTC only). Needs `allow_wildcard_uid = true`.
     AnyUid,
     /// An app-level token with no user (Chat). Needs `allow_app_token = true`.

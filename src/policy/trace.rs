@@ -43,6 +43,17 @@ pub enum RuleOutcome {
         /// The rule's pattern.
         pattern: String,
     },
+    /// The channel fits the rule's pattern with more than one value of a
+    /// capture: an allow rule does not apply, a deny rule denies
+    /// (`ambiguous_channel`).
+    AmbiguousChannel {
+        /// The rule's pattern.
+        pattern: String,
+        /// The capture whose value the channel does not determine.
+        capture: String,
+        /// Two of the values it could take.
+        values: Vec<String>,
+    },
     /// The condition evaluated to `false`.
     ConditionFalse {
         /// The condition as written.
@@ -82,6 +93,21 @@ impl fmt::Display for RuleOutcome {
             RuleOutcome::NoChannel => f.write_str("request names no channel"),
             RuleOutcome::ChannelMismatch { pattern } => {
                 write!(f, "channel does not match {pattern:?}")
+            }
+            RuleOutcome::AmbiguousChannel {
+                pattern,
+                capture,
+                values,
+            } => {
+                write!(
+                    f,
+                    "channel splits {pattern:?} more than one way: {capture} = "
+                )?;
+                for (i, value) in values.iter().enumerate() {
+                    let or = if i == 0 { "" } else { " or " };
+                    write!(f, "{or}{value:?}")?;
+                }
+                Ok(())
             }
             RuleOutcome::ConditionFalse { condition } => {
                 write!(f, "condition is false: {condition}")

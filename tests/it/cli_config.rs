@@ -558,3 +558,83 @@ fn check_config_warns_about_world_readable_secrets_and_symlinks_out_of_its_folde
     assert!(stdout.contains("outside the config's folder"), "{stdout}");
     assert_no_certificate(&format!("{stdout}{stderr}"));
 }
+
+/// A second issuer for the base config: a partner IdP with its own users.
+const PARTNER_ISSUER: &str = r#"
+[[issuers]]
+name = "partner"
+issuer = "https://partner.test.example"
+audiences = ["tokengate"]
+jwks_url = "http://127.0.0.1:9/partner-jwks"
+"#;
+
+#[test]
+fn a_rule_two_issuers_reach_must_namespace_the_identity_it_binds() {
+    let dir = tempfile::tempdir().unwrap();
+    let two = edit("[[rules]]", &format!("{PARTNER_ISSUER}\n[[rules]]"));
+    let cases = [
+        (
+            "raw sub, two issuers",
+            two.clone(),
+            Some("rules[0].issuer:"),
+        ),
+        (
+            "one issuer's callers",
+            two.replace(
+                "account_claim = \"sub\"",
+                "account_claim = \"sub\"\nissuer = \"https://idp.test.example\"",
+            ),
+            None,
+        ),
+        (
+            "prefixed by issuer name",
+            two.replace(
+                "account_claim = \"sub\"",
+                "account_claim = \"sub\"\nidentity_prefix = \"issuer_name\"",
+            ),
+            None,
+        ),
+        (
+            "explicitly shared",
+            two.replace(
+                "account_claim = \"sub\"",
+                "account_claim = \"sub\"\nshared_identity = true",
+            ),
+            None,
+        ),
+        ("one issuer only", base_config(), None),
+    ];
+    for (i, (name, config, error)) in cases.into_iter().enumerate() {
+        let path = dir.path().join(format!("issuers-{i}.toml"));
+        std::fs::write(&path, &config).unwrap();
+        let output = run(&["check-config", path.to_str().unwrap()], &EXAMPLE_ENV[..1]);
+        let (stdout, stderr) = text(&output);
+        match error {
+            Some(key) => {
+                assert_eq!(output.status.code(), Some(64), "{name}: {stdout}\n{stderr}");
+                assert!(stderr.contains(key), "{name}: {stderr}");
+                assert!(stderr.contains("idp, partner"), "{name}: {stderr}");
+            }
+            None => assert_eq!(output.status.code(), Some(0), "{name}: {stdout}\n{stderr}"),
+        }
+    }
+}
+
+#[test]
+fn check_config_warns_about_an_ambiguous_pattern_and_suggests_a_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ambiguous.toml");
+    std::fs::write(
+        &path,
+        edit("channel = \"lobby-*\"", "channel = \"team-{team}-*\""),
+    )
+    .unwrap();
+    let output = run(&["check-config", path.to_str().unwrap()], &EXAMPLE_ENV[..1]);
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(r#"warning: rules[0] ("lobby").channel: "team-{team}-*" can fit one channel with different values of {team}"#),
+        "{stdout}"
+    );
+    assert!(stdout.contains(r#"e.g. "team-{team}""#), "{stdout}");
+}

@@ -92,7 +92,8 @@ async fn an_optional_issuer_without_keys_leaves_the_service_serving() {
     let partner = JwksServer::start(&[&partner_key]).await;
     partner.fail_next(usize::MAX, 503);
     let second = partner_issuer(&partner.jwks_url(), "required_for_readiness = false");
-    let server = TestServer::start(&format!("{second}\n{RULES}")).await;
+    // Both issuers reach the lobby, which binds `sub`: say it is one user namespace.
+    let server = TestServer::start(&format!("{second}\n{RULES}shared_identity = true\n")).await;
 
     // The healthy, required issuer is enough: ready, on both health surfaces.
     server.wait_ready().await;

@@ -107,7 +107,7 @@ fn team_members_publish_in_their_team_rooms() {
         json!({"agora_uid": 1001, "teams": ["blue", "green"]}),
     );
     let grant = allowed(
-        p.evaluate(&alice, &rtc("team-blue-standup", Role::Publisher), NOW),
+        p.evaluate(&alice, &rtc("team-blue", Role::Publisher), NOW),
         "team rooms",
     );
     assert_eq!(
@@ -117,13 +117,13 @@ fn team_members_publish_in_their_team_rooms() {
     assert_eq!(grant.project(), "main");
     assert_eq!(publish_secs(&grant), Some(3600));
     denied(
-        p.evaluate(&alice, &rtc("team-red-standup", Role::Subscriber), NOW),
+        p.evaluate(&alice, &rtc("team-red", Role::Subscriber), NOW),
         DenyReason::NoMatchingRule,
         None,
     );
 
     // A 12h request is clamped to the rule's 8h.
-    let mut long = rtc("team-green-x", Role::Subscriber);
+    let mut long = rtc("team-green", Role::Subscriber);
     long.token_lifetime = NonZeroU32::new(12 * 3600);
     let grant = allowed(p.evaluate(&alice, &long, NOW), "team rooms");
     assert_eq!(
@@ -133,7 +133,7 @@ fn team_members_publish_in_their_team_rooms() {
 
     // RTM for the same team carries the permission sets with the team substituted.
     let rtm = Request::new(Action::Issue(Service::Rtm))
-        .with_channel(ChannelName::parse("team-blue-chat").unwrap());
+        .with_channel(ChannelName::parse("team-blue").unwrap());
     let grant = allowed(p.evaluate(&alice, &rtm, NOW), "team rooms");
     let Grant::Rtm(rtm) = &grant else {
         panic!("expected an rtm grant, got {grant:?}")
@@ -152,7 +152,7 @@ fn team_members_publish_in_their_team_rooms() {
     assert_eq!(
         perms,
         [
-            ("message_channels", "read", vec!["team-blue-*".to_owned()]),
+            ("message_channels", "read", vec!["team-blue".to_owned()]),
             (
                 "message_channels",
                 "write",
@@ -169,9 +169,42 @@ fn team_members_publish_in_their_team_rooms() {
         json!({"agora_uid": 4_294_967_296u64, "teams": ["blue"]}),
     );
     denied(
-        p.evaluate(&broken, &rtc("team-blue-x", Role::Subscriber), NOW),
+        p.evaluate(&broken, &rtc("team-blue", Role::Subscriber), NOW),
         DenyReason::BadIdentityClaim,
         Some("team rooms"),
+    );
+
+    // Teams whose names share a prefix: each member gets their own team's
+    // room and channels only, never the other's.
+    let data = person(
+        LOGIN,
+        "dana",
+        &[],
+        json!({"agora_uid": 7, "teams": ["data"]}),
+    );
+    let eng = person(
+        LOGIN,
+        "eve",
+        &[],
+        json!({"agora_uid": 8, "teams": ["data-eng"]}),
+    );
+    allowed(
+        p.evaluate(&data, &rtc("team-data", Role::Publisher), NOW),
+        "team rooms",
+    );
+    allowed(
+        p.evaluate(&eng, &rtc("team-data-eng", Role::Publisher), NOW),
+        "team rooms",
+    );
+    denied(
+        p.evaluate(&data, &rtc("team-data-eng", Role::Subscriber), NOW),
+        DenyReason::NoMatchingRule,
+        None,
+    );
+    denied(
+        p.evaluate(&eng, &rtc("team-data", Role::Subscriber), NOW),
+        DenyReason::NoMatchingRule,
+        None,
     );
 }
 
@@ -223,7 +256,7 @@ fn webinar_hosts_publish_and_attendees_watch() {
 fn the_backend_chooses_identities_for_its_users() {
     let p = example();
     let backend = person(BACKEND, "svc-matchmaker", &["tokens:mint"], json!({}));
-    let mut for_user = rtc("team-blue-x", Role::Publisher);
+    let mut for_user = rtc("team-blue", Role::Publisher);
     for_user.identity = RequestedIdentity::Uid(Uid::new(555).unwrap());
     let grant = allowed(
         p.evaluate(&backend, &for_user, NOW),
@@ -270,7 +303,7 @@ fn suspended_users_are_denied_before_anything_else() {
         json!({"agora_uid": 3, "teams": ["blue"], "status": "suspended"}),
     );
     denied(
-        p.evaluate(&suspended, &rtc("team-blue-x", Role::Subscriber), NOW),
+        p.evaluate(&suspended, &rtc("team-blue", Role::Subscriber), NOW),
         DenyReason::DeniedByRule,
         Some("suspended users"),
     );
@@ -286,7 +319,7 @@ fn suspended_users_are_denied_before_anything_else() {
         json!({"agora_uid": 3, "teams": ["blue"], "status": "active"}),
     );
     allowed(
-        p.evaluate(&active, &rtc("team-blue-x", Role::Subscriber), NOW),
+        p.evaluate(&active, &rtc("team-blue", Role::Subscriber), NOW),
         "team rooms",
     );
     let grant = allowed(

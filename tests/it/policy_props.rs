@@ -676,3 +676,218 @@ fn known_hazards_of_cel_interpreters_are_errors_not_panics() {
         assert_eq!(trace.rules.len(), 1, "{condition}");
     }
 }
+
+// ---------------------------------------------------------------------------
+// Team names that contain the delimiter: no grant depends on how a channel
+// is split, and no team's grant overlaps another's.
+
+/// Patterns with a `{team}` capture, ambiguous and not.
+const TEAM_PATTERNS: [&str; 8] = [
+    "team-{team}-*",
+    "team-{team}:*",
+    "team-{team}-{room}",
+    "*-{team}",
+    "{team}-chat",
+    "team-{team}",
+    "{team}{room}",
+    "{room}.{team}",
+];
+
+/// RTM 2 resources built from `{team}`; the ambiguous ones must not load.
+const TEAM_RESOURCES: [&str; 5] = [
+    "team-{team}-*",
+    "team-{team}",
+    "{team}-chat",
+    "{team}*",
+    "team-{team}-{room}",
+];
+
+/// A team name that often contains `-`, `:` or `.`.
+fn team_name() -> impl Strategy<Value = String> {
+    "[ab]([-:.][ab]){0,2}"
+}
+
+/// A channel built to hit the patterns above.
+fn team_channel() -> impl Strategy<Value = String> {
+    (
+        prop::sample::select(vec!["team-", "", "x.", "team-a-"]),
+        team_name(),
+        prop::sample::select(vec!["-", ":", ".", "-chat", ""]),
+        "[ab]{0,2}([-:.][ab]){0,2}",
+    )
+        .prop_map(|(prefix, name, sep, tail)| format!("{prefix}{name}{sep}{tail}"))
+}
+
+/// Every value `{team}` takes over every split of `channel` by `pattern`:
+/// a brute-force oracle, independent of the matcher under test.
+fn owners(pattern: &str, channel: &str) -> std::collections::BTreeSet<String> {
+    enum Tok {
+        Lit(u8),
+        Star,
+        Cap(&'static str),
+    }
+    let mut toks = Vec::new();
+    let mut rest = pattern;
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix("{team}") {
+            toks.push(Tok::Cap("team"));
+            rest = r;
+        } else if let Some(r) = rest.strip_prefix("{room}") {
+            toks.push(Tok::Cap("room"));
+            rest = r;
+        } else if let Some(r) = rest.strip_prefix('*') {
+            toks.push(Tok::Star);
+            rest = r;
+        } else {
+            toks.push(Tok::Lit(rest.as_bytes()[0]));
+            rest = &rest[1..];
+        }
+    }
+    fn walk(
+        toks: &[Tok],
+        s: &[u8],
+        team: Option<&[u8]>,
+        out: &mut std::collections::BTreeSet<String>,
+    ) {
+        match toks.split_first() {
+            None => {
+                if s.is_empty()
+                    && let Some(t) = team
+                {
+                    out.insert(String::from_utf8(t.to_vec()).unwrap());
+                }
+            }
+            Some((Tok::Lit(c), rest)) => {
+                if s.first() == Some(c) {
+                    walk(rest, &s[1..], team, out);
+                }
+            }
+            Some((Tok::Star, rest)) => {
+                for end in 0..=s.len() {
+                    walk(rest, &s[end..], team, out);
+                }
+            }
+            Some((Tok::Cap(name), rest)) => {
+                for end in 1..=s.len() {
+                    let team = if *name == "team" {
+                        Some(&s[..end])
+                    } else {
+                        team
+                    };
+                    walk(rest, &s[end..], team, out);
+                }
+            }
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    walk(&toks, channel.as_bytes(), None, &mut out);
+    out
+}
+
+/// Whether `pattern`, with `*` as RTM's wildcard, covers the text `text`.
+fn covers(pattern: &str, text: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == text,
+        Some((head, tail)) => text.strip_prefix(head).is_some_and(|rest| {
+            (0..=rest.len()).any(|i| rest.is_char_boundary(i) && covers(tail, &rest[i..]))
+        }),
+    }
+}
+
+fn member(team: &str) -> Principal {
+    let mut claims = BTreeMap::new();
+    claims.insert("uid".to_owned(), ClaimValue::Int(7));
+    claims.insert(
+        "teams".to_owned(),
+        ClaimValue::Array(vec![ClaimValue::String(team.to_owned())]),
+    );
+    principal(claims)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2048))]
+
+    #[test]
+    fn a_team_member_is_never_granted_another_teams_channel_or_resources(
+        pattern in prop::sample::select(TEAM_PATTERNS.to_vec()),
+        resource in prop::sample::select(TEAM_RESOURCES.to_vec()),
+        t1 in team_name(),
+        t2 in team_name(),
+        c1 in team_channel(),
+        c2 in team_channel(),
+    ) {
+        prop_assume!(t1 != t2);
+        let rule = RuleConfig {
+            name: "team rooms".into(),
+            actions: vec!["rtc".into(), "rtm".into()],
+            channel: Some(pattern.into()),
+            condition: Some("captures.team in claims.teams".into()),
+            project: Some("main".into()),
+            uid_claim: Some("uid".into()),
+            rtm_permissions: vec![tokengate::policy::Rtm2PermissionConfig {
+                resource_type: "message_channels".into(),
+                access: "read".into(),
+                resources: vec![resource.into()],
+            }],
+            ..RuleConfig::default()
+        };
+        // A resource that could cover another team's is refused at load.
+        let Ok((policy, _)) = Policy::compile(&[rule], &["main"]) else {
+            prop_assert!(resource.contains('*') || resource.contains("{room}"), "{resource}");
+            return Ok(());
+        };
+        let channels: Vec<ChannelName> =
+            [&c1, &c2].iter().filter_map(|c| ChannelName::parse(c).ok()).collect();
+        // An RTC or RTM grant for a channel goes to a team that owns it
+        // however the channel is split: never to one of two possible owners.
+        for team in [&t1, &t2] {
+            for channel in &channels {
+                for service in [Service::Rtc, Service::Rtm] {
+                    let request = Request::new(Action::Issue(service)).with_channel(channel.clone());
+                    if policy.evaluate(&member(team), &request, NOW).is_allowed() {
+                        let owners = owners(pattern, channel.as_str());
+                        prop_assert_eq!(
+                            owners.iter().collect::<Vec<_>>(),
+                            vec![team],
+                            "{} granted to {:?} by {}", channel, team, pattern
+                        );
+                    }
+                }
+            }
+        }
+        // The RTM 2 resources two teams' members get never overlap.
+        let resources = |team: &str| -> Vec<String> {
+            channels
+                .iter()
+                .filter_map(|c| {
+                    let request = Request::new(Action::Issue(Service::Rtm)).with_channel(c.clone());
+                    match policy.evaluate(&member(team), &request, NOW) {
+                        Decision::Allow(Grant::Rtm(g)) => Some(g.permissions[0].resources.clone()),
+                        _ => None,
+                    }
+                })
+                .flatten()
+                .collect()
+        };
+        for a in resources(&t1) {
+            for b in resources(&t2) {
+                prop_assert!(
+                    !covers(&a, &b) && !covers(&b, &a),
+                    "{:?} of team {:?} and {:?} of team {:?} overlap ({} / {})", a, t1, b, t2, pattern, resource
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_team_oracle_and_coverage_work() {
+    let owners = |p: &str, c: &str| owners(p, c).into_iter().collect::<Vec<_>>();
+    assert_eq!(owners("team-{team}-*", "team-a-b-x"), ["a", "a-b"]);
+    assert_eq!(owners("team-{team}", "team-a-b"), ["a-b"]);
+    assert!(owners("team-{team}", "lobby").is_empty());
+    assert!(covers("team-a-*", "team-a-b-x"));
+    assert!(covers("team-a-*", "team-a-b-*"));
+    assert!(!covers("team-a-b-*", "team-a-x"));
+    assert!(covers("a", "a") && !covers("a", "b"));
+}

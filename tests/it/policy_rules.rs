@@ -14,10 +14,16 @@ use tokengate::policy::{
 const NOW: u64 = 1_800_000_000;
 const PROJECTS: [&str; 2] = ["main", "eu"];
 
-/// Compiles a policy for the projects `main` and `eu`, failing on warnings.
+/// Compiles a policy for the projects `main` and `eu`, failing on warnings
+/// other than ambiguous patterns (which some tables use on purpose; their
+/// warnings are checked by `ambiguous_patterns_are_warnings`).
 fn policy(text: &str) -> Policy {
     let (policy, warnings) = Policy::from_toml(text, &PROJECTS).unwrap();
-    assert!(warnings.is_empty(), "unexpected warnings: {warnings:?}");
+    let unexpected: Vec<&PolicyWarning> = warnings
+        .iter()
+        .filter(|w| !matches!(w, PolicyWarning::AmbiguousPattern { .. }))
+        .collect();
+    assert!(unexpected.is_empty(), "unexpected warnings: {unexpected:?}");
     policy
 }
 
@@ -205,6 +211,19 @@ channel = "fragile-*"
 condition = 'claims.flag == "x"'
 
 [[rules]]
+name = "teams"
+actions = ["inspect"]
+channel = "team-{team}-*"
+
+[[rules]]
+name = "capped"
+actions = ["chat"]
+channel = "capped-{x}"
+project = "main"
+account_claim = "nick"
+cap_to_jwt_expiry = true
+
+[[rules]]
 name = "rooms"
 actions = ["rtc"]
 channel = "room-{room}"
@@ -305,6 +324,11 @@ uid_claim = "agora_uid"
     let mut long = rtc("room-1");
     long.token_lifetime = secs(7200);
     cases.push((ok.clone(), long, "deny ttl_too_long rule=rooms"));
+    let ambiguous =
+        Request::new(Action::Inspect).with_channel(ChannelName::parse("team-a-b-standup").unwrap());
+    cases.push((ok.clone(), ambiguous, "deny ambiguous_channel rule=teams"));
+    let capped = service(Service::Chat).with_channel(ChannelName::parse("capped-1").unwrap());
+    cases.push((ok.clone(), capped, "deny jwt_expires_too_soon rule=capped"));
 
     let mut seen = std::collections::BTreeSet::new();
     for (who, request, expected) in &cases {
@@ -337,6 +361,8 @@ fn deny_reason_codes_are_stable() {
             "wildcard_channel_not_allowed",
             "app_token_not_allowed",
             "ttl_too_long",
+            "ambiguous_channel",
+            "jwt_expires_too_soon",
         ]
     );
 }
@@ -745,7 +771,7 @@ uid_claim = "uid"
 [[rules.rtm_permissions]]
 resource_type = "message_channels"
 access = "read"
-resources = ["team-{team}-*", "announcements"]
+resources = ["team-{team}-chat", "announcements"]
 
 [[rules.rtm_permissions]]
 resource_type = "stream_channels"
@@ -759,7 +785,7 @@ resources = ["team-{team}-{room}"]
         &p,
         &who,
         &rtm,
-        "allow rule=team chat rtm project=main channel=team-red-daily id=user:77 role=subscriber ttl=3600 join=3600 perm=message_channels:read:team-red-*,announcements perm=stream_channels:write:team-red-daily",
+        "allow rule=team chat rtm project=main channel=team-red-daily id=user:77 role=subscriber ttl=3600 join=3600 perm=message_channels:read:team-red-chat,announcements perm=stream_channels:write:team-red-daily",
     );
     let mut both = rtc("team-red-daily");
     both.also_rtm = true;
@@ -1193,5 +1219,499 @@ fn a_policy_can_be_shared_across_threads() {
         .collect();
     for h in handles {
         assert!(h.join().unwrap());
+    }
+}
+
+/// A caller of `iss` with subject `sub` and these extra claims.
+fn caller_of(iss: &str, sub: &str, extra: serde_json::Value) -> Principal {
+    let mut principal = caller(extra);
+    principal.issuer = iss.into();
+    principal.subject = sub.into();
+    principal
+        .claims
+        .insert("iss".into(), ClaimValue::String(iss.into()));
+    principal
+        .claims
+        .insert("sub".into(), ClaimValue::String(sub.into()));
+    principal
+}
+
+#[test]
+fn a_channel_that_splits_a_pattern_two_ways_never_allows() {
+    let p = policy(TEAM);
+    // Team `a` used to get `team-a-b-standup` (shortest capture), which is
+    // team `a-b`'s channel; now neither team's member gets it from this rule.
+    for team in ["a", "a-b"] {
+        let member = caller(json!({"agora_uid": 42, "teams": [team]}));
+        check(
+            &p,
+            &member,
+            &rtc("team-a-b-standup"),
+            "deny ambiguous_channel rule=team rooms",
+        );
+        let (_, trace) = p.explain(&member, &rtc("team-a-b-standup"), NOW);
+        let RuleOutcome::AmbiguousChannel {
+            pattern,
+            capture,
+            values,
+        } = &trace.rules[0].outcome
+        else {
+            panic!("expected an ambiguous channel in the trace:\n{trace}")
+        };
+        assert_eq!(
+            (pattern.as_str(), capture.as_str()),
+            ("team-{team}-*", "team")
+        );
+        let mut values = values.clone();
+        values.sort();
+        assert_eq!(values, ["a", "a-b"]);
+        let text = trace.to_string();
+        assert!(
+            text.contains(r#"channel splits "team-{team}-*" more than one way: team = "#),
+            "{text}"
+        );
+        assert!(
+            text.contains("deny: ambiguous_channel (rule \"team rooms\")"),
+            "{text}"
+        );
+    }
+    // A channel that splits one way still matches.
+    let member = caller(json!({"agora_uid": 42, "teams": ["data-eng"]}));
+    check(
+        &p,
+        &member,
+        &rtc("team-data-eng"),
+        "deny no_matching_rule rule=-",
+    );
+    let member = caller(json!({"agora_uid": 42, "teams": ["a"]}));
+    check(
+        &p,
+        &member,
+        &rtc("team-a-standup"),
+        "allow rule=team rooms rtc project=main channel=team-a-standup id=uid:42 role=subscriber ttl=3600 join=3600",
+    );
+
+    // The ambiguous rule does not apply, so a later rule may still decide.
+    let text = format!(
+        "{TEAM}\n[[rules]]\nname = \"lobby\"\nactions = [\"rtc\"]\nchannel = \"team-a-b-standup\"\nproject = \"main\"\nuid_claim = \"agora_uid\"\n"
+    );
+    let p = policy(&text);
+    check(
+        &p,
+        &member,
+        &rtc("team-a-b-standup"),
+        "allow rule=lobby rtc project=main channel=team-a-b-standup id=uid:42 role=subscriber ttl=3600 join=3600",
+    );
+
+    // A deny rule whose pattern splits the channel two ways denies: the
+    // exception might apply, so it fails closed.
+    let p = policy(&format!(
+        "[[rules]]\nname = \"blocked\"\neffect = \"deny\"\nactions = [\"rtc\"]\nchannel = \"team-{{team}}-*\"\ncondition = 'captures.team == \"a\"'\n{TEAM}"
+    ));
+    check(
+        &p,
+        &member,
+        &rtc("team-a-b-standup"),
+        "deny ambiguous_channel rule=blocked",
+    );
+    check(
+        &p,
+        &member,
+        &rtc("team-a-x"),
+        "deny denied_by_rule rule=blocked",
+    );
+}
+
+#[test]
+fn ambiguous_patterns_are_warnings_with_a_suggestion() {
+    let text = r#"
+[[rules]]
+name = "team rooms"
+actions = ["rtc"]
+channel = "team-{team}-*"
+project = "main"
+uid_claim = "uid"
+
+[[rules]]
+name = "one room per team"
+actions = ["rtc"]
+channel = "room-{team}"
+project = "main"
+uid_claim = "uid"
+
+[[rules]]
+name = "stars only"
+actions = ["rtc"]
+channel = "lobby-*-*"
+project = "main"
+uid_claim = "uid"
+"#;
+    let (_, warnings) = Policy::from_toml(text, &PROJECTS).unwrap();
+    assert_eq!(
+        warnings,
+        [PolicyWarning::AmbiguousPattern {
+            index: 0,
+            name: "team rooms".into(),
+            pattern: "team-{team}-*".into(),
+            capture: "team".into(),
+            suggestion: "team-{team}".into(),
+        }]
+    );
+    let message = warnings[0].to_string();
+    assert!(
+        message.starts_with(r#"rules[0] ("team rooms").channel: "team-{team}-*" can fit one channel with different values of {team}"#),
+        "{message}"
+    );
+    assert!(message.contains("ambiguous_channel"), "{message}");
+    assert!(message.contains(r#"e.g. "team-{team}""#), "{message}");
+}
+
+#[test]
+fn resources_that_can_cover_another_captures_resources_are_refused() {
+    let rule = |pattern: &str, resource: &str| {
+        format!(
+            "[[rules]]\nname = \"r\"\nactions = [\"rtm\"]\nchannel = \"{pattern}\"\nproject = \"main\"\nuid_claim = \"uid\"\n[[rules.rtm_permissions]]\nresource_type = \"message_channels\"\naccess = \"read\"\nresources = [\"{resource}\"]\n"
+        )
+    };
+    for (pattern, resource) in [
+        ("team-{team}", "team-{team}-*"),
+        ("team-{team}", "{team}*"),
+        ("team-{team}", "*-{team}"),
+        ("team-{team}:{room}", "{team}-{room}"),
+        ("team-{team}-*", "team-{team}-*"),
+    ] {
+        let error = load_error(&rule(pattern, resource));
+        assert!(
+            error.starts_with(r#"rules[0] ("r").rtm_permissions[0].resources[0]: "#),
+            "{error}"
+        );
+        assert!(error.contains("another capture or `*`"), "{error}");
+    }
+    // Fixed text around one capture, or exactly the (star-free) channel, is fine.
+    for (pattern, resource) in [
+        ("team-{team}", "team-{team}"),
+        ("team-{team}", "team-{team}-chat"),
+        ("team-{team}", "lobby-*"),
+        ("team-{team}-{room}", "team-{team}-{room}"),
+    ] {
+        let text = rule(pattern, resource);
+        assert!(Policy::from_toml(&text, &PROJECTS).is_ok(), "{text}");
+    }
+}
+
+#[test]
+fn a_renewed_numeric_identity_binds_as_the_rule_binds() {
+    let text = r#"
+[[rules]]
+name = "accounts"
+actions = ["rtc"]
+channel = "acct-{x}"
+project = "main"
+account_claim = "sub"
+
+[[rules]]
+name = "uids"
+actions = ["rtc"]
+channel = "uid-{x}"
+project = "main"
+uid_claim = "agora_uid"
+
+[[rules]]
+name = "backend"
+actions = ["rtc"]
+channel = "svc-{x}"
+project = "main"
+caller_chooses_identity = true
+"#;
+    let p = policy(text);
+    let numeric = |channel: &str, n: u32| {
+        let mut request = rtc(channel);
+        request.identity = RequestedIdentity::UidOrAccount(Uid::new(n).unwrap());
+        request
+    };
+    let account = caller_of("https://idp.example", "4242", json!({"agora_uid": 4242}));
+    let cases = [
+        (
+            &account,
+            numeric("acct-1", 4242),
+            "allow rule=accounts rtc project=main channel=acct-1 id=account:4242 role=subscriber ttl=3600 join=3600",
+        ),
+        (
+            &account,
+            numeric("acct-1", 4243),
+            "deny identity_not_allowed rule=accounts",
+        ),
+        (
+            &account,
+            numeric("uid-1", 4242),
+            "allow rule=uids rtc project=main channel=uid-1 id=uid:4242 role=subscriber ttl=3600 join=3600",
+        ),
+        (
+            &account,
+            numeric("uid-1", 4243),
+            "deny identity_not_allowed rule=uids",
+        ),
+        (
+            &account,
+            numeric("svc-1", 7),
+            "allow rule=backend rtc project=main channel=svc-1 id=uid:7 role=subscriber ttl=3600 join=3600",
+        ),
+    ];
+    for (who, request, expected) in &cases {
+        check(&p, who, request, expected);
+    }
+    // A plain uid request still differs from the account "4242".
+    let mut uid = rtc("acct-1");
+    uid.identity = RequestedIdentity::Uid(Uid::new(4242).unwrap());
+    check(
+        &p,
+        &account,
+        &uid,
+        "deny identity_not_allowed rule=accounts",
+    );
+}
+
+#[test]
+fn cap_to_jwt_expiry_ends_every_lifetime_with_the_jwt() {
+    let text = r#"
+[[rules]]
+name = "capped"
+actions = ["rtc", "rtm", "chat"]
+channel = "room-{room}"
+project = "main"
+max_role = "publisher"
+uid_claim = "agora_uid"
+default_ttl = "1h"
+max_ttl = "24h"
+publish_ttl = "2h"
+cap_to_jwt_expiry = true
+
+[[rules]]
+name = "uncapped"
+actions = ["rtc"]
+project = "main"
+uid_claim = "agora_uid"
+default_ttl = "1h"
+"#;
+    let p = policy(text);
+    let with_exp = |exp: serde_json::Value| caller(json!({"agora_uid": 5, "exp": exp}));
+    let mut publisher = rtc("room-1");
+    publisher.role = Some(Role::Publisher);
+    publisher.token_lifetime = secs(86_400);
+    let cases = [
+        (
+            with_exp(json!(NOW + 600)),
+            publisher.clone(),
+            "allow rule=capped rtc project=main channel=room-1 id=uid:5 role=publisher ttl=600 join=600 publish=600 clamped",
+        ),
+        (
+            with_exp(json!(NOW + 7200)),
+            rtc("room-1"),
+            "allow rule=capped rtc project=main channel=room-1 id=uid:5 role=subscriber ttl=3600 join=3600",
+        ),
+        (
+            with_exp(json!(NOW + 5400)),
+            publisher.clone(),
+            "allow rule=capped rtc project=main channel=room-1 id=uid:5 role=publisher ttl=5400 join=5400 publish=5400 clamped",
+        ),
+        (
+            with_exp(json!((NOW + 90) as f64 + 0.9)),
+            rtc("room-1"),
+            "allow rule=capped rtc project=main channel=room-1 id=uid:5 role=subscriber ttl=90 join=90 clamped",
+        ),
+        (
+            with_exp(json!(NOW + 1)),
+            service(Service::Rtm).with_channel(ChannelName::parse("room-1").unwrap()),
+            "allow rule=capped rtm project=main channel=room-1 id=user:5 role=subscriber ttl=1 join=1 clamped",
+        ),
+        (
+            with_exp(json!(NOW)),
+            rtc("room-1"),
+            "deny jwt_expires_too_soon rule=capped",
+        ),
+        (
+            with_exp(json!(NOW - 59)),
+            rtc("room-1"),
+            "deny jwt_expires_too_soon rule=capped",
+        ),
+        (
+            with_exp(json!("soon")),
+            rtc("room-1"),
+            "deny jwt_expires_too_soon rule=capped",
+        ),
+        // Without the option the token outlives the JWT, as documented.
+        (
+            with_exp(json!(NOW - 59)),
+            rtc("lobby"),
+            "allow rule=uncapped rtc project=main channel=lobby id=uid:5 role=subscriber ttl=3600 join=3600",
+        ),
+    ];
+    for (who, request, expected) in &cases {
+        check(&p, who, request, expected);
+        if let Decision::Allow(grant) = p.evaluate(who, request, NOW)
+            && grant.rule() == "capped"
+        {
+            let exp = match who.claims.get("exp") {
+                Some(ClaimValue::Int(i)) => *i as u64,
+                Some(ClaimValue::Float(f)) => *f as u64,
+                other => panic!("{other:?}"),
+            };
+            assert!(grant.expires_at() <= exp, "{expected}");
+        }
+    }
+    for (rule, key) in [
+        (
+            "actions = [\"fpa\"]\nproject = \"main\"\ncap_to_jwt_expiry = true",
+            "cap_to_jwt_expiry",
+        ),
+        (
+            "effect = \"deny\"\nactions = [\"rtc\"]\ncap_to_jwt_expiry = true",
+            "cap_to_jwt_expiry",
+        ),
+    ] {
+        let error = load_error(&format!("[[rules]]\nname = \"r\"\n{rule}\n"));
+        assert!(
+            error.starts_with(&format!("rules[0] (\"r\").{key}: ")),
+            "{error}"
+        );
+    }
+}
+
+#[test]
+fn claim_bound_rules_reached_by_several_issuers_must_namespace_the_identity() {
+    use tokengate::policy::{Issuer, RuleConfig};
+    let issuers = [
+        Issuer {
+            name: "corp".into(),
+            iss: vec!["https://corp.example".into()],
+        },
+        Issuer {
+            name: "partner".into(),
+            iss: vec!["https://partner.example".into()],
+        },
+    ];
+    let compile = |rule: &str, issuers: &[Issuer]| {
+        let text = format!(
+            "[[rules]]\nname = \"chat\"\nactions = [\"chat\", \"rtc\"]\nproject = \"main\"\n{rule}\n"
+        );
+        let config: tokengate::policy::PolicyConfig = toml::from_str(&text).unwrap();
+        let rules: Vec<RuleConfig> = config.rules;
+        Policy::compile_with_issuers(&rules, &PROJECTS, issuers).map(|(p, _)| p)
+    };
+    // Refused: both issuers reach a rule that binds the raw subject or a uid claim.
+    for rule in [
+        "account_claim = \"sub\"",
+        "uid_claim = \"agora_uid\"",
+        "account_claim = \"email\"",
+    ] {
+        let error = compile(rule, &issuers).map(|_| ()).unwrap_err().to_string();
+        assert!(
+            error.starts_with(r#"rules[0] ("chat").issuer: "#),
+            "{error}"
+        );
+        assert!(error.contains("corp, partner"), "{error}");
+        assert!(error.contains("identity_prefix"), "{error}");
+        // One issuer, or a rule for one issuer, has nothing to collide with.
+        assert!(compile(rule, &issuers[..1]).is_ok(), "{rule}");
+        let narrowed = format!("{rule}\nissuer = \"https://partner.example\"");
+        assert!(compile(&narrowed, &issuers).is_ok(), "{rule}");
+        let shared = format!("{rule}\nshared_identity = true");
+        assert!(compile(&shared, &issuers).is_ok(), "{rule}");
+    }
+    // A rule where the caller names the identity binds no claim.
+    assert!(compile("caller_chooses_identity = true", &issuers).is_ok());
+
+    // identity_prefix = "issuer_name": "<issuer name>:<sub>", per issuer.
+    let p = compile(
+        "account_claim = \"sub\"\nidentity_prefix = \"issuer_name\"",
+        &issuers,
+    )
+    .unwrap();
+    let corp = caller_of("https://corp.example", "alice", json!({}));
+    let partner = caller_of("https://partner.example", "alice", json!({}));
+    let chat = service(Service::Chat);
+    check(
+        &p,
+        &corp,
+        &chat,
+        "allow rule=chat chat project=main channel=- id=user:corp:alice role=subscriber ttl=3600 join=3600",
+    );
+    check(
+        &p,
+        &partner,
+        &chat,
+        "allow rule=chat chat project=main channel=- id=user:partner:alice role=subscriber ttl=3600 join=3600",
+    );
+    check(
+        &p,
+        &corp,
+        &rtc("x"),
+        "allow rule=chat rtc project=main channel=x id=account:corp:alice role=subscriber ttl=3600 join=3600",
+    );
+    // A renewal of the prefixed account names it in full.
+    let mut renewed = rtc("x");
+    renewed.identity = RequestedIdentity::Account("corp:alice".into());
+    check(
+        &p,
+        &corp,
+        &renewed,
+        "allow rule=chat rtc project=main channel=x id=account:corp:alice role=subscriber ttl=3600 join=3600",
+    );
+    check(
+        &p,
+        &partner,
+        &renewed,
+        "deny identity_not_allowed rule=chat",
+    );
+    let shared = compile("account_claim = \"sub\"\nshared_identity = true", &issuers).unwrap();
+    check(
+        &shared,
+        &partner,
+        &chat,
+        "allow rule=chat chat project=main channel=- id=user:alice role=subscriber ttl=3600 join=3600",
+    );
+
+    // Misuse is refused at load, naming the key.
+    let bad_name = [Issuer {
+        name: "corp/eu".into(),
+        iss: vec!["https://corp.example".into()],
+    }];
+    for (rule, issuers, key) in [
+        (
+            "uid_claim = \"agora_uid\"\nidentity_prefix = \"issuer_name\"",
+            &issuers[..],
+            "identity_prefix",
+        ),
+        (
+            "account_claim = \"sub\"\nidentity_prefix = \"iss\"",
+            &issuers[..],
+            "identity_prefix",
+        ),
+        (
+            "account_claim = \"sub\"\nidentity_prefix = \"issuer_name\"\nshared_identity = true",
+            &issuers[..],
+            "shared_identity",
+        ),
+        (
+            "caller_chooses_identity = true\nshared_identity = true",
+            &issuers[..],
+            "shared_identity",
+        ),
+        (
+            "account_claim = \"sub\"\nidentity_prefix = \"issuer_name\"",
+            &[][..],
+            "identity_prefix",
+        ),
+        (
+            "account_claim = \"sub\"\nidentity_prefix = \"issuer_name\"",
+            &bad_name[..],
+            "identity_prefix",
+        ),
+    ] {
+        let error = compile(rule, issuers).map(|_| ()).unwrap_err().to_string();
+        assert!(
+            error.starts_with(&format!("rules[0] (\"chat\").{key}: ")),
+            "{rule}: {error}"
+        );
     }
 }

@@ -535,7 +535,7 @@ async fn issue_rtm_token_plain_and_with_rtm2_permissions() {
     team_permissions.add(
         ResourceType::MessageChannels,
         PermissionType::Read,
-        ["team-blue-*"],
+        ["team-blue-general"],
     );
     team_permissions.add(
         ResourceType::MessageChannels,
@@ -790,6 +790,78 @@ async fn renew_token_reissues_the_same_grant() {
             )],
         },
     );
+    server.shutdown().await;
+}
+
+/// Rules that bind the same text as an account and as a uid.
+const NUMERIC_RULES: &str = r#"
+[[rules]]
+name = "accounts"
+actions = ["rtc"]
+channel = "acct-{room}"
+project = "main"
+max_role = "publisher"
+account_claim = "sub"
+
+[[rules]]
+name = "uids"
+actions = ["rtc"]
+channel = "uid-{room}"
+project = "main"
+max_role = "publisher"
+uid_claim = "agora_uid"
+"#;
+
+#[tokio::test]
+async fn a_numeric_account_renews_as_an_account_and_a_uid_as_a_uid() {
+    let server = ready(NUMERIC_RULES).await;
+    // The subject "4242" is an account here; the same digits are its uid claim.
+    let jwt = server.mint("4242", json!({"agora_uid": 4242}));
+    let cases = [
+        ("acct-1", "accounts", Identity::Account("4242".into())),
+        ("uid-1", "uids", Identity::Uid(4242)),
+    ];
+    for (channel, rule, identity) in cases {
+        let first = issue_rtc(&server, &jwt, rtc(channel, pb::Role::Publisher))
+            .await
+            .unwrap();
+        assert_eq!(first.identity, Some(identity.clone()), "{channel}");
+        // On the wire both tokens name "4242"; renewal binds it as the rule does.
+        let renewed = renew(&server, &jwt, &first.token, None)
+            .await
+            .unwrap_or_else(|e| panic!("{channel}: renewal refused: {e:?}"));
+        check_issued(
+            &renewed,
+            &Expected {
+                rule,
+                channel,
+                identity: Some(identity),
+                role: pb::Role::Publisher,
+                expire: HOUR,
+                services: vec![rtc_service(channel, "4242", &publisher(HOUR, HOUR))],
+            },
+        );
+    }
+    // The identity must still be the bound one: another caller's numeric
+    // account does not renew as theirs.
+    let other = server.mint("4243", json!({"agora_uid": 4243}));
+    let first = issue_rtc(&server, &jwt, rtc("acct-1", pb::Role::Subscriber))
+        .await
+        .unwrap();
+    let status = renew(&server, &other, &first.token, None)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let info = status.get_error_details().error_info().cloned().unwrap();
+    assert_eq!(info.reason, "identity_not_allowed");
+    let first = issue_rtc(&server, &jwt, rtc("uid-1", pb::Role::Subscriber))
+        .await
+        .unwrap();
+    let status = renew(&server, &other, &first.token, None)
+        .await
+        .unwrap_err();
+    let info = status.get_error_details().error_info().cloned().unwrap();
+    assert_eq!(info.reason, "identity_not_allowed");
     server.shutdown().await;
 }
 

@@ -142,7 +142,9 @@ async fn not_serving_until_every_issuer_has_loaded_its_keys() {
         support::server::AUDIENCE,
         other.jwks_url()
     );
-    let server = TestServer::start(&format!("{second_issuer}\n{LOBBY}")).await;
+    // Both issuers reach the lobby rule, which binds `sub`: say it is one namespace.
+    let rules = format!("{LOBBY}shared_identity = true\n");
+    let server = TestServer::start(&format!("{second_issuer}\n{rules}")).await;
     let mut health = HealthClient::new(server.channel().await);
 
     // The first issuer works: its callers are served even before overall readiness.

@@ -56,7 +56,7 @@ macro_rules! team_rooms_with_rtm {
 [[rules.rtm_permissions]]
 resource_type = "message_channels"
 access = "read"
-resources = ["team-{team}-*"]
+resources = ["team-{team}-general"]
 
 [[rules.rtm_permissions]]
 resource_type = "message_channels"
