@@ -27,6 +27,7 @@ mod server_health;
 mod server_oidc;
 mod server_python;
 mod server_signals;
+mod server_transport;
 mod token_invalid;
 mod token_npm;
 mod token_props;
