@@ -22,6 +22,7 @@ mod policy_example;
 mod policy_props;
 mod policy_rules;
 mod server_api;
+mod server_fds;
 mod server_grpcurl;
 mod server_health;
 mod server_oidc;
