@@ -120,6 +120,105 @@ pub fn http_denial(refusal: &Refusal, request_id: &str) -> HttpDenial {
     }
 }
 
+/// A call the gRPC transport refused before the pipeline saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransportRefusal {
+    /// The request message cannot be read: malformed protobuf, invalid UTF-8
+    /// in a string field, a compressed flag without `grpc-encoding`, or no
+    /// message at all. The caller's fault, so never INTERNAL.
+    Malformed(String),
+    /// The request message is larger than `limits.max_message_size`.
+    TooLarge(String),
+    /// The call did not finish within the server's deadline (or the caller's
+    /// shorter `grpc-timeout`).
+    DeadlineExceeded,
+}
+
+impl TransportRefusal {
+    /// The `ErrorInfo.reason`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) => "malformed_message",
+            Self::TooLarge(_) => "message_too_large",
+            Self::DeadlineExceeded => "deadline_exceeded",
+        }
+    }
+
+    /// The gRPC code.
+    pub fn code(&self) -> Code {
+        match self {
+            Self::Malformed(_) => Code::InvalidArgument,
+            Self::TooLarge(_) => Code::ResourceExhausted,
+            Self::DeadlineExceeded => Code::DeadlineExceeded,
+        }
+    }
+}
+
+/// What tonic's codec says when the caller sent a request it cannot read.
+/// tonic answers these with INTERNAL (or OUT_OF_RANGE for the size limit),
+/// which the README reserves for server bugs.
+const MALFORMED_MESSAGE_PREFIXES: [&str; 5] = [
+    "failed to decode Protobuf message",
+    "protocol error: received message with",
+    "Missing request message",
+    "Unexpected EOF decoding stream",
+    "Error decompressing",
+];
+/// tonic's message for a request over `max_decoding_message_size`.
+const TOO_LARGE_PREFIX: &str = "Error, decoded message length too large";
+
+/// Reads a gRPC response's headers: when the response is one of tonic's own
+/// codec refusals of the request (a trailers-only reply with no request id,
+/// so it never came through [`status`]), the refusal it stands for.
+pub fn transport_refusal(headers: &tonic::codegen::http::HeaderMap) -> Option<TransportRefusal> {
+    if headers.contains_key(REQUEST_ID_HEADER) {
+        return None;
+    }
+    let status = Status::from_header_map(headers)?;
+    let message = status.message();
+    match status.code() {
+        Code::Internal
+            if MALFORMED_MESSAGE_PREFIXES
+                .iter()
+                .any(|prefix| message.starts_with(prefix)) =>
+        {
+            Some(TransportRefusal::Malformed(message.to_owned()))
+        }
+        Code::OutOfRange if message.starts_with(TOO_LARGE_PREFIX) => {
+            Some(TransportRefusal::TooLarge(message.to_owned()))
+        }
+        _ => None,
+    }
+}
+
+/// The gRPC status for a transport refusal, with `ErrorInfo`, `RequestInfo`
+/// and `x-request-id` as every pipeline refusal has.
+pub fn transport_status(refusal: &TransportRefusal, request_id: &str) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_request_info(request_id, "");
+    details.set_error_info(refusal.reason(), ERROR_DOMAIN, HashMap::new());
+    let message = match refusal {
+        // tonic's description names the problem and never echoes the payload.
+        TransportRefusal::Malformed(detail) => format!("malformed request message: {detail}"),
+        TransportRefusal::TooLarge(detail) => format!("request message too large: {detail}"),
+        TransportRefusal::DeadlineExceeded => {
+            "the server's deadline for this call passed".to_owned()
+        }
+    };
+    let mut status = Status::with_error_details(refusal.code(), message, details);
+    tag_request_id(status.metadata_mut(), request_id);
+    status
+}
+
+/// [`transport_status`] as a trailers-only gRPC HTTP response, for the
+/// server's tower layer, which works on HTTP responses.
+pub fn transport_response(
+    refusal: &TransportRefusal,
+    request_id: &str,
+) -> tonic::codegen::http::Response<tonic::body::Body> {
+    transport_status(refusal, request_id).into_http()
+}
+
 /// The OK status of an allowed ext_authz check.
 pub fn allowed() -> Status {
     Status::ok("")
@@ -354,6 +453,62 @@ mod tests {
         assert_eq!(info.metadata.get("rule").map(String::as_str), Some("lobby"));
         let internal = status(&Refusal::Internal("secret detail".into()), "abc");
         assert_eq!(internal.message(), "internal error; request id abc");
+    }
+
+    #[test]
+    fn tonic_codec_refusals_become_the_callers_fault_and_ours_are_left_alone() {
+        let rendered = |status: Status| status.into_http::<()>().headers().clone();
+        let cases = [
+            (
+                Status::internal("failed to decode Protobuf message: invalid wire type"),
+                Some(Code::InvalidArgument),
+            ),
+            (
+                Status::internal(
+                    "protocol error: received message with compressed-flag but no grpc-encoding was specified",
+                ),
+                Some(Code::InvalidArgument),
+            ),
+            (
+                Status::internal("Missing request message."),
+                Some(Code::InvalidArgument),
+            ),
+            (
+                Status::out_of_range(
+                    "Error, decoded message length too large: found 9 bytes, the limit is: 1 bytes",
+                ),
+                Some(Code::ResourceExhausted),
+            ),
+            (Status::internal("something else broke"), None),
+            (Status::unimplemented(""), None),
+        ];
+        for (status, expected) in cases {
+            let refusal = transport_refusal(&rendered(status.clone()));
+            assert_eq!(
+                refusal.as_ref().map(TransportRefusal::code),
+                expected,
+                "{status:?}"
+            );
+            if let Some(refusal) = refusal {
+                let status = transport_status(&refusal, "0123abcd");
+                assert_eq!(status.code(), refusal.code());
+                let details = status.get_error_details();
+                assert_eq!(
+                    details.request_info().map(|r| r.request_id.as_str()),
+                    Some("0123abcd")
+                );
+                // Rendered once, it is never rewritten again.
+                assert_eq!(transport_refusal(&rendered(status)), None);
+            }
+        }
+        // A pipeline refusal is never mistaken for a codec one.
+        let ours = status(
+            &Refusal::Internal("failed to decode Protobuf message".into()),
+            "r",
+        );
+        assert_eq!(transport_refusal(&rendered(ours)), None);
+        let deadline = transport_status(&TransportRefusal::DeadlineExceeded, "r");
+        assert_eq!(deadline.code(), Code::DeadlineExceeded);
     }
 
     #[test]

@@ -108,6 +108,18 @@ pub fn summary(config: &Config) -> String {
         limits.concurrency(),
         server.grace_period()
     );
+    let _ = writeln!(
+        out,
+        "connections: grpc max {}, admin max {}, backlog {}, header read timeout {:?}, idle timeout {:?}, keepalive {:?} (timeout {:?}), max header list {} bytes",
+        limits.max_connections(),
+        limits.admin_max_connections(),
+        limits.listen_backlog(),
+        limits.header_read_timeout(),
+        limits.idle_timeout(),
+        limits.keepalive_interval(),
+        limits.keepalive_timeout(),
+        limits.max_header_list_size()
+    );
     for project in config.projects() {
         let _ = writeln!(
             out,

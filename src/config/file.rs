@@ -65,8 +65,24 @@ pub(crate) struct LimitsSection {
     pub max_message_size: usize,
     /// The server-side deadline of every call.
     pub request_timeout: HumanDuration,
-    /// The most calls served at once per connection.
+    /// The most calls served at once per connection (HTTP/2 `MAX_CONCURRENT_STREAMS`).
     pub concurrency: usize,
+    /// How long a new connection may take to send its first complete request headers.
+    pub header_read_timeout: HumanDuration,
+    /// How long a connection with no call in flight stays open.
+    pub idle_timeout: HumanDuration,
+    /// How often the gRPC port pings an HTTP/2 connection.
+    pub keepalive_interval: HumanDuration,
+    /// How long the gRPC port waits for a ping's answer before closing the connection.
+    pub keepalive_timeout: HumanDuration,
+    /// The most open connections on the gRPC port.
+    pub max_connections: usize,
+    /// The most open connections on the admin port.
+    pub admin_max_connections: usize,
+    /// The largest request header list (HTTP/2 `MAX_HEADER_LIST_SIZE`), in bytes.
+    pub max_header_list_size: u32,
+    /// The kernel's queue of connections not yet accepted, per port.
+    pub listen_backlog: u32,
 }
 
 /// One `[[projects]]` table.
@@ -195,6 +211,14 @@ impl Default for LimitsSection {
             max_message_size: 64 * 1024,
             request_timeout: HumanDuration(Duration::from_secs(5)),
             concurrency: 256,
+            header_read_timeout: HumanDuration(Duration::from_secs(5)),
+            idle_timeout: HumanDuration(Duration::from_secs(120)),
+            keepalive_interval: HumanDuration(Duration::from_secs(30)),
+            keepalive_timeout: HumanDuration(Duration::from_secs(10)),
+            max_connections: 1000,
+            admin_max_connections: 64,
+            max_header_list_size: 128 * 1024,
+            listen_backlog: 1024,
         }
     }
 }

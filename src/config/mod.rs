@@ -106,13 +106,33 @@ pub struct ServerSettings {
     grace_period: Duration,
 }
 
-/// Request limits, each checked to be usable.
+/// Request and connection limits, each checked to be usable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     max_message_size: usize,
     request_timeout: Duration,
     concurrency: usize,
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
+    keepalive_interval: Duration,
+    keepalive_timeout: Duration,
+    max_connections: usize,
+    admin_max_connections: usize,
+    max_header_list_size: u32,
+    listen_backlog: u32,
 }
+
+/// The longest `limits.header_read_timeout` accepted: a slow-header
+/// connection holds a slot for this long, so a large value is a DoS setting.
+const MAX_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// The smallest `limits.max_header_list_size`: HTTP/2's own default is 16 KiB,
+/// and ordinary gRPC headers with a JWT need a good part of it.
+const MIN_HEADER_LIST_SIZE: u32 = 16 * 1024;
+/// The largest `limits.max_header_list_size`: h2 buffers a header block up to
+/// this size before refusing it.
+const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024 * 1024;
+/// The most connections either port may be configured to hold.
+const MAX_CONNECTIONS: usize = 1_000_000;
 
 impl Config {
     /// Listen addresses and shutdown.
@@ -206,9 +226,52 @@ impl Limits {
         self.request_timeout
     }
 
-    /// The most calls served at once per connection.
+    /// The most calls served at once per connection, advertised to clients
+    /// as HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`.
     pub fn concurrency(&self) -> usize {
         self.concurrency
+    }
+
+    /// How long a new connection may take to send its first complete request
+    /// headers (on the admin port: every request's headers).
+    pub fn header_read_timeout(&self) -> Duration {
+        self.header_read_timeout
+    }
+
+    /// How long a connection with no call in flight stays open.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+
+    /// How often the gRPC port sends an HTTP/2 PING on a connection.
+    pub fn keepalive_interval(&self) -> Duration {
+        self.keepalive_interval
+    }
+
+    /// How long the gRPC port waits for a PING's answer before closing the connection.
+    pub fn keepalive_timeout(&self) -> Duration {
+        self.keepalive_timeout
+    }
+
+    /// The most open connections on the gRPC port; more are closed at once.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
+    /// The most open connections on the admin port; more are closed at once.
+    pub fn admin_max_connections(&self) -> usize {
+        self.admin_max_connections
+    }
+
+    /// The largest request header list accepted, in bytes (HTTP/2
+    /// `SETTINGS_MAX_HEADER_LIST_SIZE`); a larger one is refused at the transport.
+    pub fn max_header_list_size(&self) -> u32 {
+        self.max_header_list_size
+    }
+
+    /// The listen backlog of each port: connections the kernel queues before `accept`.
+    pub fn listen_backlog(&self) -> u32 {
+        self.listen_backlog
     }
 
     fn resolve(section: &LimitsSection) -> Result<Self, ConfigError> {
@@ -221,13 +284,63 @@ impl Limits {
         if section.request_timeout.0.is_zero() {
             return Err(invalid("limits.request_timeout", "must be positive"));
         }
-        if section.concurrency == 0 {
-            return Err(invalid("limits.concurrency", "must be at least 1"));
+        if section.concurrency == 0 || u32::try_from(section.concurrency).is_err() {
+            return Err(invalid(
+                "limits.concurrency",
+                "must be between 1 and 4294967295",
+            ));
+        }
+        let header_read_timeout = section.header_read_timeout.0;
+        if header_read_timeout.is_zero() || header_read_timeout > MAX_HEADER_READ_TIMEOUT {
+            return Err(invalid(
+                "limits.header_read_timeout",
+                "must be positive and at most 60s",
+            ));
+        }
+        for (key, value) in [
+            ("limits.idle_timeout", section.idle_timeout.0),
+            ("limits.keepalive_interval", section.keepalive_interval.0),
+            ("limits.keepalive_timeout", section.keepalive_timeout.0),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be positive"));
+            }
+        }
+        for (key, value) in [
+            ("limits.max_connections", section.max_connections),
+            (
+                "limits.admin_max_connections",
+                section.admin_max_connections,
+            ),
+        ] {
+            if value == 0 || value > MAX_CONNECTIONS {
+                return Err(invalid(key, "must be between 1 and 1000000"));
+            }
+        }
+        if !(MIN_HEADER_LIST_SIZE..=MAX_HEADER_LIST_SIZE).contains(&section.max_header_list_size) {
+            return Err(invalid(
+                "limits.max_header_list_size",
+                "must be between 16384 and 16777216 bytes",
+            ));
+        }
+        if !(1..=65535).contains(&section.listen_backlog) {
+            return Err(invalid(
+                "limits.listen_backlog",
+                "must be between 1 and 65535",
+            ));
         }
         Ok(Self {
             max_message_size: section.max_message_size,
             request_timeout: section.request_timeout.0,
             concurrency: section.concurrency,
+            header_read_timeout,
+            idle_timeout: section.idle_timeout.0,
+            keepalive_interval: section.keepalive_interval.0,
+            keepalive_timeout: section.keepalive_timeout.0,
+            max_connections: section.max_connections,
+            admin_max_connections: section.admin_max_connections,
+            max_header_list_size: section.max_header_list_size,
+            listen_backlog: section.listen_backlog,
         })
     }
 }
@@ -539,6 +652,11 @@ mod tests {
         assert_eq!(server.admin_listen().port(), 9090);
         let limits = Limits::resolve(&file.limits).unwrap();
         assert_eq!(limits.request_timeout(), Duration::from_secs(5));
+        // The connection defaults the README promises: at most 10 s to the
+        // first complete headers, and room for a 100 KiB JWT in the header list.
+        assert!(limits.header_read_timeout() <= Duration::from_secs(10));
+        assert!(limits.max_header_list_size() >= 128 * 1024);
+        assert!(limits.max_connections() >= 1 && limits.admin_max_connections() >= 1);
         assert!(file.projects.is_empty());
     }
 
@@ -574,6 +692,23 @@ mod tests {
             ("max_message_size = 10", "limits.max_message_size"),
             ("request_timeout = \"0s\"", "limits.request_timeout"),
             ("concurrency = 0", "limits.concurrency"),
+            ("header_read_timeout = \"0s\"", "limits.header_read_timeout"),
+            (
+                "header_read_timeout = \"61s\"",
+                "limits.header_read_timeout",
+            ),
+            ("idle_timeout = \"0s\"", "limits.idle_timeout"),
+            ("keepalive_interval = \"0s\"", "limits.keepalive_interval"),
+            ("keepalive_timeout = \"0s\"", "limits.keepalive_timeout"),
+            ("max_connections = 0", "limits.max_connections"),
+            ("admin_max_connections = 0", "limits.admin_max_connections"),
+            ("max_header_list_size = 1024", "limits.max_header_list_size"),
+            (
+                "max_header_list_size = 16777217",
+                "limits.max_header_list_size",
+            ),
+            ("listen_backlog = 0", "limits.listen_backlog"),
+            ("listen_backlog = 65536", "limits.listen_backlog"),
         ];
         for (text, key) in cases {
             let section: LimitsSection = parse_toml(text).unwrap();

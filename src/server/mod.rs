@@ -3,21 +3,29 @@
 //!
 //! `run` takes bound listeners and a shutdown future, never addresses, so that
 //! tests bind `127.0.0.1:0`, read `local_addr()` and connect without sleeping
-//! (mini-redis `server::run`).
+//! (mini-redis `server::run`). Both ports are served through hyper directly,
+//! not tonic's `Server` or `axum::serve`, because neither bounds a
+//! connection's life: `listen` owns the accept loops (cap, back-off) and each
+//! connection's timeouts, `calls` the service behind a gRPC connection, and
+//! `admin` the admin port.
+
+mod admin;
+mod calls;
+mod listen;
 
 use std::future::Future;
 use std::time::Duration;
 
-use axum::Router as AdminRouter;
-use axum::http::StatusCode;
-use axum::routing::get;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::service::Routes;
-use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::TcpConnectInfo;
 use tonic_health::pb::health_server::HealthServer;
 
+use self::calls::GrpcCalls;
+use self::listen::{Activity, ConnectionLimits, Phase};
 use crate::grpc::health::{HealthService, HealthState};
 use crate::grpc::pb;
 
@@ -31,12 +39,6 @@ pub const EXT_AUTHZ_SERVICE_NAME: &str = "envoy.service.auth.v3.Authorization";
 /// A failure to serve.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    /// The gRPC transport failed.
-    #[error("grpc transport: {0}")]
-    Transport(#[from] tonic::transport::Error),
-    /// The admin HTTP server failed.
-    #[error("admin http: {0}")]
-    Admin(#[source] std::io::Error),
     /// Reflection could not load a descriptor set.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -55,13 +57,31 @@ pub struct ServeOptions {
     pub grace_period: Duration,
     /// A per-call deadline enforced by the server.
     pub request_timeout: Duration,
-    /// The most calls served at once per connection.
+    /// The most calls served at once per connection, advertised as HTTP/2
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`.
     pub concurrency_limit: usize,
     /// The services reflection lists (besides itself): only those actually served.
     pub advertised_services: Vec<String>,
+    /// How long a new connection may take to send its first complete request
+    /// headers (on the admin port: every request's headers).
+    pub header_read_timeout: Duration,
+    /// How long a connection with no call in flight stays open.
+    pub idle_timeout: Duration,
+    /// How often an HTTP/2 PING goes out on a gRPC connection.
+    pub keepalive_interval: Duration,
+    /// How long a PING may go unanswered before the connection is closed.
+    pub keepalive_timeout: Duration,
+    /// The most open connections on the gRPC port.
+    pub max_connections: usize,
+    /// The most open connections on the admin port.
+    pub admin_max_connections: usize,
+    /// The largest request header list, advertised as HTTP/2
+    /// `SETTINGS_MAX_HEADER_LIST_SIZE`.
+    pub max_header_list_size: u32,
 }
 
 impl Default for ServeOptions {
+    /// The config's defaults (a unit test keeps them equal).
     fn default() -> Self {
         Self {
             grace_period: Duration::from_secs(10),
@@ -71,7 +91,68 @@ impl Default for ServeOptions {
                 TOKEN_SERVICE_NAME.to_owned(),
                 HEALTH_SERVICE_NAME.to_owned(),
             ],
+            header_read_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(120),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+            max_connections: 1000,
+            admin_max_connections: 64,
+            max_header_list_size: 128 * 1024,
         }
+    }
+}
+
+impl ServeOptions {
+    /// The options a validated config's limits and server settings give.
+    pub fn from_config(
+        server: &crate::config::ServerSettings,
+        limits: &crate::config::Limits,
+        advertised_services: Vec<String>,
+    ) -> Self {
+        Self {
+            grace_period: server.grace_period(),
+            request_timeout: limits.request_timeout(),
+            concurrency_limit: limits.concurrency(),
+            advertised_services,
+            header_read_timeout: limits.header_read_timeout(),
+            idle_timeout: limits.idle_timeout(),
+            keepalive_interval: limits.keepalive_interval(),
+            keepalive_timeout: limits.keepalive_timeout(),
+            max_connections: limits.max_connections(),
+            admin_max_connections: limits.admin_max_connections(),
+            max_header_list_size: limits.max_header_list_size(),
+        }
+    }
+
+    fn grpc_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+        }
+    }
+
+    fn admin_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: self.admin_max_connections,
+            ..self.grpc_limits()
+        }
+    }
+
+    /// HTTP/2 only, with keepalive pings, the stream and header-list limits.
+    fn grpc_builder(&self) -> auto::Builder<TokioExecutor> {
+        let mut builder = auto::Builder::new(TokioExecutor::new()).http2_only();
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(u32::try_from(self.concurrency_limit).unwrap_or(u32::MAX))
+            .keep_alive_interval(Some(self.keepalive_interval))
+            .keep_alive_timeout(self.keepalive_timeout)
+            // A header block up to this size reaches the service (and a large
+            // JWT tokengate's own size check, refusing only that call); h2
+            // also derives its CONTINUATION-flood bound from it.
+            .max_header_list_size(self.max_header_list_size);
+        builder
     }
 }
 
@@ -134,49 +215,103 @@ pub async fn run(
         .cloned()
         .collect();
     let health_service = HealthServer::new(HealthService::new(health_rx.clone(), reported));
-    // The admin port outlives the drain, so probers see 503 rather than a refused connection.
-    let (done_tx, done_rx) = watch::channel(false);
-    let admin_task = tokio::spawn(serve_admin(admin, health_rx, done_rx));
-
-    // tonic ignores `Server::tcp_nodelay` with `serve_with_incoming`, so the
-    // incoming stream sets it itself; without it small replies wait ~40 ms for Nagle.
-    let incoming = TcpIncoming::from(grpc).with_nodelay(Some(true));
-    let mut drain = stop_rx.clone();
-    let grace = options.grace_period;
-    let serving = Server::builder()
-        .timeout(options.request_timeout)
-        .concurrency_limit_per_connection(options.concurrency_limit)
-        .add_routes(routes)
+    let routes = routes
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(incoming, async move {
-            let _ = drain.wait_for(|stopped| *stopped).await;
-        });
-    tokio::pin!(serving);
+        .prepare();
 
-    // Wait for either the server to end by itself, or the shutdown signal
-    // followed by at most the grace period of draining.
+    // The admin port outlives the gRPC drain, so probers see 503 rather than
+    // a refused connection; it has its own phase.
+    let (admin_phase, admin_phase_rx) = watch::channel(Phase::Serving);
+    let admin_task = tokio::spawn(admin::serve(
+        admin,
+        health_rx,
+        options.admin_limits(),
+        admin_phase_rx,
+    ));
+    let (grpc_phase, grpc_phase_rx) = watch::channel(Phase::Serving);
+    let grpc_task = tokio::spawn(serve_grpc(grpc, routes, options.clone(), grpc_phase_rx));
+
+    // On the shutdown signal: stop accepting, ask every connection to finish,
+    // and wait for them at most the grace period.
     let mut stopped = stop_rx.clone();
-    let result = tokio::select! {
-        result = &mut serving => result,
-        () = stopped_signal(&mut stopped) => {
-            match tokio::time::timeout(grace, &mut serving).await {
-                Ok(result) => result,
-                Err(_) => {
-                    tracing::warn!(grace_secs = grace.as_secs(), "grace period over; dropping remaining calls");
-                    Ok(())
-                }
-            }
-        }
-    };
+    stopped_signal(&mut stopped).await;
+    let grace = options.grace_period;
+    drain(&grpc_phase, grace, "grpc").await;
     health_task.abort();
-    done_tx.send_replace(true);
-    match admin_task.await {
-        Ok(Ok(())) | Err(_) => {}
-        Ok(Err(e)) => return Err(e),
+    let _ = grpc_task.await;
+    // Probes are answered at once; a keep-alive connection is closed as soon as it is idle.
+    drain(&admin_phase, ADMIN_DRAIN, "admin").await;
+    let _ = admin_task.await;
+    Ok(())
+}
+
+/// How long admin connections may take to finish once the gRPC port has drained.
+const ADMIN_DRAIN: Duration = Duration::from_secs(1);
+
+/// Moves a port to draining and waits for its accept loop and every
+/// connection to end (each holds a receiver of `phase`), at most `grace`;
+/// then drops the connections still open.
+async fn drain(phase: &watch::Sender<Phase>, grace: Duration, port: &'static str) {
+    phase.send_replace(Phase::Draining);
+    if tokio::time::timeout(grace, phase.closed()).await.is_err() {
+        tracing::warn!(
+            port,
+            grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+            "grace period over; dropping remaining connections"
+        );
+        phase.send_replace(Phase::Closing);
+        // Dropping a connection is immediate; this only waits for the tasks to notice.
+        let _ = tokio::time::timeout(ADMIN_DRAIN, phase.closed()).await;
     }
-    result.map_err(ServerError::from)
+}
+
+/// Accepts gRPC connections until the phase leaves `Serving`, each served
+/// over HTTP/2 with the options' limits.
+async fn serve_grpc(
+    listener: TcpListener,
+    routes: Routes,
+    options: ServeOptions,
+    phase: watch::Receiver<Phase>,
+) {
+    let builder = options.grpc_builder();
+    let limits = options.grpc_limits();
+    let timeout = options.request_timeout;
+    let accept_phase = phase.clone();
+    listen::accept_loop(
+        listener,
+        "grpc",
+        limits.max_connections,
+        accept_phase,
+        move |stream, peer, slot| {
+            // Without it small replies wait ~40 ms for Nagle.
+            let _ = stream.set_nodelay(true);
+            let info = TcpConnectInfo {
+                local_addr: stream.local_addr().ok(),
+                remote_addr: Some(peer),
+            };
+            let (activity, calls) = Activity::new();
+            let service = GrpcCalls::new(routes.clone(), info, activity, timeout);
+            let builder = builder.clone();
+            let phase = phase.clone();
+            tokio::spawn(async move {
+                let _slot = slot;
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                listen::drive(
+                    conn.as_mut(),
+                    |conn| conn.graceful_shutdown(),
+                    calls,
+                    limits,
+                    phase,
+                    "grpc",
+                )
+                .await;
+            });
+        },
+    )
+    .await;
 }
 
 /// Completes once `stop` says the server is stopping.
@@ -232,38 +367,6 @@ async fn track_health(
     }
 }
 
-/// `/healthz` answers while the process runs; `/readyz` 200 only while ready
-/// and not draining. Serves until `done` (after the gRPC drain).
-async fn serve_admin(
-    listener: TcpListener,
-    health: watch::Receiver<HealthState>,
-    mut done: watch::Receiver<bool>,
-) -> Result<(), ServerError> {
-    let router = AdminRouter::new()
-        .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
-        .route(
-            "/readyz",
-            get(move || {
-                let state = *health.borrow();
-                async move {
-                    if state.ready && !state.draining {
-                        (StatusCode::OK, "ready\n")
-                    } else if state.draining {
-                        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-                    }
-                }
-            }),
-        );
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            let _ = done.wait_for(|s| *s).await;
-        })
-        .await
-        .map_err(ServerError::Admin)
-}
-
 /// Why the service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -283,19 +386,17 @@ pub enum StartError {
     Serve(#[from] ServerError),
 }
 
-/// Binds the config's listen addresses. Done after the config is validated,
-/// so a bad config never holds a port.
+/// Binds the config's listen addresses, each with the config's listen
+/// backlog. Done after the config is validated, so a bad config never holds a port.
 pub async fn bind(
     config: &crate::config::Config,
 ) -> Result<(TcpListener, TcpListener), StartError> {
-    let bind = |addr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })
-    };
+    let backlog = config.limits().listen_backlog();
+    let bind =
+        |addr| listen::bind(addr, backlog).map_err(|source| StartError::Bind { addr, source });
     Ok((
-        bind(config.server().grpc_listen()).await?,
-        bind(config.server().admin_listen()).await?,
+        bind(config.server().grpc_listen())?,
+        bind(config.server().admin_listen())?,
     ))
 }
 
@@ -365,12 +466,7 @@ pub async fn serve(
                 .max_decoding_message_size(config.limits.max_message_size()),
         );
     }
-    let options = ServeOptions {
-        grace_period: config.server.grace_period(),
-        request_timeout: config.limits.request_timeout(),
-        concurrency_limit: config.limits.concurrency(),
-        advertised_services,
-    };
+    let options = ServeOptions::from_config(&config.server, &config.limits, advertised_services);
     tracing::info!(
         grpc = %grpc.local_addr().map_err(|source| StartError::Bind { addr: config.server.grpc_listen(), source })?,
         admin = %admin.local_addr().map_err(|source| StartError::Bind { addr: config.server.admin_listen(), source })?,
@@ -379,4 +475,28 @@ pub async fn serve(
     run(grpc, admin, routes, readiness, options, shutdown).await?;
     authenticator.shutdown();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_options_are_the_configs_defaults() {
+        let text = format!(
+            "{}\n[[projects]]\nname = \"main\"\napp_id = \"970CA35de60c44645bbae8a215061b33\"\nsigning_certificate = \"p\"\ncertificates = [{{ name = \"p\", env = \"CERT\" }}]\n[[issuers]]\nname = \"i\"\nissuer = \"https://i.example\"\naudiences = [\"a\"]\njwks_inline = '{{\"keys\": []}}'\n",
+            ""
+        );
+        let env = |_: &str| Some("5CFd2fd1755d40ecb72977518be15d3b".to_owned());
+        let config = crate::config::load(&text, &env).unwrap();
+        let from_config = ServeOptions::from_config(
+            config.server(),
+            config.limits(),
+            ServeOptions::default().advertised_services,
+        );
+        assert_eq!(
+            format!("{from_config:?}"),
+            format!("{:?}", ServeOptions::default())
+        );
+    }
 }

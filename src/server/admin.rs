@@ -1,0 +1,119 @@
+//! The admin HTTP port: `/healthz` answers while the process runs, `/readyz`
+//! 200 only while ready and not draining. HTTP/1 only, served through hyper
+//! directly (not `axum::serve`, which has no timeouts) so that every request's
+//! headers must arrive within the header read timeout, and the port shares
+//! the accept loop, the connection cap and the idle timeout of `listen`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::codegen::Service as _;
+
+use super::listen::{self, Activity, ConnectionLimits, Phase, Tracked};
+use crate::grpc::health::HealthState;
+
+/// Serves the admin endpoints on `listener` until the phase leaves `Serving`;
+/// open connections then finish or are dropped as the phase says.
+pub(super) async fn serve(
+    listener: TcpListener,
+    health: watch::Receiver<HealthState>,
+    limits: ConnectionLimits,
+    phase: watch::Receiver<Phase>,
+) {
+    let router = router(health);
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    let accept_phase = phase.clone();
+    listen::accept_loop(
+        listener,
+        "admin",
+        limits.max_connections,
+        accept_phase,
+        move |stream, _peer, slot| {
+            let _ = stream.set_nodelay(true);
+            let (activity, calls) = Activity::new();
+            let service = AdminCalls {
+                router: router.clone(),
+                activity,
+            };
+            let builder = builder.clone();
+            let phase = phase.clone();
+            tokio::spawn(async move {
+                let _slot = slot;
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                listen::drive(
+                    conn.as_mut(),
+                    |conn| conn.graceful_shutdown(),
+                    calls,
+                    limits,
+                    phase,
+                    "admin",
+                )
+                .await;
+            });
+        },
+    )
+    .await;
+}
+
+fn router(health: watch::Receiver<HealthState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
+        .route(
+            "/readyz",
+            get(move || {
+                let state = *health.borrow();
+                async move {
+                    if state.ready && !state.draining {
+                        (StatusCode::OK, "ready\n")
+                    } else if state.draining {
+                        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                    }
+                }
+            }),
+        )
+}
+
+/// One admin connection's view of the router; counts its calls.
+#[derive(Debug, Clone)]
+struct AdminCalls {
+    router: Router,
+    activity: Activity,
+}
+
+impl hyper::service::Service<Request<Incoming>> for AdminCalls {
+    type Response = Response<Tracked<axum::body::Body>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let call = self.activity.begin();
+        let mut router = self.router.clone();
+        let request = request.map(axum::body::Body::new);
+        Box::pin(async move {
+            std::future::poll_fn(|cx| {
+                tonic::codegen::Service::<Request<axum::body::Body>>::poll_ready(&mut router, cx)
+            })
+            .await?;
+            let response = router.call(request).await?;
+            Ok(response.map(|body| Tracked::new(body, call)))
+        })
+    }
+}
