@@ -30,6 +30,10 @@ pub const DEFAULT_MAX_TOKEN_SIZE: usize = 8 * 1024;
 pub const MAX_TOKEN_SIZE_LIMIT: usize = 64 * 1024;
 /// The clock skew tolerated by default on `exp`, `nbf` and `iat`.
 pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(60);
+/// The largest `leeway` accepted. Leeway exists for clock skew between the
+/// IdP and tokengate, which NTP keeps to well under a second; minutes of
+/// leeway only extend how long an expired or stolen JWT keeps working.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
 /// The shortest HS secret accepted: RFC 7518 §3.2 wants at least the hash size.
 pub const MIN_HS_SECRET_LEN: usize = 32;
 /// How long a request waits, by default, for a refetch forced by an unknown
@@ -408,6 +412,15 @@ impl IssuerBuilder {
             return Err(invalid(
                 "max_token_size",
                 &format!("must be within 1..={MAX_TOKEN_SIZE_LIMIT} bytes"),
+            ));
+        }
+        if s.leeway > MAX_LEEWAY {
+            return Err(invalid(
+                "leeway",
+                &format!(
+                    "must be at most {}s: leeway covers clock skew, and more only stretches how long an expired JWT is accepted",
+                    MAX_LEEWAY.as_secs()
+                ),
             ));
         }
         if s.unknown_kid_wait > MAX_UNKNOWN_KID_WAIT {

@@ -23,8 +23,8 @@ mod refresh;
 pub use authenticator::{AuthError, Authenticator, Readiness};
 pub use config::{
     DEFAULT_ALGORITHMS, DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_SIZE, DEFAULT_UNKNOWN_KID_WAIT, HsSecret,
-    IdentityConfigError, IssuerBuilder, IssuerSettings, KeySource, MAX_EXP, MAX_TOKEN_SIZE_LIMIT,
-    MAX_UNKNOWN_KID_WAIT, MIN_HS_SECRET_LEN, RefreshConfig, validate_issuers,
+    IdentityConfigError, IssuerBuilder, IssuerSettings, KeySource, MAX_EXP, MAX_LEEWAY,
+    MAX_TOKEN_SIZE_LIMIT, MAX_UNKNOWN_KID_WAIT, MIN_HS_SECRET_LEN, RefreshConfig, validate_issuers,
 };
 pub use keys::{KeySet, KeySourceError, MIN_RSA_BITS};
 pub use refresh::{Freshness, IssuerStatus, MAX_UNKNOWN_KID_WAITERS};

@@ -378,6 +378,12 @@ fn bad_configs() -> Vec<BadConfig> {
             env.clone(),
             "issuers[0].refresh.unknown_kid_wait",
         ),
+        (
+            "a leeway of an hour",
+            edit(JWKS_URL_LINE, &format!("{JWKS_URL_LINE}leeway = \"1h\"\n")),
+            env.clone(),
+            "issuers[0].leeway",
+        ),
         ("not TOML", "[server\n".to_owned(), env, "(file)"),
     ]
 }
