@@ -23,9 +23,35 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     let envoy = protox::compile(ENVOY_PROTOS, ["proto/third_party"])?;
     std::fs::write(out_dir.join("envoy_descriptor.bin"), envoy.encode_to_vec())?;
+    build_info();
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;
     Ok(())
+}
+
+/// The git commit and the compiler, for `tokengate_build_info`. A build
+/// outside a git checkout (a source tarball) says `unknown`.
+fn build_info() {
+    println!("cargo:rerun-if-changed=.git/HEAD");
+    println!("cargo:rerun-if-changed=.git/refs/heads");
+    let output = |program: &str, args: &[&str]| {
+        std::process::Command::new(program)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+    };
+    let sha =
+        output("git", &["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    // Cargo names the compiler it builds with only through the environment.
+    #[allow(clippy::disallowed_methods)]
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let version = output(&rustc, &["--version"]).unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=TOKENGATE_GIT_SHA={sha}");
+    println!("cargo:rustc-env=TOKENGATE_RUSTC={version}");
 }

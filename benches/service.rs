@@ -145,7 +145,7 @@ fn bench_service(c: &mut Criterion) {
         support::server::config_text(&server.jwks.jwks_url(), TEAM_ROOMS),
         ext_authz_section("")
     );
-    let (api_handler, check_handler) = runtime.block_on(async {
+    let (api_handler, check_handler, metered_handler) = runtime.block_on(async {
         let config = tokengate::config::load(&text, &support::server::test_env)
             .unwrap()
             .into_parts();
@@ -155,13 +155,26 @@ fn bench_service(c: &mut Criterion) {
         let gate = std::sync::Arc::new(tokengate::gate::Gate::new(config.projects, config.policy));
         let routes = std::sync::Arc::new(config.ext_authz.unwrap());
         let pipeline = std::sync::Arc::new(tokengate::pipeline::Pipeline::new(
-            gate,
-            authenticator,
+            std::sync::Arc::clone(&gate),
+            std::sync::Arc::clone(&authenticator),
             Some(std::sync::Arc::clone(&routes)),
         ));
+        // The same pipeline counting into a registry, as `serve` runs it.
+        let metrics = tokengate::metrics::Metrics::new(
+            &tokengate::metrics::BuildInfo {
+                version: "bench",
+                git_sha: "bench",
+                rustc: "bench",
+            },
+            std::sync::Arc::new(NoIssuers),
+        );
+        let metered = std::sync::Arc::new(
+            tokengate::pipeline::Pipeline::new(gate, authenticator, None).with_metrics(metrics),
+        );
         (
             Api::new(std::sync::Arc::clone(&pipeline)),
             EnvoyCheck::new(pipeline, routes),
+            Api::new(metered),
         )
     });
     let mut group = c.benchmark_group("handler_rs256");
@@ -178,6 +191,20 @@ fn bench_service(c: &mut Criterion) {
             BatchSize::SmallInput,
         );
     });
+    // Metrics on vs off, in the same run: the pipeline's per-call counting.
+    group.bench_function("IssueRtcToken_metrics", |b| {
+        b.iter_batched(
+            || TestServer::authed(&jwt, issue.clone()),
+            |request| {
+                black_box(
+                    runtime
+                        .block_on(metered_handler.issue_rtc_token(request))
+                        .unwrap(),
+                )
+            },
+            BatchSize::SmallInput,
+        );
+    });
     group.bench_function("Check", |b| {
         b.iter_batched(
             || tonic::Request::new(envoy.clone()),
@@ -187,6 +214,16 @@ fn bench_service(c: &mut Criterion) {
     });
     group.finish();
     runtime.block_on(server.shutdown());
+}
+
+/// No issuers to report: the bench measures the request path, not scrapes.
+#[derive(Debug)]
+struct NoIssuers;
+
+impl tokengate::metrics::IssuerSnapshot for NoIssuers {
+    fn issuers(&self) -> Vec<tokengate::metrics::IssuerState> {
+        Vec::new()
+    }
 }
 
 const ISSUE_PATH: &str = "/tokengate.v1.TokenService/IssueRtcToken";

@@ -96,6 +96,7 @@ pub fn summary(config: &Config) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(out, "config ok");
+    let _ = writeln!(out, "fingerprint:  {}", config.fingerprint());
     let server = config.server();
     let limits = config.limits();
     let _ = writeln!(out, "grpc listen:  {}", server.grpc_listen());

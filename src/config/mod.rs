@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use self::file::{CertificateSection, ConfigFile, LimitsSection, ProjectSection, ServerSection};
 use self::secret::SecretSource;
+use crate::domain::Fingerprint;
 use crate::gate::Project;
 use crate::identity::{IdentityConfigError, IssuerSettings, validate_issuers};
 use crate::policy::{Policy, PolicyError, PolicyWarning, RuleConfig};
@@ -73,6 +74,7 @@ pub struct Config {
     policy: Policy,
     warnings: Vec<PolicyWarning>,
     notices: Vec<String>,
+    fingerprint: Fingerprint,
     ext_authz: Option<Routes>,
 }
 
@@ -94,6 +96,8 @@ pub struct ConfigParts {
     /// What an operator should know about the files the config names
     /// (world-readable secrets, symlinks out of the config's folder).
     pub notices: Vec<String>,
+    /// The SHA-256 prefix of the config text (and its rules file), for logs and metrics.
+    pub fingerprint: Fingerprint,
     /// The compiled `[ext_authz]` section, when `enabled = true`.
     pub ext_authz: Option<Routes>,
 }
@@ -165,6 +169,12 @@ impl Config {
         &self.warnings
     }
 
+    /// The SHA-256 prefix of the config text and its rules file: what changed
+    /// between two loads shows as a new fingerprint in logs and metrics.
+    pub fn fingerprint(&self) -> &Fingerprint {
+        &self.fingerprint
+    }
+
     /// Notices about the files the config names, for `check-config` and the start-up log.
     pub fn notices(&self) -> &[String] {
         &self.notices
@@ -185,6 +195,7 @@ impl Config {
             policy: self.policy,
             warnings: self.warnings,
             notices: self.notices,
+            fingerprint: self.fingerprint,
             ext_authz: self.ext_authz,
         }
     }
@@ -354,24 +365,29 @@ pub fn load_file(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Co
     let bytes = files::read_bounded(path, files::MAX_DOCUMENT_BYTES).map_err(read_error)?;
     let text = String::from_utf8(bytes).map_err(|_| read_error("is not UTF-8".into()))?;
     let base = path.parent().unwrap_or(Path::new("."));
-    resolve(parse_toml(&text)?, base, env)
+    resolve(parse_toml(&text)?, &text, base, env)
 }
 
 /// Parses `text` and resolves it (a `rules_file` is relative to the current directory).
 pub fn load(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
-    resolve(parse_toml(text)?, Path::new("."), env)
+    resolve(parse_toml(text)?, text, Path::new("."), env)
 }
 
 /// Validates a parsed config: reads every secret, checks names and
 /// references, validates the issuers and compiles the rules.
 fn resolve(
     mut file: ConfigFile,
+    text: &str,
     base: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
+    let mut hashed = text.as_bytes().to_vec();
     if let Some(rules_file) = file.rules_file.take() {
-        file.rules = read_rules_file(&base.join(rules_file), !file.rules.is_empty())?;
+        let (rules, rules_text) = read_rules_file(&base.join(rules_file), !file.rules.is_empty())?;
+        file.rules = rules;
+        hashed.extend_from_slice(rules_text.as_bytes());
     }
+    let fingerprint = Fingerprint::of(&hashed);
     let server = ServerSettings::resolve(&file.server);
     let limits = Limits::resolve(&file.limits)?;
     if file.projects.is_empty() {
@@ -422,6 +438,7 @@ fn resolve(
         policy,
         warnings,
         notices,
+        fingerprint,
     })
 }
 
@@ -488,7 +505,10 @@ fn file_notices(file: &ConfigFile, base: &Path) -> Vec<String> {
 }
 
 /// The `[[rules]]` of a separate rules file.
-fn read_rules_file(path: &Path, inline_too: bool) -> Result<Vec<RuleConfig>, ConfigError> {
+fn read_rules_file(
+    path: &Path,
+    inline_too: bool,
+) -> Result<(Vec<RuleConfig>, String), ConfigError> {
     if inline_too {
         return Err(invalid(
             "rules_file",
@@ -506,7 +526,7 @@ fn read_rules_file(path: &Path, inline_too: bool) -> Result<Vec<RuleConfig>, Con
         },
         other => other,
     })?;
-    Ok(rules.rules)
+    Ok((rules.rules, text))
 }
 
 fn resolve_project(

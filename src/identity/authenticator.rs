@@ -211,6 +211,28 @@ impl Authenticator {
         authorization: Option<&str>,
         now: u64,
     ) -> Result<Principal, AuthError> {
+        self.authenticate_named(authorization, now).await.1
+    }
+
+    /// Like [`Authenticator::authenticate`], with the configured name of the
+    /// issuer the token named, once it is known (for metrics: a failure is
+    /// counted against the issuer whose token failed).
+    pub async fn authenticate_named(
+        &self,
+        authorization: Option<&str>,
+        now: u64,
+    ) -> (Option<&str>, Result<Principal, AuthError>) {
+        match self.find_issuer(authorization) {
+            Ok((issuer, parsed)) => (Some(issuer.name.as_str()), issuer.verify(parsed, now).await),
+            Err(error) => (None, Err(error)),
+        }
+    }
+
+    /// The issuer a bearer token names, with the token parsed.
+    fn find_issuer<'t>(
+        &self,
+        authorization: Option<&'t str>,
+    ) -> Result<(&Issuer, Parsed<'t>), AuthError> {
         let token = bearer(authorization)?;
         if token.len() > self.max_token_size {
             return Err(AuthError::TooLarge {
@@ -228,7 +250,7 @@ impl Authenticator {
             .get(iss)
             .and_then(|i| self.issuers.get(*i))
             .ok_or(AuthError::UnknownIssuer)?;
-        issuer.verify(parsed, now).await
+        Ok((issuer, parsed))
     }
 
     /// Whether the readiness policy holds (see [`Readiness`]), and each issuer's status.

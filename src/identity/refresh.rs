@@ -20,7 +20,7 @@
 //! service (ARCHITECTURE.md): it uses `tokio::time::Instant`, so tests can
 //! drive it with paused time, and `getrandom` for the jitter.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -83,6 +83,8 @@ pub struct IssuerStatus {
     pub consecutive_failures: u32,
     /// Refetches triggered by an unknown `kid`.
     pub forced_refetches: u64,
+    /// Unknown-`kid` refetches refused by the cooldown.
+    pub suppressed_refetches: u64,
     /// The last fetch error, if the last fetch failed.
     pub last_error: Option<String>,
     /// When the last fetch succeeded.
@@ -105,6 +107,9 @@ pub struct KeyCache {
     wait_limit: Duration,
     /// Requests waiting on a forced refetch now, at most [`MAX_UNKNOWN_KID_WAITERS`].
     waiters: AtomicUsize,
+    /// Unknown-kid refetches the cooldown refused: an atomic, not the status
+    /// watch, because a kid flood would otherwise wake every watcher per call.
+    suppressed: AtomicU64,
     /// False for inline keys and HS-only issuers: nothing could change on a refetch.
     refetchable: bool,
 }
@@ -169,6 +174,7 @@ impl KeyCache {
             failures: 0,
             consecutive_failures: 0,
             forced_refetches: 0,
+            suppressed_refetches: 0,
             last_error: None,
             last_success: None,
         };
@@ -182,6 +188,7 @@ impl KeyCache {
             cooldown: refresh.unknown_kid_cooldown,
             wait_limit: unknown_kid_wait,
             waiters: AtomicUsize::new(0),
+            suppressed: AtomicU64::new(0),
             refetchable: !matches!(source, KeySource::Inline(_) | KeySource::SecretOnly),
         }
     }
@@ -193,7 +200,9 @@ impl KeyCache {
 
     /// The current status.
     pub fn status(&self) -> IssuerStatus {
-        self.status.borrow().clone()
+        let mut status = self.status.borrow().clone();
+        status.suppressed_refetches = self.suppressed.load(Ordering::Relaxed);
+        status
     }
 
     /// A receiver that sees every status change.
@@ -248,6 +257,7 @@ impl KeyCache {
             .last
             .is_some_and(|last| now.duration_since(last) < self.cooldown)
         {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         // A fetch already running may have started before the new kid was

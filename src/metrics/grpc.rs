@@ -1,5 +1,4 @@
-//! A tower layer around the gRPC server that counts every RPC the way
-//! go-grpc-prometheus does: started, handled by status code, and the time to
+//! Counting every RPC of the gRPC port the way go-grpc-prometheus does: started, handled by status code, and the time to
 //! the status. The status is read where gRPC puts it: the response headers of
 //! a trailers-only reply (every refusal), or the trailers at the end of the
 //! body (OK, and errors after a message was sent).
@@ -8,7 +7,6 @@
 //! other path is counted as `unknown`, so a client cannot grow the label set.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -28,24 +26,17 @@ pub struct Method {
     pub kind: &'static str,
 }
 
-/// The layer: wraps each request's service with the counting one.
+/// Counts the RPCs of one server; cheap to clone.
 #[derive(Debug, Clone)]
-pub struct GrpcMetricsLayer {
+pub struct GrpcMeter {
     metrics: Arc<Metrics>,
     methods: Arc<HashMap<String, Method>>,
 }
 
-/// The counting service.
-#[derive(Debug, Clone)]
-pub struct GrpcMetrics<S> {
-    inner: S,
-    metrics: Arc<Metrics>,
-    methods: Arc<HashMap<String, Method>>,
-}
-
-/// What one RPC reports when it ends.
+/// One RPC being counted: it ends once, with the first status seen, or as
+/// `Cancelled` if it is dropped before one (a client reset, a timeout).
 #[derive(Debug)]
-struct Pending {
+pub struct RpcMeter {
     metrics: Arc<Metrics>,
     method: Method,
     started: crate::entropy::Stopwatch,
@@ -56,17 +47,11 @@ struct Pending {
 #[derive(Debug)]
 pub struct CountedBody<B> {
     inner: B,
-    pending: Option<Pending>,
+    meter: Option<RpcMeter>,
 }
 
-/// The response future.
-pub struct CountedFuture<F> {
-    inner: Pin<Box<F>>,
-    pending: Option<Pending>,
-}
-
-impl GrpcMetricsLayer {
-    /// Counts RPCs into `metrics`; `methods` are the served ones, keyed by path (`/svc/Method`).
+impl GrpcMeter {
+    /// Counts RPCs into `metrics`; `methods` are the served ones.
     pub fn new(metrics: Arc<Metrics>, methods: Vec<Method>) -> Self {
         let methods = methods
             .into_iter()
@@ -77,89 +62,58 @@ impl GrpcMetricsLayer {
             methods: Arc::new(methods),
         }
     }
-}
 
-impl<S> tower::Layer<S> for GrpcMetricsLayer {
-    type Service = GrpcMetrics<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        GrpcMetrics {
-            inner,
-            metrics: Arc::clone(&self.metrics),
-            methods: Arc::clone(&self.methods),
-        }
-    }
-}
-
-impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for GrpcMetrics<S>
-where
-    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
-{
-    type Response = http::Response<CountedBody<ResBody>>;
-    type Error = S::Error;
-    type Future = CountedFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
-        let method = self
-            .methods
-            .get(request.uri().path())
-            .cloned()
-            .unwrap_or_else(|| Method {
-                service: "unknown".into(),
-                method: "unknown".into(),
-                kind: "unary",
-            });
+    /// Starts counting the RPC at `path` (`/package.Service/Method`).
+    pub fn start(&self, path: &str) -> RpcMeter {
+        let method = self.methods.get(path).cloned().unwrap_or_else(|| Method {
+            service: "unknown".into(),
+            method: "unknown".into(),
+            kind: "unary",
+        });
         self.metrics
             .grpc_started(&method.service, &method.method, method.kind);
-        CountedFuture {
-            inner: Box::pin(self.inner.call(request)),
-            pending: Some(Pending {
-                metrics: Arc::clone(&self.metrics),
-                method,
-                started: crate::entropy::Stopwatch::start(),
-                done: false,
-            }),
+        RpcMeter {
+            metrics: Arc::clone(&self.metrics),
+            method,
+            started: crate::entropy::Stopwatch::start(),
+            done: false,
         }
     }
 }
 
-impl<F: std::fmt::Debug> std::fmt::Debug for CountedFuture<F> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CountedFuture").finish_non_exhaustive()
+impl RpcMeter {
+    /// Ends the RPC if `headers` carry its status (a trailers-only reply).
+    pub fn headers(&mut self, headers: &http::HeaderMap) {
+        if let Some(code) = status_of(headers) {
+            self.finish(code);
+        }
+    }
+
+    fn finish(&mut self, code: &'static str) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        self.metrics.grpc_handled(
+            &self.method.service,
+            &self.method.method,
+            self.method.kind,
+            code,
+            self.started.elapsed_secs(),
+        );
     }
 }
 
-impl<F, B, E> Future for CountedFuture<F>
-where
-    F: Future<Output = Result<http::Response<B>, E>>,
-{
-    type Output = Result<http::Response<CountedBody<B>>, E>;
+impl Drop for RpcMeter {
+    fn drop(&mut self) {
+        self.finish("Canceled");
+    }
+}
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let result = match self.inner.as_mut().poll(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(result) => result,
-        };
-        let mut pending = self.pending.take();
-        Poll::Ready(match result {
-            Ok(response) => {
-                // A trailers-only reply has its status in the headers.
-                if let (Some(p), Some(code)) = (pending.as_mut(), status_of(response.headers())) {
-                    p.finish(code);
-                }
-                Ok(response.map(|inner| CountedBody { inner, pending }))
-            }
-            Err(error) => {
-                if let Some(p) = pending.as_mut() {
-                    p.finish("Unknown");
-                }
-                Err(error)
-            }
-        })
+impl<B> CountedBody<B> {
+    /// `inner`, ending `meter` when its trailers (or its end) arrive.
+    pub fn new(inner: B, meter: Option<RpcMeter>) -> Self {
+        Self { inner, meter }
     }
 }
 
@@ -177,10 +131,10 @@ impl<B: Body + Unpin> Body for CountedBody<B> {
                 Some(Ok(frame)) => frame.trailers_ref().and_then(status_of),
                 Some(Err(_)) => Some("Unknown"),
                 // The body ended without trailers: the peer went away.
-                None => Some("Cancelled"),
+                None => Some("Canceled"),
             };
-            if let (Some(code), Some(p)) = (code, self.pending.as_mut()) {
-                p.finish(code);
+            if let (Some(code), Some(meter)) = (code, self.meter.as_mut()) {
+                meter.finish(code);
             }
         }
         polled
@@ -192,29 +146,6 @@ impl<B: Body + Unpin> Body for CountedBody<B> {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
-    }
-}
-
-impl Pending {
-    fn finish(&mut self, code: &'static str) {
-        if self.done {
-            return;
-        }
-        self.done = true;
-        self.metrics.grpc_handled(
-            &self.method.service,
-            &self.method.method,
-            self.method.kind,
-            code,
-            self.started.elapsed_secs(),
-        );
-    }
-}
-
-impl Drop for Pending {
-    // A call dropped before its status (client reset, server timeout) still ends once.
-    fn drop(&mut self) {
-        self.finish("Cancelled");
     }
 }
 

@@ -29,7 +29,7 @@ mod grpc;
 mod text;
 
 pub use collectors::{IssuerSnapshot, IssuerState};
-pub use grpc::{GrpcMetricsLayer, Method};
+pub use grpc::{CountedBody, GrpcMeter, Method, RpcMeter};
 pub use text::{OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE, wants_openmetrics};
 
 /// A label set: label names are static, values are bounded strings.
@@ -87,6 +87,8 @@ pub struct Metrics {
     config_generation: Gauge,
     config_loaded: Gauge,
     config_info: Family<Labels, Gauge>,
+    connections_refused: Family<Labels, Counter>,
+    accept_errors: Family<Labels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -176,6 +178,25 @@ impl Metrics {
             "The fingerprint of the config in use (value 1)",
             config_info.clone(),
         );
+        let connections_refused = Family::default();
+        registry.register(
+            "tokengate_connections_refused",
+            "Connections closed at once because the port had max_connections open",
+            connections_refused.clone(),
+        );
+        let accept_errors = Family::default();
+        registry.register(
+            "tokengate_accept_errors",
+            "Failed accepts that paused the port (out of file descriptors)",
+            accept_errors.clone(),
+        );
+        // Both ports' series exist from the start at 0, so a rate() over them
+        // and an alert on them work before the first refusal.
+        for port in ["grpc", "admin"] {
+            let labels = vec![("port", Cow::Borrowed(port))];
+            let _ = connections_refused.get_or_create(&labels);
+            let _ = accept_errors.get_or_create(&labels);
+        }
         let build_info = Family::<Labels, Gauge>::default();
         build_info
             .get_or_create(&vec![
@@ -205,6 +226,8 @@ impl Metrics {
             config_generation,
             config_loaded,
             config_info,
+            connections_refused,
+            accept_errors,
         })
     }
 
@@ -289,6 +312,20 @@ impl Metrics {
         self.config_info
             .get_or_create(&vec![("fingerprint", label(fingerprint))])
             .set(1);
+    }
+
+    /// Records a connection refused over a port's cap (`grpc` or `admin`).
+    pub fn connection_refused(&self, port: &'static str) {
+        self.connections_refused
+            .get_or_create(&vec![("port", Cow::Borrowed(port))])
+            .inc();
+    }
+
+    /// Records an accept that failed for the whole port.
+    pub fn accept_failed(&self, port: &'static str) {
+        self.accept_errors
+            .get_or_create(&vec![("port", Cow::Borrowed(port))])
+            .inc();
     }
 
     /// The exposition: OpenMetrics, or the classic Prometheus text format.

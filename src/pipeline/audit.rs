@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use super::{Refusal, Rpc};
 use crate::domain::{Fingerprint, Principal};
 use crate::gate::Issued;
+use crate::metrics::CallRecord;
 
 /// The tracing target of audit events, so operators can route them.
 pub const AUDIT_TARGET: &str = "audit";
@@ -60,6 +61,10 @@ pub struct AuditEvent {
     pub route: Option<String>,
     /// Time spent in the pipeline, microseconds.
     pub latency_us: u64,
+    /// The entry point, for the metrics' `action` label.
+    pub(super) call: Rpc,
+    /// The services of an issued token, as the metrics count them.
+    pub(super) issued_services: Vec<&'static str>,
 }
 
 /// A use case's result that knows what to record about itself.
@@ -91,6 +96,31 @@ impl AuditEvent {
             token: None,
             route: None,
             latency_us: 0,
+            call: rpc,
+            issued_services: Vec::new(),
+        }
+    }
+
+    /// What the metrics count of this call.
+    pub(super) fn metrics_record<'a, T>(
+        &'a self,
+        result: &'a Result<T, Refusal>,
+    ) -> CallRecord<'a> {
+        CallRecord {
+            action: self.call.action(),
+            decision: self.decision,
+            reason: match result {
+                Ok(_) => "none",
+                Err(refusal) => refusal.reason(),
+            },
+            rule: self.rule.as_deref(),
+            // Tokens are counted only for calls that issued one.
+            project: self
+                .project
+                .as_deref()
+                .filter(|_| !self.issued_services.is_empty()),
+            services: &self.issued_services,
+            route: self.route.as_deref(),
         }
     }
 
@@ -117,6 +147,7 @@ impl AuditEvent {
         self.identity = Some(issued.identity_text());
         self.role = issued.role().map(|role| role.to_string());
         self.services = Some(issued.services().join(","));
+        self.issued_services = issued.services().to_vec();
         self.expires_at = Some(issued.expires_at);
         self.token = Some(issued.fingerprint.clone());
     }

@@ -17,6 +17,7 @@ use crate::domain::Principal;
 use crate::entropy;
 use crate::gate::Gate;
 use crate::identity::{AuthError, Authenticator};
+use crate::metrics::Metrics;
 use crate::routes::Routes;
 
 mod audit;
@@ -40,6 +41,7 @@ pub struct Pipeline {
     gate: Arc<Gate>,
     authenticator: Arc<Authenticator>,
     routes: Option<Arc<Routes>>,
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// Which entry point a call came through; audit events name it.
@@ -112,6 +114,19 @@ impl std::fmt::Debug for Pipeline {
 }
 
 impl Rpc {
+    /// The `action` label of the decision metrics.
+    pub fn action(self) -> &'static str {
+        match self {
+            Rpc::IssueRtcToken => "rtc",
+            Rpc::IssueRtmToken => "rtm",
+            Rpc::IssueChatToken => "chat",
+            Rpc::RenewToken => "renew",
+            Rpc::InspectToken => "inspect",
+            Rpc::ExplainAccess => "explain",
+            Rpc::ExtAuthz => "ext_authz",
+        }
+    }
+
     /// The name in audit events and logs.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -138,7 +153,14 @@ impl Pipeline {
             gate,
             authenticator,
             routes,
+            metrics: None,
         }
+    }
+
+    /// The same pipeline, counting every call and JWT verification into `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The ext_authz routes, when enabled.
@@ -169,7 +191,19 @@ impl Pipeline {
                 return Err(AuthError::Malformed("more than one credential header").into());
             }
         };
-        let principal = self.authenticator.authenticate(header, flow.now).await?;
+        let timer = entropy::Stopwatch::start();
+        let (issuer, verified) = self
+            .authenticator
+            .authenticate_named(header, flow.now)
+            .await;
+        if let Some(metrics) = &self.metrics {
+            let outcome = match &verified {
+                Ok(_) => "ok",
+                Err(error) => error.reason(),
+            };
+            metrics.record_jwt(issuer.unwrap_or("none"), outcome, timer.elapsed_secs());
+        }
+        let principal = verified?;
         flow.event.caller(&principal);
         Ok(principal)
     }
@@ -198,6 +232,9 @@ impl Pipeline {
         }
         flow.event.latency_us = flow.started.elapsed_us();
         flow.event.emit();
+        if let Some(metrics) = &self.metrics {
+            metrics.record_call(&flow.event.metrics_record(&result));
+        }
         Outcome {
             request_id: flow.event.request_id,
             result,

@@ -1,5 +1,5 @@
 //! The admin HTTP port: `/healthz` answers while the process runs, `/readyz`
-//! 200 only while ready and not draining. HTTP/1 only, served through hyper
+//! 200 only while ready and not draining, `/metrics` the Prometheus metrics. HTTP/1 only, served through hyper
 //! directly (not `axum::serve`, which has no timeouts) so that every request's
 //! headers must arrive within the header read timeout, and the port shares
 //! the accept loop, the connection cap and the idle timeout of `listen`.
@@ -7,11 +7,12 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
-use http::{Request, Response};
+use http::{HeaderMap, Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -21,6 +22,7 @@ use tonic::codegen::Service as _;
 
 use super::listen::{self, Activity, ConnectionLimits, Phase, Tracked};
 use crate::grpc::health::HealthState;
+use crate::metrics::Metrics;
 
 /// Serves the admin endpoints on `listener` until the phase leaves `Serving`;
 /// open connections then finish or are dropped as the phase says.
@@ -28,9 +30,10 @@ pub(super) async fn serve(
     listener: TcpListener,
     health: watch::Receiver<HealthState>,
     limits: ConnectionLimits,
+    metrics: Option<Arc<Metrics>>,
     phase: watch::Receiver<Phase>,
 ) {
-    let router = router(health);
+    let router = router(health, metrics.clone());
     let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
@@ -42,6 +45,7 @@ pub(super) async fn serve(
         listener,
         "admin",
         limits.max_connections,
+        metrics,
         accept_phase,
         move |stream, _peer, slot| {
             let _ = stream.set_nodelay(true);
@@ -71,8 +75,15 @@ pub(super) async fn serve(
     .await;
 }
 
-fn router(health: watch::Receiver<HealthState>) -> Router {
+fn router(health: watch::Receiver<HealthState>, metrics: Option<Arc<Metrics>>) -> Router {
     Router::new()
+        .route(
+            "/metrics",
+            get(move |headers: HeaderMap| {
+                let metrics = metrics.clone();
+                async move { exposition(metrics.as_deref(), &headers) }
+            }),
+        )
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
         .route(
             "/readyz",
@@ -89,6 +100,28 @@ fn router(health: watch::Receiver<HealthState>) -> Router {
                 }
             }),
         )
+}
+
+/// `GET /metrics`: OpenMetrics when the scraper asks for it, classic text otherwise.
+fn exposition(metrics: Option<&Metrics>, headers: &HeaderMap) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let Some(metrics) = metrics else {
+        return (StatusCode::NOT_FOUND, "metrics are off\n").into_response();
+    };
+    let accept = headers
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let openmetrics = crate::metrics::wants_openmetrics(accept);
+    let content_type = if openmetrics {
+        crate::metrics::OPENMETRICS_CONTENT_TYPE
+    } else {
+        crate::metrics::PROMETHEUS_CONTENT_TYPE
+    };
+    (
+        [(http::header::CONTENT_TYPE, content_type)],
+        metrics.encode(openmetrics),
+    )
+        .into_response()
 }
 
 /// One admin connection's view of the router; counts its calls.

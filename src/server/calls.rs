@@ -21,6 +21,7 @@ use tonic::service::Routes;
 use tonic::transport::server::TcpConnectInfo;
 
 use super::listen::{Activity, Tracked};
+use crate::metrics::{CountedBody, GrpcMeter};
 use crate::render::{self, TransportRefusal};
 
 /// One connection's view of the gRPC routes.
@@ -30,6 +31,7 @@ pub(super) struct GrpcCalls {
     info: TcpConnectInfo,
     activity: Activity,
     timeout: Duration,
+    meter: Option<GrpcMeter>,
 }
 
 impl GrpcCalls {
@@ -40,23 +42,26 @@ impl GrpcCalls {
         info: TcpConnectInfo,
         activity: Activity,
         timeout: Duration,
+        meter: Option<GrpcMeter>,
     ) -> Self {
         Self {
             routes,
             info,
             activity,
             timeout,
+            meter,
         }
     }
 }
 
 impl hyper::service::Service<Request<Incoming>> for GrpcCalls {
-    type Response = Response<Tracked<tonic::body::Body>>;
+    type Response = Response<Tracked<CountedBody<tonic::body::Body>>>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         let call = self.activity.begin();
+        let mut rpc = self.meter.as_ref().map(|m| m.start(request.uri().path()));
         let deadline =
             caller_timeout(request.headers()).map_or(self.timeout, |t| t.min(self.timeout));
         // `Request::remote_addr` reads this, as under tonic's own server.
@@ -79,7 +84,12 @@ impl hyper::service::Service<Request<Incoming>> for GrpcCalls {
                 Ok(Err(never)) => match never {},
                 Err(_elapsed) => refuse(&TransportRefusal::DeadlineExceeded),
             };
-            Ok(response.map(|body| Tracked::new(body, call)))
+            // A trailers-only reply (every refusal) carries its status here;
+            // otherwise the body's trailers do.
+            if let Some(rpc) = rpc.as_mut() {
+                rpc.headers(response.headers());
+            }
+            Ok(response.map(|body| Tracked::new(CountedBody::new(body, rpc), call)))
         })
     }
 }

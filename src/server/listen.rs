@@ -70,11 +70,12 @@ pub(super) async fn accept_loop(
     listener: TcpListener,
     port: &'static str,
     max_connections: usize,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     mut phase: watch::Receiver<Phase>,
     mut serve: impl FnMut(TcpStream, SocketAddr, OwnedSemaphorePermit),
 ) {
     let slots = Arc::new(Semaphore::new(max_connections));
-    let stats = Arc::new(PortStats::new(port, max_connections));
+    let stats = Arc::new(PortStats::new(port, max_connections, metrics));
     let reporter = tokio::spawn(report(Arc::clone(&stats)));
     let mut backoff = BACKOFF_MIN;
     loop {
@@ -131,20 +132,26 @@ async fn leaving(phase: &mut watch::Receiver<Phase>, from: Phase) {
 struct PortStats {
     port: &'static str,
     max_connections: usize,
-    /// Every connection refused over the cap since start: the counter a
-    /// metrics endpoint will export.
+    /// Every connection refused over the cap since start, for the logs
+    /// (the metrics count them in `tokengate_connections_refused_total`).
     refused_total: AtomicU64,
     refused_unlogged: AtomicU64,
     refusal_logged: AtomicBool,
     accept_errors_unlogged: AtomicU64,
     accept_error_logged: AtomicBool,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl PortStats {
-    fn new(port: &'static str, max_connections: usize) -> Self {
+    fn new(
+        port: &'static str,
+        max_connections: usize,
+        metrics: Option<Arc<crate::metrics::Metrics>>,
+    ) -> Self {
         Self {
             port,
             max_connections,
+            metrics,
             refused_total: AtomicU64::new(0),
             refused_unlogged: AtomicU64::new(0),
             refusal_logged: AtomicBool::new(false),
@@ -154,6 +161,9 @@ impl PortStats {
     }
 
     fn refused(&self) {
+        if let Some(metrics) = &self.metrics {
+            metrics.connection_refused(self.port);
+        }
         let total = self.refused_total.fetch_add(1, Ordering::Relaxed) + 1;
         if self.refusal_logged.swap(true, Ordering::Relaxed) {
             self.refused_unlogged.fetch_add(1, Ordering::Relaxed);
@@ -168,6 +178,9 @@ impl PortStats {
     }
 
     fn accept_failed(&self, error: &std::io::Error, backoff: Duration) {
+        if let Some(metrics) = &self.metrics {
+            metrics.accept_failed(self.port);
+        }
         if self.accept_error_logged.swap(true, Ordering::Relaxed) {
             self.accept_errors_unlogged.fetch_add(1, Ordering::Relaxed);
         } else {

@@ -12,6 +12,7 @@
 mod admin;
 mod calls;
 mod listen;
+mod observe;
 
 use std::future::Future;
 use std::time::Duration;
@@ -78,6 +79,8 @@ pub struct ServeOptions {
     /// The largest request header list, advertised as HTTP/2
     /// `SETTINGS_MAX_HEADER_LIST_SIZE`.
     pub max_header_list_size: u32,
+    /// The metrics the ports count into and `/metrics` serves; `None` turns both off.
+    pub metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 impl Default for ServeOptions {
@@ -98,6 +101,7 @@ impl Default for ServeOptions {
             max_connections: 1000,
             admin_max_connections: 64,
             max_header_list_size: 128 * 1024,
+            metrics: None,
         }
     }
 }
@@ -121,6 +125,7 @@ impl ServeOptions {
             max_connections: limits.max_connections(),
             admin_max_connections: limits.admin_max_connections(),
             max_header_list_size: limits.max_header_list_size(),
+            metrics: None,
         }
     }
 
@@ -228,6 +233,7 @@ pub async fn run(
         admin,
         health_rx,
         options.admin_limits(),
+        options.metrics.clone(),
         admin_phase_rx,
     ));
     let (grpc_phase, grpc_phase_rx) = watch::channel(Phase::Serving);
@@ -278,11 +284,16 @@ async fn serve_grpc(
     let builder = options.grpc_builder();
     let limits = options.grpc_limits();
     let timeout = options.request_timeout;
+    let meter = options
+        .metrics
+        .clone()
+        .map(|metrics| crate::metrics::GrpcMeter::new(metrics, observe::served_methods()));
     let accept_phase = phase.clone();
     listen::accept_loop(
         listener,
         "grpc",
         limits.max_connections,
+        options.metrics.clone(),
         accept_phase,
         move |stream, peer, slot| {
             // Without it small replies wait ~40 ms for Nagle.
@@ -292,7 +303,7 @@ async fn serve_grpc(
                 remote_addr: Some(peer),
             };
             let (activity, calls) = Activity::new();
-            let service = GrpcCalls::new(routes.clone(), info, activity, timeout);
+            let service = GrpcCalls::new(routes.clone(), info, activity, timeout, meter.clone());
             let builder = builder.clone();
             let phase = phase.clone();
             tokio::spawn(async move {
@@ -443,12 +454,13 @@ pub async fn serve(
         );
         ready.set(true);
     });
+    let metrics = observe::metrics(&authenticator);
+    metrics.config_loaded(config.fingerprint.as_str(), crate::entropy::unix_now());
     let routes_config = config.ext_authz.map(Arc::new);
-    let pipeline = Arc::new(crate::pipeline::Pipeline::new(
-        gate,
-        Arc::clone(&authenticator),
-        routes_config.clone(),
-    ));
+    let pipeline = Arc::new(
+        crate::pipeline::Pipeline::new(gate, Arc::clone(&authenticator), routes_config.clone())
+            .with_metrics(Arc::clone(&metrics)),
+    );
     let api = crate::grpc::service::Api::new(Arc::clone(&pipeline));
     let mut routes = Routes::new(
         pb::token_service_server::TokenServiceServer::new(api)
@@ -466,7 +478,9 @@ pub async fn serve(
                 .max_decoding_message_size(config.limits.max_message_size()),
         );
     }
-    let options = ServeOptions::from_config(&config.server, &config.limits, advertised_services);
+    let mut options =
+        ServeOptions::from_config(&config.server, &config.limits, advertised_services);
+    options.metrics = Some(metrics);
     tracing::info!(
         grpc = %grpc.local_addr().map_err(|source| StartError::Bind { addr: config.server.grpc_listen(), source })?,
         admin = %admin.local_addr().map_err(|source| StartError::Bind { addr: config.server.admin_listen(), source })?,

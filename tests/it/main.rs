@@ -20,6 +20,7 @@ mod identity_hardening;
 mod identity_jwks;
 mod identity_oidc;
 mod identity_wycheproof;
+mod metrics;
 mod pipeline;
 mod policy_example;
 mod policy_props;

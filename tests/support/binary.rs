@@ -17,7 +17,8 @@ use super::server::{PRIMARY_CERT, SECONDARY_CERT, config_text, ready_within};
 pub struct Running {
     child: Option<Child>,
     grpc: SocketAddr,
-    admin: SocketAddr,
+    /// The admin HTTP address.
+    pub admin: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
     reader: Option<std::thread::JoinHandle<()>>,
     /// Keeps its keep-alive connection to the admin port open across the

@@ -20,6 +20,22 @@ pub fn grpcurl_path() -> PathBuf {
     existing(venv_bin().join("grpcurl"), "grpcurl")
 }
 
+/// Debian's `promtool` (package `prometheus`, installed by `.ci/setup`), asserted to exist.
+pub fn promtool_path() -> PathBuf {
+    existing(
+        PathBuf::from("/usr/bin/promtool"),
+        "promtool (Debian package prometheus)",
+    )
+}
+
+/// Debian's `prometheus` server, asserted to exist.
+pub fn prometheus_path() -> PathBuf {
+    existing(
+        PathBuf::from("/usr/bin/prometheus"),
+        "prometheus (Debian package prometheus)",
+    )
+}
+
 /// The venv's python, asserted to exist.
 pub fn python_path() -> PathBuf {
     existing(venv_bin().join("python"), "python (venv)")
