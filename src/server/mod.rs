@@ -37,14 +37,6 @@ pub const HEALTH_SERVICE_NAME: &str = "grpc.health.v1.Health";
 /// Envoy's external authorization service, served when `[ext_authz]` is enabled.
 pub const EXT_AUTHZ_SERVICE_NAME: &str = "envoy.service.auth.v3.Authorization";
 
-/// A failure to serve.
-#[derive(Debug, thiserror::Error)]
-pub enum ServerError {
-    /// Reflection could not load a descriptor set.
-    #[error("reflection: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
-}
-
 /// Whether the service is ready to serve tokens; drives gRPC health and `/readyz`.
 #[derive(Debug, Clone)]
 pub struct Readiness {
@@ -195,7 +187,7 @@ pub async fn run(
     readiness: Readiness,
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServerError> {
+) -> Result<(), StartError> {
     let reflection_v1 = reflection_builder(&options.advertised_services).build_v1()?;
     let reflection_v1alpha = reflection_builder(&options.advertised_services).build_v1alpha()?;
 
@@ -378,7 +370,7 @@ async fn track_health(
     }
 }
 
-/// Why the service could not start or stopped with an error.
+/// Why the service could not start or stopped with an error: the server's one error type.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// The config is unusable (exit code 64); the message names the key.
@@ -392,9 +384,9 @@ pub enum StartError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// Serving failed.
-    #[error(transparent)]
-    Serve(#[from] ServerError),
+    /// Reflection could not load a descriptor set (a build bug).
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
 }
 
 /// Binds the config's listen addresses, each with the config's listen
