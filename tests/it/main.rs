@@ -13,6 +13,7 @@ mod cli_dev;
 mod cli_limits;
 mod cli_token;
 mod deploy;
+mod deploy_observability;
 mod ext_authz;
 mod hardening;
 mod identity_catalogue;
