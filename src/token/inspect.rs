@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use super::builders::raw;
 use super::codec::ParseError;
-use super::services::{Service, ServiceKind};
+use super::services::{SERVICE_RTC, Service, ServiceKind};
 use super::v006::{self, Parsed006};
 use super::v007::{self, ParsedToken};
 use super::{AppCertificate, AppId, privilege_expires_at};
@@ -303,7 +303,7 @@ fn inspect_006(
         .privileges
         .iter()
         .map(|(&privilege, &value)| PrivilegeExpiry {
-            service_type: 1,
+            service_type: SERVICE_RTC,
             privilege,
             value,
             expires_at: (value != 0).then_some(u64::from(value)),
@@ -328,7 +328,7 @@ fn inspect_006(
         expires_at,
         salt: parsed.salt,
         services: vec![InspectedService {
-            service_type: 1,
+            service_type: SERVICE_RTC,
             privileges,
             channel: String::new(),
             uid: String::new(),
@@ -401,7 +401,10 @@ fn diagnose_services(
     now: u64,
 ) {
     // Service type 1 is RTC (spec §2.5), the only one with a channel and a uid to join with.
-    let rtc: Vec<&InspectedService> = services.iter().filter(|s| s.service_type == 1).collect();
+    let rtc: Vec<&InspectedService> = services
+        .iter()
+        .filter(|s| s.service_type == SERVICE_RTC)
+        .collect();
     for service in &rtc {
         let join = service
             .privileges
