@@ -14,6 +14,7 @@ mod cli_limits;
 mod cli_token;
 mod deploy;
 mod ext_authz;
+mod faults;
 mod hardening;
 mod identity_catalogue;
 mod identity_hardening;
