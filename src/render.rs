@@ -306,12 +306,8 @@ mod tests {
             (
                 "unavailable",
                 vec![
-                    Refusal::from(AuthError::KeysNotLoaded {
-                        issuer: "a".into(),
-                    }),
-                    Refusal::from(AuthError::KeysExpired {
-                        issuer: "a".into(),
-                    }),
+                    Refusal::from(AuthError::KeysNotLoaded { issuer: "a".into() }),
+                    Refusal::from(AuthError::KeysExpired { issuer: "a".into() }),
                 ],
             ),
             ("internal", vec![Refusal::Internal("bug".into())]),

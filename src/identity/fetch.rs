@@ -51,7 +51,9 @@ pub async fn fetch(
     // One deadline for both GETs: `fetch_timeout` bounds the refresh, so a
     // slow discovery document cannot double the time a forced refetch takes.
     match source {
-        KeySource::JwksUrl(url) => within(limits.timeout, fetch_jwks(client, url.clone(), limits)).await,
+        KeySource::JwksUrl(url) => {
+            within(limits.timeout, fetch_jwks(client, url.clone(), limits)).await
+        }
         KeySource::Discovery(url) => {
             within(limits.timeout, async {
                 let jwks_uri = discover(client, url.clone(), issuers, limits).await?;

@@ -333,9 +333,7 @@ impl KeyCache {
             } else {
                 1
             };
-        let start = forced
-            .start
-            .map_or(now, |last| (last + self.gap).max(now));
+        let start = forced.start.map_or(now, |last| (last + self.gap).max(now));
         let pending = Pending {
             target,
             deadline: now + self.wait_limit,
@@ -622,8 +620,15 @@ mod tests {
         }
         let forced = cache.forced.lock().unwrap();
         assert_eq!(forced.tried.len(), MAX_REMEMBERED_KIDS);
-        assert!(!forced.tried.contains_key("kid-0"), "the oldest is forgotten");
-        assert!(forced.tried.contains_key(&format!("kid-{}", MAX_REMEMBERED_KIDS + 9)));
+        assert!(
+            !forced.tried.contains_key("kid-0"),
+            "the oldest is forgotten"
+        );
+        assert!(
+            forced
+                .tried
+                .contains_key(&format!("kid-{}", MAX_REMEMBERED_KIDS + 9))
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -453,7 +453,10 @@ pub async fn serve(
     let ready = readiness.clone();
     let keys = Arc::clone(&authenticator);
     tokio::spawn(async move {
-        ready.set_because(false, "waiting for the keys of the required issuers".to_owned());
+        ready.set_because(
+            false,
+            "waiting for the keys of the required issuers".to_owned(),
+        );
         let first = keys.wait_readiness(true).await;
         // Optional issuers may still be loading; their callers get UNAVAILABLE meanwhile.
         let still_loading: Vec<String> = first

@@ -154,7 +154,10 @@ async fn an_outage_through_max_stale_is_unavailable_and_recovers_within_a_second
     let mut unavailable = 0;
     for _ in 0..20 {
         let (code, reason, retry) = call(&server, &jwt).await;
-        assert_eq!((code, reason.as_str()), (Code::Unavailable, "keys_unavailable"));
+        assert_eq!(
+            (code, reason.as_str()),
+            (Code::Unavailable, "keys_unavailable")
+        );
         assert!(retry.is_some(), "UNAVAILABLE carries RetryInfo");
         unavailable += 1;
     }
@@ -201,7 +204,10 @@ async fn a_start_with_the_idp_down_is_not_ready_and_unavailable_until_it_answers
     let mut refused = 0;
     for _ in 0..10 {
         let (code, reason, retry) = call(&server, &jwt).await;
-        assert_eq!((code, reason.as_str()), (Code::Unavailable, "keys_unavailable"));
+        assert_eq!(
+            (code, reason.as_str()),
+            (Code::Unavailable, "keys_unavailable")
+        );
         assert_eq!(retry, Some(Duration::from_secs(1)));
         refused += 1;
     }
@@ -242,7 +248,11 @@ async fn a_slow_idp_leaves_the_latency_of_known_kids_untouched() {
         .mint(&TestServer::claims("alice", json!({})));
     let asked = Instant::now();
     assert_eq!(call(&server, &probe).await.1, "unknown_key");
-    assert!(asked.elapsed() < Duration::from_millis(2500), "{:?}", asked.elapsed());
+    assert!(
+        asked.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        asked.elapsed()
+    );
     // Meanwhile, while the fetch is still running, known kids are served fast.
     let mut slowest = Duration::ZERO;
     for _ in 0..20 {
@@ -250,8 +260,15 @@ async fn a_slow_idp_leaves_the_latency_of_known_kids_untouched() {
         assert_eq!(call(&server, &jwt).await.0, Code::Ok);
         slowest = slowest.max(started.elapsed());
     }
-    assert!(slowest < Duration::from_millis(500), "slowest call {slowest:?}");
-    assert_eq!(server.jwks.jwks_fetches(), 2, "one forced refetch, nothing else");
+    assert!(
+        slowest < Duration::from_millis(500),
+        "slowest call {slowest:?}"
+    );
+    assert_eq!(
+        server.jwks.jwks_fetches(),
+        2,
+        "one forced refetch, nothing else"
+    );
     server.shutdown().await;
 }
 
@@ -310,15 +327,35 @@ async fn soft_and_hard_rotations_and_a_second_rotation_inside_the_cooldown() {
     // is published now. It is picked up within 2 s of its first call.
     server.set_keys(&[&k3]);
     let took = accepted_after(&auth, &k3.mint(&claims())).await;
-    assert!(took < Duration::from_millis(2500), "second rotation took {took:?}");
-    assert_eq!(server.jwks_fetches(), 3, "one refetch for the second rotation");
+    assert!(
+        took < Duration::from_millis(2500),
+        "second rotation took {took:?}"
+    );
+    assert_eq!(
+        server.jwks_fetches(),
+        3,
+        "one refetch for the second rotation"
+    );
     // The retired keys are gone: their kids are unknown now, and k2's
     // refetch is the one its cooldown allows.
-    assert_eq!(verify(&auth, &k1.mint(&claims())).await.unwrap_err(), "unknown_key");
-    assert_eq!(verify(&auth, &k2.mint(&claims())).await.unwrap_err(), "unknown_key");
-    assert_eq!(verify(&auth, &k2.mint(&claims())).await.unwrap_err(), "unknown_key");
+    assert_eq!(
+        verify(&auth, &k1.mint(&claims())).await.unwrap_err(),
+        "unknown_key"
+    );
+    assert_eq!(
+        verify(&auth, &k2.mint(&claims())).await.unwrap_err(),
+        "unknown_key"
+    );
+    assert_eq!(
+        verify(&auth, &k2.mint(&claims())).await.unwrap_err(),
+        "unknown_key"
+    );
     verify(&auth, &k3.mint(&claims())).await.unwrap();
-    assert!(server.jwks_fetches() <= 5, "{} fetches", server.jwks_fetches());
+    assert!(
+        server.jwks_fetches() <= 5,
+        "{} fetches",
+        server.jwks_fetches()
+    );
 }
 
 #[tokio::test]
@@ -332,9 +369,15 @@ async fn a_kid_flood_mixed_with_legitimate_calls_costs_one_fetch_and_blocks_no_r
     let mut tasks = Vec::new();
     for i in 0..400 {
         let auth = Arc::clone(&auth);
-        let token = if i % 4 == 0 { good.clone() } else { junk.clone() };
+        let token = if i % 4 == 0 {
+            good.clone()
+        } else {
+            junk.clone()
+        };
         let legit = i % 4 == 0;
-        tasks.push(tokio::spawn(async move { (legit, verify(&auth, &token).await) }));
+        tasks.push(tokio::spawn(
+            async move { (legit, verify(&auth, &token).await) },
+        ));
     }
     let (mut served, mut refused) = (0, 0);
     for task in tasks {
@@ -354,7 +397,10 @@ async fn a_kid_flood_mixed_with_legitimate_calls_costs_one_fetch_and_blocks_no_r
     // A genuine rotation right after the flood is not blocked by it.
     server.add_key(&next);
     let took = accepted_after(&auth, &next.mint(&claims())).await;
-    assert!(took < Duration::from_millis(2500), "rotation after a flood took {took:?}");
+    assert!(
+        took < Duration::from_millis(2500),
+        "rotation after a flood took {took:?}"
+    );
     assert_eq!(server.jwks_fetches(), 3);
     let status = auth.readiness().issuers[0].clone();
     assert_eq!(status.forced_refetches, 2);
@@ -390,9 +436,101 @@ async fn fetch_timeout_bounds_discovery_and_jwks_together() {
         .clone();
     assert!(!status.loaded, "{status:?}");
     assert!(
-        status.last_error.as_deref().unwrap_or("").contains("timed out"),
+        status
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("timed out"),
         "{status:?}"
     );
-    assert!(started.elapsed() < Duration::from_millis(1500), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(server.discovery_fetches(), 1);
+}
+
+/// Kibibytes of resident memory of process `pid`, from `/proc/<pid>/status`.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("a VmRSS line")
+}
+
+/// The soak's length: `TOKENGATE_SOAK_SECS`, or 30 s.
+#[allow(clippy::disallowed_methods)] // The soak's length is the test runner's setting, not service config.
+fn soak_secs() -> u64 {
+    std::env::var("TOKENGATE_SOAK_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30)
+}
+
+/// A fixed-rate soak of the real binary: 200 calls/s over 4 connections for
+/// `TOKENGATE_SOAK_SECS` (30 s by default), every call must succeed, and
+/// resident memory after a warm-up of a sixth of the run may grow by at most
+/// 10 MiB. `.ci/soak.sh` runs the same test for 10 minutes.
+#[tokio::test]
+async fn a_soak_at_a_fixed_rate_has_no_errors_and_flat_memory() {
+    let secs = soak_secs();
+    let (jwks, es256, _rs256) = support::server::test_keys().await;
+    let binary = support::binary::Running::start(&jwks.jwks_url(), LOBBY);
+    binary.wait_ready().await;
+    let jwt = es256.mint(&TestServer::claims("soak", json!({})));
+    let (connections, per_second) = (4u64, 50u64);
+    let per_connection = secs * per_second;
+    let warm_up = Duration::from_secs(secs.div_ceil(6));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let channel = binary.channel().await;
+        let jwt = jwt.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut client =
+                tokengate::grpc::pb::token_service_client::TokenServiceClient::new(channel);
+            let mut tick = tokio::time::interval(Duration::from_millis(1000 / per_second));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut errors = Vec::new();
+            for _ in 0..per_connection {
+                tick.tick().await;
+                let request = TestServer::authed(&jwt, rtc("lobby-soak", Role::Subscriber));
+                if let Err(status) = client.issue_rtc_token(request).await {
+                    errors.push(status.code());
+                }
+            }
+            errors
+        }));
+    }
+    tokio::time::sleep(warm_up).await;
+    let after_warm_up = rss_kib(binary.pid());
+    let mut errors = Vec::new();
+    for task in tasks {
+        errors.extend(task.await.unwrap());
+    }
+    let at_end = rss_kib(binary.pid());
+    let elapsed = started.elapsed();
+    assert!(
+        errors.is_empty(),
+        "{} failed calls: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(10)]
+    );
+    assert!(
+        elapsed < Duration::from_secs(secs + secs / 2 + 5),
+        "{} calls took {elapsed:?}",
+        connections * per_connection
+    );
+    let growth = at_end.saturating_sub(after_warm_up);
+    assert!(
+        growth < 10 * 1024,
+        "RSS grew {growth} KiB after warm-up ({after_warm_up} -> {at_end} KiB)"
+    );
+    eprintln!(
+        "soak: {} calls in {elapsed:?}, 0 errors, RSS {after_warm_up} -> {at_end} KiB",
+        connections * per_connection
+    );
 }
