@@ -274,7 +274,6 @@ mod tests {
             AuthError::BadIssuer,
             AuthError::BadAudience,
             AuthError::MissingClaim("email".into()),
-            AuthError::KeysExpired { issuer: "a".into() },
             AuthError::LifetimeTooLong,
         ];
         let denials = DenyReason::ALL
@@ -306,9 +305,10 @@ mod tests {
             ),
             (
                 "unavailable",
-                vec![Refusal::from(AuthError::KeysNotLoaded {
-                    issuer: "a".into(),
-                })],
+                vec![
+                    Refusal::from(AuthError::KeysNotLoaded { issuer: "a".into() }),
+                    Refusal::from(AuthError::KeysExpired { issuer: "a".into() }),
+                ],
             ),
             ("internal", vec![Refusal::Internal("bug".into())]),
         ]

@@ -77,10 +77,13 @@ pub(super) fn resolve_issuer(
         })?;
         builder = builder.hs_secret(secret);
     }
+    let schedule = refresh(section.refresh);
+    // The floors hold for config files only (see `RefreshConfig::check_floors`).
+    schedule.check_floors().map_err(in_table)?;
     builder = builder
         .algorithms(algorithms)
         .required_claims(section.required_claims)
-        .refresh(refresh(section.refresh));
+        .refresh(schedule);
     if let Some(leeway) = section.leeway {
         builder = builder.leeway(leeway.0);
     }
@@ -306,6 +309,24 @@ mod tests {
             "[refresh]\nfetch_timeout = \"0s\"",
             Some("issuers[1].refresh.fetch_timeout"),
         );
+        check(
+            "[refresh]\nmin_refresh = \"4s\"\ndefault_ttl = \"4s\"",
+            Some("issuers[1].refresh.min_refresh"),
+        );
+        check(
+            "[refresh]\nmin_refresh = \"5s\"\ndefault_ttl = \"5s\"",
+            None,
+        );
+        check(
+            "[refresh]\nunknown_kid_cooldown = \"0s\"",
+            Some("issuers[1].refresh.unknown_kid_cooldown"),
+        );
+        check("[refresh]\nunknown_kid_cooldown = \"1s\"", None);
+        check(
+            "[refresh]\nbackoff_initial = \"50ms\"",
+            Some("issuers[1].refresh.backoff_initial"),
+        );
+        check("[refresh]\nbackoff_initial = \"100ms\"", None);
         check(
             "[refresh]\nfetch_timeout = \"5 parsecs\"",
             Some("refresh.fetch_timeout"),

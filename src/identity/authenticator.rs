@@ -44,9 +44,10 @@ pub struct Authenticator {
 /// Whether the readiness policy holds, with each issuer's status.
 ///
 /// The policy: every issuer with `required_for_readiness` (the default) has
-/// loaded its keys at least once, and at least one issuer has. An optional
-/// issuer whose keys never load leaves the service ready; its callers are
-/// refused with `keys_unavailable` (UNAVAILABLE) while the others are served.
+/// usable keys (loaded at least once, and not expired after `max_stale`), and
+/// at least one issuer has. An optional issuer without usable keys leaves the
+/// service ready; its callers are refused with `keys_unavailable`
+/// (UNAVAILABLE) while the others are served.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Readiness {
     /// True when the policy holds.
@@ -264,8 +265,8 @@ impl Authenticator {
         let ready = issuers
             .iter()
             .zip(&required)
-            .all(|(status, required)| status.loaded || !required)
-            && issuers.iter().any(|s| s.loaded);
+            .all(|(status, required)| status.usable() || !required)
+            && issuers.iter().any(IssuerStatus::usable);
         Readiness {
             ready,
             issuers,
@@ -275,10 +276,23 @@ impl Authenticator {
 
     /// Waits until the readiness policy holds (see [`Readiness`]).
     pub async fn wait_ready(&self) {
+        self.wait_readiness(true).await;
+    }
+
+    /// Waits until the readiness policy's verdict is `ready`, and returns the readiness then.
+    ///
+    /// The server follows readiness with it both ways: keys that expire after
+    /// `max_stale` take a required issuer, and with it the service, out of
+    /// rotation until a refresh succeeds again.
+    pub async fn wait_readiness(&self, ready: bool) -> Readiness {
         // Subscribed before the first look, so no change between the look and
         // the wait is missed.
         let mut receivers: Vec<_> = self.issuers.iter().map(|i| i.cache.watch()).collect();
-        while !self.readiness().ready {
+        loop {
+            let readiness = self.readiness();
+            if readiness.ready == ready {
+                return readiness;
+            }
             if receivers.is_empty() {
                 // Every refresher is gone: readiness never comes, and the
                 // caller's own deadline applies.
@@ -352,10 +366,19 @@ impl AuthError {
         }
     }
 
-    /// True when the issuer's keys have never loaded: the service answers
-    /// UNAVAILABLE (try again) rather than UNAUTHENTICATED.
+    /// True when the issuer's keys have never loaded.
     pub fn keys_never_loaded(&self) -> bool {
         matches!(self, AuthError::KeysNotLoaded { .. })
+    }
+
+    /// True when the issuer has no usable keys (never loaded, or expired
+    /// after `max_stale`): the service answers UNAVAILABLE (try again) rather
+    /// than UNAUTHENTICATED, since the token itself may be fine.
+    pub fn keys_unavailable(&self) -> bool {
+        matches!(
+            self,
+            AuthError::KeysNotLoaded { .. } | AuthError::KeysExpired { .. }
+        )
     }
 }
 
@@ -415,17 +438,26 @@ impl Issuer {
             (None, true) => return Err(self.unknown_key()),
             (None, false) => None,
         };
-        let state = self.cache.load();
-        let found = self.try_keys(&state, kid, parsed)?;
+        let first = self.try_keys(&self.cache.load(), kid, parsed);
+        let found = match first {
+            Err(AuthError::KeysExpired { .. }) => {
+                // The IdP may be back: this call asks for a fetch (rate
+                // limited like an unknown kid's) and looks again after it.
+                self.cache.refetch_while_expired().await;
+                self.try_keys(&self.cache.load(), kid, parsed)?
+            }
+            found => found?,
+        };
         if found {
             return Ok(());
         }
-        drop(state);
         // OIDC Core §10.1.1: an unfamiliar kid may mean the IdP rotated, so
         // refetch once (coalesced and rate-limited by the cache).
-        if kid.is_some() && self.cache.refetch_for_unknown_kid().await {
+        if let Some(kid) = kid
+            && self.cache.refetch_for_unknown_kid(kid).await
+        {
             let state = self.cache.load();
-            if self.try_keys(&state, kid, parsed)? {
+            if self.try_keys(&state, Some(kid), parsed)? {
                 return Ok(());
             }
         }
@@ -735,6 +767,7 @@ mod tests {
                 error.keys_never_loaded(),
                 matches!(error, AuthError::KeysNotLoaded { .. })
             );
+            assert_eq!(error.keys_unavailable(), reason == "keys_unavailable");
             let message = error.to_string();
             assert!(
                 !message.ends_with('.') && message.chars().next().is_some_and(char::is_lowercase)

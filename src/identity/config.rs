@@ -509,7 +509,47 @@ impl IssuerSettings {
     }
 }
 
+/// The least `min_refresh` a config file may set: with an IdP that sends
+/// `max-age=0`, a lower floor turns the refresher into a busy loop.
+pub const MIN_REFRESH_FLOOR: Duration = Duration::from_secs(5);
+/// The least `unknown_kid_cooldown` a config file may set: with `0s`, every
+/// call with a junk `kid` would cost a fetch.
+pub const UNKNOWN_KID_COOLDOWN_FLOOR: Duration = Duration::from_secs(1);
+/// The least `backoff_initial` a config file may set: a failing IdP must not be retried in a tight loop.
+pub const BACKOFF_INITIAL_FLOOR: Duration = Duration::from_millis(100);
+
 impl RefreshConfig {
+    /// Checks the operational floors a config file must respect (the
+    /// library's own callers, tests with paused or fast time, may go lower);
+    /// an error's key is `refresh.<field>`.
+    pub fn check_floors(&self) -> Result<(), IdentityConfigError> {
+        let floors = [
+            ("refresh.min_refresh", self.min_refresh, MIN_REFRESH_FLOOR),
+            (
+                "refresh.unknown_kid_cooldown",
+                self.unknown_kid_cooldown,
+                UNKNOWN_KID_COOLDOWN_FLOOR,
+            ),
+            (
+                "refresh.backoff_initial",
+                self.backoff_initial,
+                BACKOFF_INITIAL_FLOOR,
+            ),
+        ];
+        for (key, value, floor) in floors {
+            if value < floor {
+                return Err(invalid(
+                    key,
+                    &format!(
+                        "must be at least {}: lower values let the IdP or junk tokens drive fetches in a loop",
+                        humantime::format_duration(floor)
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Checks the schedule is coherent; an error's key is `refresh.<field>`.
     pub fn validate(&self) -> Result<(), IdentityConfigError> {
         if self.min_refresh > self.max_refresh {

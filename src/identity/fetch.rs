@@ -1,7 +1,7 @@
 //! Fetching an issuer's key set: JWKS URL, OIDC discovery, file or inline.
 //!
-//! Every fetch has one deadline for the whole exchange (connect, headers and
-//! body) and a body cap enforced while streaming, so a slow or hostile IdP can
+//! Every fetch has one deadline for the whole exchange (discovery and JWKS
+//! together: connects, headers and bodies) and a body cap enforced while streaming, so a slow or hostile IdP can
 //! neither stall the refresher nor exhaust memory. The `Cache-Control:
 //! max-age` of the JWKS response is returned for the scheduler to clamp.
 
@@ -26,7 +26,7 @@ pub struct Fetched {
 /// What the fetcher needs besides the source.
 #[derive(Debug, Clone)]
 pub struct FetchLimits {
-    /// The deadline of one fetch (discovery and JWKS each get their own).
+    /// The deadline of one fetch, discovery and JWKS together.
     pub timeout: Duration,
     /// The largest body accepted.
     pub max_body_size: usize,
@@ -48,11 +48,18 @@ pub async fn fetch(
     issuers: &[String],
     limits: &FetchLimits,
 ) -> Result<Fetched, KeySourceError> {
+    // One deadline for both GETs: `fetch_timeout` bounds the refresh, so a
+    // slow discovery document cannot double the time a forced refetch takes.
     match source {
-        KeySource::JwksUrl(url) => fetch_jwks(client, url.clone(), limits).await,
+        KeySource::JwksUrl(url) => {
+            within(limits.timeout, fetch_jwks(client, url.clone(), limits)).await
+        }
         KeySource::Discovery(url) => {
-            let jwks_uri = discover(client, url.clone(), issuers, limits).await?;
-            fetch_jwks(client, jwks_uri, limits).await
+            within(limits.timeout, async {
+                let jwks_uri = discover(client, url.clone(), issuers, limits).await?;
+                fetch_jwks(client, jwks_uri, limits).await
+            })
+            .await
         }
         KeySource::File(path) => {
             let bytes = tokio::fs::read(path)
@@ -80,6 +87,16 @@ pub async fn fetch(
             max_age: None,
         }),
     }
+}
+
+/// Runs `exchange` under the fetch's one deadline.
+async fn within<T>(
+    timeout: Duration,
+    exchange: impl Future<Output = Result<T, KeySourceError>>,
+) -> Result<T, KeySourceError> {
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| KeySourceError::Timeout(timeout))?
 }
 
 /// Reads the `max-age` directive of a `Cache-Control` value.
@@ -141,13 +158,13 @@ async fn discover(
     }
 }
 
-/// GETs `url` under the deadline and body cap; returns the body and its `Cache-Control`.
+/// GETs `url` under the body cap (the caller sets the deadline); returns the body and its `Cache-Control`.
 async fn get(
     client: &Client,
     url: Url,
     limits: &FetchLimits,
 ) -> Result<(Vec<u8>, Option<String>), KeySourceError> {
-    let exchange = async {
+    {
         let mut response = client
             .get(url)
             .header(reqwest::header::ACCEPT, "application/json")
@@ -184,10 +201,7 @@ async fn get(
             body.extend_from_slice(&chunk);
         }
         Ok((body, cache_control))
-    };
-    tokio::time::timeout(limits.timeout, exchange)
-        .await
-        .map_err(|_| KeySourceError::Timeout(limits.timeout))?
+    }
 }
 
 #[cfg(test)]

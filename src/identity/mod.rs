@@ -22,12 +22,16 @@ mod refresh;
 
 pub use authenticator::{AuthError, Authenticator, Readiness};
 pub use config::{
-    DEFAULT_ALGORITHMS, DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_SIZE, DEFAULT_UNKNOWN_KID_WAIT, HsSecret,
-    IdentityConfigError, IssuerBuilder, IssuerSettings, KeySource, MAX_EXP, MAX_LEEWAY,
-    MAX_TOKEN_SIZE_LIMIT, MAX_UNKNOWN_KID_WAIT, MIN_HS_SECRET_LEN, RefreshConfig, validate_issuers,
+    BACKOFF_INITIAL_FLOOR, DEFAULT_ALGORITHMS, DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_SIZE,
+    DEFAULT_UNKNOWN_KID_WAIT, HsSecret, IdentityConfigError, IssuerBuilder, IssuerSettings,
+    KeySource, MAX_EXP, MAX_LEEWAY, MAX_TOKEN_SIZE_LIMIT, MAX_UNKNOWN_KID_WAIT, MIN_HS_SECRET_LEN,
+    MIN_REFRESH_FLOOR, RefreshConfig, UNKNOWN_KID_COOLDOWN_FLOOR, validate_issuers,
 };
 pub use keys::{KeySet, KeySourceError, MIN_RSA_BITS};
-pub use refresh::{Freshness, IssuerStatus, MAX_UNKNOWN_KID_WAITERS};
+pub use refresh::{
+    EXPIRED_RETRY_MAX, FORCED_REFETCH_GAP, Freshness, IssuerStatus, MAX_REMEMBERED_KIDS,
+    MAX_UNKNOWN_KID_WAITERS,
+};
 
 /// Installs jsonwebtoken's aws-lc crypto provider as the process default.
 ///

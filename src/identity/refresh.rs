@@ -6,11 +6,25 @@
 //! retry with exponential backoff and jitter and keep the last good keys until
 //! `max_stale` has passed since the last success, when the snapshot turns to
 //! `Expired` (the refresher wakes up for that deadline, so the request path
-//! never reads a clock to decide staleness). A request that meets an unknown
-//! `kid` asks for one refetch: concurrent askers join the same fetch, and a new
-//! one starts at most once per `unknown_kid_cooldown`. Waiting for it is
+//! never reads a clock to decide staleness). While expired, retries are at
+//! most [`EXPIRED_RETRY_MAX`] apart, whatever `backoff_max` says, so the
+//! issuer recovers within a second of the IdP answering again, and a call
+//! that meets expired keys asks for a fetch too (rate-limited like an
+//! unknown kid's) and looks again once it is done.
+//!
+//! A request that meets an unknown `kid` asks for one refetch: concurrent
+//! askers join the same fetch. The cooldown applies per kid: a kid that
+//! forced a refetch forces none again for `unknown_kid_cooldown` (at most
+//! [`MAX_REMEMBERED_KIDS`] kids are remembered, the oldest forgotten first),
+//! and forced refetches of any kids start at least [`FORCED_REFETCH_GAP`]
+//! apart (the global cap; one asked for sooner is deferred to the end of the
+//! gap, not dropped). So a flood of one junk kid, or of kids already tried,
+//! costs one fetch per cooldown, a flood of distinct kids at most one per
+//! gap, and neither can hold back a genuine rotation for longer than the gap:
+//! a shared cooldown would let one junk call every 30 s delay every rotation.
+//! Waiting for it is
 //! bounded twice, because a caller with a junk `kid` must never make a caller
-//! with a good token wait (tonic's per-connection concurrency limit counts the
+//! with a good token wait (the per-connection concurrency limit counts the
 //! waiting calls): every waiter of one fetch shares one deadline,
 //! `unknown_kid_wait` after the fetch was asked for, and at most
 //! [`MAX_UNKNOWN_KID_WAITERS`] requests per issuer wait at all; the others
@@ -20,6 +34,7 @@
 //! service (ARCHITECTURE.md): it uses `tokio::time::Instant`, so tests can
 //! drive it with paused time, and `getrandom` for the jitter.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,6 +52,17 @@ use super::keys::KeySet;
 /// beyond it an unknown `kid` is refused without waiting, so a flood of junk
 /// kids holds at most this many call slots, for at most `unknown_kid_wait`.
 pub const MAX_UNKNOWN_KID_WAITERS: usize = 8;
+
+/// The least time between the starts of two forced refetches, whatever kids
+/// asked: the global cap on what a flood of distinct unknown kids costs, and
+/// the longest a genuine rotation waits behind one (when the cooldown is shorter, the cooldown).
+pub const FORCED_REFETCH_GAP: Duration = Duration::from_secs(2);
+
+/// The most unknown kids whose cooldown is remembered; beyond it the oldest is forgotten.
+pub const MAX_REMEMBERED_KIDS: usize = 1024;
+
+/// The longest time between retries while the keys are expired.
+pub const EXPIRED_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// What the request path sees of an issuer's keys.
 #[derive(Debug)]
@@ -83,12 +109,19 @@ pub struct IssuerStatus {
     pub consecutive_failures: u32,
     /// Refetches triggered by an unknown `kid`.
     pub forced_refetches: u64,
-    /// Unknown-`kid` refetches refused by the cooldown.
+    /// Unknown-`kid` refetches refused by the kid's cooldown.
     pub suppressed_refetches: u64,
     /// The last fetch error, if the last fetch failed.
     pub last_error: Option<String>,
     /// When the last fetch succeeded.
     pub last_success: Option<Instant>,
+}
+
+impl IssuerStatus {
+    /// Whether tokens can be verified: the keys loaded once and have not expired.
+    pub fn usable(&self) -> bool {
+        self.loaded && self.freshness != Freshness::Expired
+    }
 }
 
 /// The shared state of one issuer's keys.
@@ -102,7 +135,10 @@ pub struct KeyCache {
     generation: watch::Sender<u64>,
     fetching: AtomicBool,
     forced: Mutex<Forced>,
+    /// How long one unknown kid forces no second refetch.
     cooldown: Duration,
+    /// The least time between the starts of two forced refetches.
+    gap: Duration,
     /// How long the requests waiting on one forced refetch may wait, from when it was asked for.
     wait_limit: Duration,
     /// Requests waiting on a forced refetch now, at most [`MAX_UNKNOWN_KID_WAITERS`].
@@ -129,10 +165,13 @@ pub struct Refresher {
     pub client: Client,
 }
 
-/// Bookkeeping of refetches forced by unknown kids.
+/// Bookkeeping of refetches forced by unknown kids (and by expired keys).
 #[derive(Debug, Default)]
 struct Forced {
-    last: Option<Instant>,
+    /// When the last forced refetch starts (or started): the next starts a gap later.
+    start: Option<Instant>,
+    /// When each recently unknown kid asked, for its cooldown; at most [`MAX_REMEMBERED_KIDS`].
+    tried: HashMap<String, Instant>,
     /// The forced fetch in flight.
     pending: Option<Pending>,
 }
@@ -186,6 +225,7 @@ impl KeyCache {
             fetching: AtomicBool::new(false),
             forced: Mutex::new(Forced::default()),
             cooldown: refresh.unknown_kid_cooldown,
+            gap: FORCED_REFETCH_GAP.min(refresh.unknown_kid_cooldown),
             wait_limit: unknown_kid_wait,
             waiters: AtomicUsize::new(0),
             suppressed: AtomicU64::new(0),
@@ -212,11 +252,25 @@ impl KeyCache {
 
     /// Asks for a refetch because a token named a `kid` we do not have, and
     /// waits for it, until the fetch's shared deadline at the latest. Returns
-    /// `false` without waiting when the cooldown forbids a new fetch and none
-    /// is in flight; `true` when the keys are worth a second look (the fetch
-    /// finished, or may have: looking is cheap).
-    pub async fn refetch_for_unknown_kid(&self) -> bool {
-        let Some(pending) = self.claim_refetch() else {
+    /// `false` without waiting when this kid's cooldown forbids a new fetch
+    /// and none is in flight; `true` when the keys are worth a second look
+    /// (the fetch finished, or may have: looking is cheap).
+    pub async fn refetch_for_unknown_kid(&self, kid: &str) -> bool {
+        let claimed = self.claim_refetch(Some(kid));
+        self.wait_for(claimed).await
+    }
+
+    /// Asks for a refetch because the keys are expired, and waits for it like
+    /// [`KeyCache::refetch_for_unknown_kid`]; only the global gap limits it,
+    /// since the refresher retries at most a second apart anyway.
+    pub async fn refetch_while_expired(&self) -> bool {
+        let claimed = self.claim_refetch(None);
+        self.wait_for(claimed).await
+    }
+
+    /// Waits for a claimed fetch, bounded by its deadline and the waiting places.
+    async fn wait_for(&self, claimed: Option<Pending>) -> bool {
+        let Some(pending) = claimed else {
             return false;
         };
         // Beyond the few waiters, the fetch still happens (it was asked for
@@ -242,23 +296,34 @@ impl KeyCache {
             .map(|_| WaiterSlot(&self.waiters))
     }
 
-    /// Joins the forced fetch in flight, or starts one if the cooldown allows.
-    fn claim_refetch(&self) -> Option<Pending> {
+    /// Joins the forced fetch in flight, or asks for one if `kid`'s cooldown
+    /// allows (`None`: expired keys, which have no per-kid cooldown). A fetch
+    /// asked for within the gap after the last one starts at the gap's end.
+    fn claim_refetch(&self, kid: Option<&str>) -> Option<Pending> {
         if !self.refetchable {
             return None;
         }
         let now = Instant::now();
         let current = *self.generation.borrow();
         let mut forced = self.forced.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(pending) = forced.pending.filter(|p| current < p.target) {
-            return Some(pending);
+        let in_flight = forced.pending.filter(|p| current < p.target);
+        if let Some(kid) = kid {
+            if forced
+                .tried
+                .get(kid)
+                .is_some_and(|at| now.duration_since(*at) < self.cooldown)
+            {
+                // Joining a fetch in flight is free; only a new one is refused.
+                if in_flight.is_none() {
+                    self.suppressed.fetch_add(1, Ordering::Relaxed);
+                }
+                return in_flight;
+            }
+            // Joiners are remembered too: the fetch they join answers for them.
+            self.remember(&mut forced.tried, kid, now);
         }
-        if forced
-            .last
-            .is_some_and(|last| now.duration_since(last) < self.cooldown)
-        {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-            return None;
+        if in_flight.is_some() {
+            return in_flight;
         }
         // A fetch already running may have started before the new kid was
         // published, so wait for the one after it.
@@ -268,15 +333,38 @@ impl KeyCache {
             } else {
                 1
             };
+        let start = forced.start.map_or(now, |last| (last + self.gap).max(now));
         let pending = Pending {
             target,
             deadline: now + self.wait_limit,
         };
-        forced.last = Some(now);
+        forced.start = Some(start);
         forced.pending = Some(pending);
         self.status.send_modify(|s| s.forced_refetches += 1);
         self.wake.notify_one();
         Some(pending)
+    }
+
+    /// Starts `kid`'s cooldown, forgetting expired kids (and, when the set is
+    /// full of live ones, the oldest) so that the set stays bounded.
+    fn remember(&self, tried: &mut HashMap<String, Instant>, kid: &str, now: Instant) {
+        if tried.len() >= MAX_REMEMBERED_KIDS {
+            tried.retain(|_, at| now.duration_since(*at) < self.cooldown);
+        }
+        if tried.len() >= MAX_REMEMBERED_KIDS
+            && let Some(oldest) = tried
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(kid, _)| kid.clone())
+        {
+            tried.remove(&oldest);
+        }
+        tried.insert(kid.to_owned(), now);
+    }
+
+    /// When the forced refetch asked for last may start (the global gap).
+    fn forced_start(&self) -> Option<Instant> {
+        self.forced.lock().unwrap_or_else(|p| p.into_inner()).start
     }
 
     fn publish(&self, state: KeyState) {
@@ -297,7 +385,15 @@ impl Refresher {
         loop {
             tokio::select! {
                 () = sleep_until(next) => {}
-                () = self.cache.wake.notified() => {}
+                () = self.cache.wake.notified() => {
+                    // A forced refetch asked for within the gap waits for its end.
+                    if let Some(start) = self.cache.forced_start()
+                        && start > Instant::now()
+                    {
+                        next = next.min(start);
+                        continue;
+                    }
+                }
             }
             self.cache.fetching.store(true, Ordering::Release);
             let outcome = fetch::fetch(&self.client, &self.source, &self.issuers, &limits).await;
@@ -329,7 +425,7 @@ impl Refresher {
                         }
                     });
                     tracing::warn!(issuer = %self.cache.status.borrow().name, %error, consecutive, "key refresh failed");
-                    let retry = now + backoff(consecutive, &self.refresh, jitter());
+                    let retry = now + retry_delay(consecutive, expired, &self.refresh, jitter());
                     // Wake up in time to expire the stale keys at the deadline.
                     match last_success.map(|t| t + self.refresh.max_stale) {
                         Some(deadline) if deadline > now && deadline < retry => deadline,
@@ -389,6 +485,23 @@ pub fn backoff(failures: u32, refresh: &RefreshConfig, random: u32) -> Duration 
     half + spread
 }
 
+/// The delay before the next attempt after `failures` consecutive failures:
+/// the backoff, capped at [`EXPIRED_RETRY_MAX`] while the keys are expired
+/// (every call is refused then, so a long backoff would only prolong the
+/// outage past the IdP's recovery; one request a second is nothing to an IdP).
+pub fn retry_delay(failures: u32, expired: bool, refresh: &RefreshConfig, random: u32) -> Duration {
+    if expired {
+        let capped = RefreshConfig {
+            backoff_initial: refresh.backoff_initial.min(EXPIRED_RETRY_MAX),
+            backoff_max: refresh.backoff_max.min(EXPIRED_RETRY_MAX),
+            ..refresh.clone()
+        };
+        backoff(failures, &capped, random)
+    } else {
+        backoff(failures, refresh, random)
+    }
+}
+
 /// A random jitter draw; without OS randomness, the midpoint is fine.
 fn jitter() -> u32 {
     getrandom::u32().unwrap_or(u32::MAX / 2)
@@ -439,29 +552,83 @@ mod tests {
         }
     }
 
+    #[test]
+    fn retries_are_at_most_a_second_apart_while_expired() {
+        let secs = Duration::from_secs_f64;
+        let cases = [
+            (1, false, u32::MAX, secs(1.0)),
+            (7, false, u32::MAX, secs(60.0)),
+            (7, true, u32::MAX, secs(1.0)),
+            (7, true, 0, secs(0.5)),
+            (u32::MAX, true, u32::MAX, secs(1.0)),
+        ];
+        for (failures, expired, random, expected) in cases {
+            let got = retry_delay(failures, expired, &refresh(), random);
+            assert!(
+                (got.as_secs_f64() - expected.as_secs_f64()).abs() < 1e-6,
+                "{failures} {expired} {random}: {got:?}"
+            );
+        }
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn unknown_kid_refetches_are_coalesced_and_rate_limited() {
+    async fn unknown_kid_refetches_are_coalesced_and_rate_limited_per_kid() {
         let source = KeySource::File("/nonexistent".into());
         let wait = Duration::from_secs(1);
         let cache = Arc::new(KeyCache::new("t", &refresh(), &source, wait));
         let fixed = KeyCache::new("t", &refresh(), &KeySource::Inline("{}".into()), wait);
-        let target = |c: &KeyCache| c.claim_refetch().map(|p| p.target);
-        assert_eq!(target(&fixed), None, "inline keys cannot change");
+        let target = |c: &KeyCache, kid: &str| c.claim_refetch(Some(kid)).map(|p| p.target);
+        assert_eq!(target(&fixed, "a"), None, "inline keys cannot change");
+        let t0 = Instant::now();
         // No refresher runs: a forced fetch is claimed, then simulated done.
-        let first = cache.claim_refetch();
+        let first = cache.claim_refetch(Some("a"));
         assert_eq!(first.map(|p| p.target), Some(1));
         assert_eq!(
-            cache.claim_refetch(),
+            cache.claim_refetch(Some("a")),
             first,
             "joins the fetch in flight, and its deadline"
         );
+        assert_eq!(cache.claim_refetch(Some("b")), first, "so does another kid");
         cache.generation.send_modify(|g| *g += 1);
-        assert_eq!(target(&cache), None, "cooldown after the fetch");
+        assert_eq!(target(&cache, "a"), None, "a's cooldown after the fetch");
+        assert_eq!(target(&cache, "b"), None, "b joined it, so b's too");
+        // A kid not tried yet forces a fetch (a rotation right after another),
+        // which starts at the end of the global gap.
+        assert_eq!(target(&cache, "c"), Some(2));
+        assert_eq!(cache.forced_start(), Some(t0 + FORCED_REFETCH_GAP));
+        cache.generation.send_modify(|g| *g += 1);
         tokio::time::advance(Duration::from_secs(29)).await;
-        assert_eq!(target(&cache), None);
+        assert_eq!(target(&cache, "a"), None);
         tokio::time::advance(Duration::from_secs(1)).await;
-        assert_eq!(target(&cache), Some(2));
-        assert_eq!(cache.status().forced_refetches, 2);
+        assert_eq!(target(&cache, "a"), Some(3), "a's cooldown is over");
+        assert_eq!(
+            cache.forced_start(),
+            Some(Instant::now()),
+            "the gap is long past"
+        );
+        assert_eq!(cache.status().forced_refetches, 3);
+        assert_eq!(cache.status().suppressed_refetches, 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_remembered_kids_are_bounded() {
+        let source = KeySource::File("/nonexistent".into());
+        let cache = KeyCache::new("t", &refresh(), &source, Duration::ZERO);
+        for i in 0..MAX_REMEMBERED_KIDS + 10 {
+            cache.claim_refetch(Some(&format!("kid-{i}")));
+            tokio::time::advance(Duration::from_millis(1)).await;
+        }
+        let forced = cache.forced.lock().unwrap();
+        assert_eq!(forced.tried.len(), MAX_REMEMBERED_KIDS);
+        assert!(
+            !forced.tried.contains_key("kid-0"),
+            "the oldest is forgotten"
+        );
+        assert!(
+            forced
+                .tried
+                .contains_key(&format!("kid-{}", MAX_REMEMBERED_KIDS + 9))
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -478,7 +645,7 @@ mod tests {
         let start = Instant::now();
         let spawn = |cache: &Arc<KeyCache>| {
             let cache = Arc::clone(cache);
-            tokio::spawn(async move { cache.refetch_for_unknown_kid().await })
+            tokio::spawn(async move { cache.refetch_for_unknown_kid("junk").await })
         };
         let mut waiters: Vec<_> = (1..MAX_UNKNOWN_KID_WAITERS)
             .map(|_| spawn(&cache))
@@ -495,7 +662,7 @@ mod tests {
         settle(Arc::clone(&cache), MAX_UNKNOWN_KID_WAITERS).await;
         // Every place is taken: one more request is answered at once.
         let extra = Instant::now();
-        assert!(cache.refetch_for_unknown_kid().await);
+        assert!(cache.refetch_for_unknown_kid("junk").await);
         assert_eq!(Instant::now(), extra, "no place left, no wait");
         waiters.push(late);
         for waiter in waiters {

@@ -90,7 +90,10 @@ impl Refusal {
 
 impl From<AuthError> for Refusal {
     fn from(error: AuthError) -> Self {
-        if error.keys_never_loaded() {
+        // Keys that never loaded, or that are too old to trust after
+        // `max_stale`, are the service's state, not the caller's fault: a
+        // client retries UNAVAILABLE (after RetryInfo), never UNAUTHENTICATED.
+        if error.keys_unavailable() {
             Refusal::Unavailable {
                 reason: error.reason(),
                 detail: error.to_string(),
@@ -185,10 +188,22 @@ mod tests {
     }
 
     #[test]
-    fn keys_never_loaded_is_unavailable_and_other_auth_failures_unauthenticated() {
+    fn unusable_keys_are_unavailable_and_other_auth_failures_unauthenticated() {
         let never = Refusal::from(AuthError::KeysNotLoaded { issuer: "a".into() });
         assert_eq!(never.decision(), "unavailable");
         assert_eq!(never.reason(), "keys_unavailable");
+        let expired = Refusal::from(AuthError::KeysExpired { issuer: "a".into() });
+        assert!(
+            matches!(
+                expired,
+                Refusal::Unavailable {
+                    reason: "keys_unavailable",
+                    retry_after_secs: 1,
+                    ..
+                }
+            ),
+            "{expired:?}"
+        );
         let bad = Refusal::from(AuthError::BadSignature);
         assert_eq!(bad.decision(), "unauthenticated");
         assert_eq!(bad.reason(), "bad_signature");

@@ -29,11 +29,12 @@ use crate::metrics::Metrics;
 pub(super) async fn serve(
     listener: TcpListener,
     health: watch::Receiver<HealthState>,
+    readiness: watch::Receiver<super::ReadyState>,
     limits: ConnectionLimits,
     metrics: Option<Arc<Metrics>>,
     phase: watch::Receiver<Phase>,
 ) {
-    let router = router(health, metrics.clone());
+    let router = router(health, readiness, metrics.clone());
     let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
@@ -75,7 +76,11 @@ pub(super) async fn serve(
     .await;
 }
 
-fn router(health: watch::Receiver<HealthState>, metrics: Option<Arc<Metrics>>) -> Router {
+fn router(
+    health: watch::Receiver<HealthState>,
+    readiness: watch::Receiver<super::ReadyState>,
+    metrics: Option<Arc<Metrics>>,
+) -> Router {
     Router::new()
         .route(
             "/metrics",
@@ -89,13 +94,20 @@ fn router(health: watch::Receiver<HealthState>, metrics: Option<Arc<Metrics>>) -
             "/readyz",
             get(move || {
                 let state = *health.borrow();
+                // Says which issuer keeps the service out of rotation, and why.
+                let detail = readiness.borrow().detail.clone();
                 async move {
                     if state.ready && !state.draining {
-                        (StatusCode::OK, "ready\n")
+                        (StatusCode::OK, "ready\n".to_owned())
                     } else if state.draining {
-                        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+                        (StatusCode::SERVICE_UNAVAILABLE, "draining\n".to_owned())
+                    } else if detail.is_empty() {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_owned())
                     } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("not ready: {detail}\n"),
+                        )
                     }
                 }
             }),

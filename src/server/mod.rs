@@ -40,7 +40,15 @@ pub const EXT_AUTHZ_SERVICE_NAME: &str = "envoy.service.auth.v3.Authorization";
 /// Whether the service is ready to serve tokens; drives gRPC health and `/readyz`.
 #[derive(Debug, Clone)]
 pub struct Readiness {
-    tx: watch::Sender<bool>,
+    tx: watch::Sender<ReadyState>,
+}
+
+/// Readiness with the reason it is not, for `/readyz`'s body.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct ReadyState {
+    ready: bool,
+    /// Why not ready (which issuer, and what), empty when ready or unknown.
+    detail: String,
 }
 
 /// Server settings that are not part of the request path.
@@ -156,16 +164,21 @@ impl ServeOptions {
 impl Readiness {
     /// Starts not ready.
     pub fn new() -> Self {
-        let (tx, _rx) = watch::channel(false);
+        let (tx, _rx) = watch::channel(ReadyState::default());
         Self { tx }
     }
 
     /// Marks the service ready or not.
     pub fn set(&self, ready: bool) {
-        self.tx.send_replace(ready);
+        self.set_because(ready, String::new());
     }
 
-    fn subscribe(&self) -> watch::Receiver<bool> {
+    /// Marks the service ready or not, saying why not (`/readyz` answers it).
+    pub fn set_because(&self, ready: bool, detail: String) {
+        self.tx.send_replace(ReadyState { ready, detail });
+    }
+
+    fn subscribe(&self) -> watch::Receiver<ReadyState> {
         self.tx.subscribe()
     }
 }
@@ -224,6 +237,7 @@ pub async fn run(
     let admin_task = tokio::spawn(admin::serve(
         admin,
         health_rx,
+        readiness.subscribe(),
         options.admin_limits(),
         options.metrics.clone(),
         admin_phase_rx,
@@ -347,12 +361,12 @@ fn reflection_builder(advertised: &[String]) -> tonic_reflection::server::Builde
 /// Mirrors readiness and the shutdown signal into the health state.
 async fn track_health(
     health: watch::Sender<HealthState>,
-    mut ready: watch::Receiver<bool>,
+    mut ready: watch::Receiver<ReadyState>,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
         let state = HealthState {
-            ready: *ready.borrow_and_update(),
+            ready: ready.borrow_and_update().ready,
             draining: *stop.borrow_and_update(),
         };
         health.send_if_modified(|current| {
@@ -431,10 +445,13 @@ pub async fn serve(
     let ready = readiness.clone();
     let keys = Arc::clone(&authenticator);
     tokio::spawn(async move {
-        keys.wait_ready().await;
+        ready.set_because(
+            false,
+            "waiting for the keys of the required issuers".to_owned(),
+        );
+        let first = keys.wait_readiness(true).await;
         // Optional issuers may still be loading; their callers get UNAVAILABLE meanwhile.
-        let still_loading: Vec<String> = keys
-            .readiness()
+        let still_loading: Vec<String> = first
             .issuers
             .into_iter()
             .filter(|s| !s.loaded)
@@ -445,6 +462,18 @@ pub async fn serve(
             "the issuers required for readiness have loaded their keys; serving"
         );
         ready.set(true);
+        // Readiness follows the keys both ways: a required issuer whose keys
+        // expire after `max_stale` takes the replica out of rotation (its
+        // callers get UNAVAILABLE) until a refresh succeeds again.
+        loop {
+            let down = keys.wait_readiness(false).await;
+            let detail = unready_detail(&down);
+            tracing::warn!(detail = %detail, "not ready: a required issuer has no usable keys");
+            ready.set_because(false, detail);
+            keys.wait_readiness(true).await;
+            tracing::info!("every required issuer has usable keys again; serving");
+            ready.set(true);
+        }
     });
     let metrics = observe::metrics(&authenticator);
     metrics.config_loaded(config.fingerprint.as_str(), crate::entropy::unix_now());
@@ -481,6 +510,29 @@ pub async fn serve(
     run(grpc, admin, routes, readiness, options, shutdown).await?;
     authenticator.shutdown();
     Ok(())
+}
+
+/// Which issuers keep the service from being ready, and why, in one line.
+fn unready_detail(readiness: &crate::identity::Readiness) -> String {
+    use crate::identity::Freshness;
+    let blocking: Vec<String> = readiness
+        .issuers
+        .iter()
+        .zip(&readiness.required)
+        .filter(|(status, required)| **required && !status.usable())
+        .map(|(status, _)| match status.freshness {
+            Freshness::Expired => format!(
+                "issuer {}: keys expired (no successful refresh within max_stale)",
+                status.name
+            ),
+            _ => format!("issuer {}: keys not loaded yet", status.name),
+        })
+        .collect();
+    if blocking.is_empty() {
+        "no issuer has usable keys".to_owned()
+    } else {
+        blocking.join("; ")
+    }
 }
 
 #[cfg(test)]

@@ -379,6 +379,35 @@ fn bad_configs() -> Vec<BadConfig> {
             "issuers[0].refresh.unknown_kid_wait",
         ),
         (
+            "min_refresh below its 5s floor",
+            edit(
+                JWKS_URL_LINE,
+                &format!(
+                    "{JWKS_URL_LINE}[issuers.refresh]\nmin_refresh = \"0s\"\ndefault_ttl = \"10s\"\n"
+                ),
+            ),
+            env.clone(),
+            "issuers[0].refresh.min_refresh",
+        ),
+        (
+            "unknown_kid_cooldown below its 1s floor",
+            edit(
+                JWKS_URL_LINE,
+                &format!("{JWKS_URL_LINE}[issuers.refresh]\nunknown_kid_cooldown = \"0s\"\n"),
+            ),
+            env.clone(),
+            "issuers[0].refresh.unknown_kid_cooldown",
+        ),
+        (
+            "backoff_initial below its 100ms floor",
+            edit(
+                JWKS_URL_LINE,
+                &format!("{JWKS_URL_LINE}[issuers.refresh]\nbackoff_initial = \"10ms\"\n"),
+            ),
+            env.clone(),
+            "issuers[0].refresh.backoff_initial",
+        ),
+        (
             "a leeway of an hour",
             edit(JWKS_URL_LINE, &format!("{JWKS_URL_LINE}leeway = \"1h\"\n")),
             env.clone(),

@@ -15,6 +15,7 @@ mod cli_token;
 mod deploy;
 mod deploy_observability;
 mod ext_authz;
+mod faults;
 mod hardening;
 mod identity_catalogue;
 mod identity_hardening;

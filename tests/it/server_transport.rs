@@ -9,6 +9,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use http::HeaderMap;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -543,5 +545,157 @@ async fn requests_the_codec_cannot_read_are_the_callers_fault_with_a_request_id(
     });
     let (status, _) = raw_call(&mut h2, path, grpc_frame(0, &message), &extra).await;
     assert_eq!(status.code(), Code::Ok, "{status:?}");
+    server.shutdown().await;
+}
+
+/// Frames the server wrote on `tcp`: `(type, flags, stream, payload, when)`,
+/// read until `until` says enough or `limit` passes.
+async fn read_frames(
+    tcp: &mut TcpStream,
+    limit: Duration,
+    mut until: impl FnMut(&[(u8, u8, u32, Vec<u8>, Instant)]) -> bool,
+) -> Vec<(u8, u8, u32, Vec<u8>, Instant)> {
+    let mut frames = Vec::new();
+    let mut buf = Vec::new();
+    let deadline = Instant::now() + limit;
+    while !until(&frames) {
+        let mut chunk = [0u8; 8192];
+        let Ok(Ok(n)) = tokio::time::timeout_at(deadline, tcp.read(&mut chunk)).await else {
+            break;
+        };
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        while buf.len() >= 9 {
+            let len = usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
+            if buf.len() < 9 + len {
+                break;
+            }
+            let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+            frames.push((
+                buf[3],
+                buf[4],
+                stream,
+                buf[9..9 + len].to_vec(),
+                Instant::now(),
+            ));
+            buf.drain(..9 + len);
+        }
+    }
+    frames
+}
+
+/// A raw HTTP/2 connection past the handshake: preface, SETTINGS, and the ACK
+/// of the server's SETTINGS (its limits apply from then on).
+async fn handshake(addr: SocketAddr) -> TcpStream {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(PREFACE).await.unwrap();
+    tcp.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+    let seen = read_frames(&mut tcp, Duration::from_secs(5), |f| {
+        f.iter()
+            .any(|(t, flags, ..)| *t == SETTINGS && flags & 0x1 == 0)
+    })
+    .await;
+    assert!(seen.iter().any(|(t, ..)| *t == SETTINGS), "no SETTINGS");
+    tcp.write_all(&frame(SETTINGS, 0x1, 0, &[])).await.unwrap();
+    tcp
+}
+
+const DATA: u8 = 0x0;
+const RST_STREAM: u8 = 0x3;
+const END_STREAM: u8 = 0x1;
+/// The HTTP/2 error code REFUSED_STREAM.
+const REFUSED_STREAM: u32 = 0x7;
+
+/// There is no queue behind the per-connection limit any more: `concurrency`
+/// is HTTP/2's MAX_CONCURRENT_STREAMS, so a stream beyond it is refused by
+/// HTTP/2 at once (REFUSED_STREAM, which clients retry), a call's deadline
+/// runs from its arrival (nothing waits before it), and a health check is
+/// never queued behind token calls: on a connection at the limit it is
+/// refused at once like any stream, and below it, or on another
+/// connection, it is answered while the slow calls are still in flight.
+#[tokio::test]
+async fn streams_beyond_the_limit_are_refused_by_http2_and_nothing_queues() {
+    let limits = "[limits]\nconcurrency = 4\nrequest_timeout = \"2s\"\n";
+    let server = ready(limits).await;
+    let token_call = grpc_request_fields("/tokengate.v1.TokenService/IssueRtcToken");
+    let health_call = grpc_request_fields("/grpc.health.v1.Health/Check");
+
+    // Four slow calls (their message never comes) fill the connection.
+    let mut full = handshake(server.addr).await;
+    let sent = Instant::now();
+    for id in [1, 3, 5, 7] {
+        full.write_all(&frame(HEADERS, END_HEADERS, id, &token_call))
+            .await
+            .unwrap();
+    }
+    // A fifth stream, and a health check, are refused by HTTP/2 at once.
+    full.write_all(&frame(HEADERS, END_HEADERS, 9, &health_call))
+        .await
+        .unwrap();
+    full.write_all(&frame(HEADERS, END_HEADERS, 11, &token_call))
+        .await
+        .unwrap();
+    let refused = |frames: &[(u8, u8, u32, Vec<u8>, Instant)], id: u32| {
+        frames.iter().find_map(|(t, _, s, payload, at)| {
+            (*t == RST_STREAM
+                && *s == id
+                && payload.get(..4) == Some(&REFUSED_STREAM.to_be_bytes()[..]))
+            .then_some(*at)
+        })
+    };
+    let ended = |frames: &[(u8, u8, u32, Vec<u8>, Instant)], id: u32| {
+        frames.iter().find_map(|(t, flags, s, _, at)| {
+            ((*t == HEADERS || *t == DATA) && *s == id && flags & END_STREAM != 0).then_some(*at)
+        })
+    };
+    let frames = read_frames(&mut full, Duration::from_secs(6), |f| {
+        [1, 3, 5, 7].iter().all(|id| ended(f, *id).is_some())
+    })
+    .await;
+    for id in [9, 11] {
+        let at = refused(&frames, id).unwrap_or_else(|| panic!("stream {id} not refused"));
+        assert!(
+            at - sent < Duration::from_millis(1000),
+            "refused after {:?}",
+            at - sent
+        );
+    }
+    // The slow calls end at their own deadline, counted from their arrival.
+    for id in [1, 3, 5, 7] {
+        let at = ended(&frames, id).unwrap_or_else(|| panic!("stream {id} never ended"));
+        let took = at - sent;
+        assert!(
+            took >= Duration::from_millis(1900) && took < Duration::from_millis(3500),
+            "stream {id} ended after {took:?}"
+        );
+    }
+
+    // Below the limit, a health check on a busy connection is answered at once.
+    let mut busy = handshake(server.addr).await;
+    for id in [1, 3, 5] {
+        busy.write_all(&frame(HEADERS, END_HEADERS, id, &token_call))
+            .await
+            .unwrap();
+    }
+    let asked = Instant::now();
+    busy.write_all(&frame(HEADERS, END_HEADERS, 7, &health_call))
+        .await
+        .unwrap();
+    busy.write_all(&frame(DATA, END_STREAM, 7, &grpc_frame(0, &[])))
+        .await
+        .unwrap();
+    let frames = read_frames(&mut busy, Duration::from_secs(5), |f| ended(f, 7).is_some()).await;
+    let answered = ended(&frames, 7).expect("the health check was answered");
+    assert!(
+        answered - asked < Duration::from_millis(500),
+        "health answered after {:?}",
+        answered - asked
+    );
+    assert!(
+        [1, 3, 5].iter().all(|id| ended(&frames, *id).is_none()),
+        "while the slow calls were still in flight"
+    );
     server.shutdown().await;
 }

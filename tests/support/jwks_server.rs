@@ -4,7 +4,8 @@
 //! request per connection, `Connection: close`), so tests control every byte:
 //! rotation, the next N fetches failing, delays, garbage and oversized bodies
 //! (with or without `Content-Length`), the `Cache-Control` header, and the
-//! issuer named by the discovery document. It counts JWKS fetches, which is
+//! issuer named by the discovery document, and a delay of the discovery
+//! document of its own. It counts JWKS and discovery fetches, which is
 //! how the kid-flood test proves the refetch is rate-limited.
 
 use std::net::SocketAddr;
@@ -51,6 +52,7 @@ struct Behaviour {
     fail_next: usize,
     fail_status: u16,
     delay: Duration,
+    discovery_delay: Duration,
     cache_control: Option<String>,
     discovery_issuer: Option<String>,
 }
@@ -67,6 +69,7 @@ impl JwksServer {
                 fail_next: 0,
                 fail_status: 503,
                 delay: Duration::ZERO,
+                discovery_delay: Duration::ZERO,
                 cache_control: Some("max-age=300".to_owned()),
                 discovery_issuer: None,
             }),
@@ -131,6 +134,11 @@ impl JwksServer {
         self.with(|b| b.delay = delay);
     }
 
+    /// Delays every discovery document answer (headers included).
+    pub fn set_discovery_delay(&self, delay: Duration) {
+        self.with(|b| b.discovery_delay = delay);
+    }
+
     /// Chooses what `/jwks` sends.
     pub fn set_body(&self, body: JwksBody) {
         self.with(|b| b.body = body);
@@ -185,13 +193,16 @@ async fn serve(mut stream: TcpStream, addr: SocketAddr, state: &State) -> std::i
         "/.well-known/openid-configuration" => {
             state.discovery_fetches.fetch_add(1, Ordering::SeqCst);
             let base = format!("http://{addr}");
-            let issuer = state
-                .behaviour
-                .lock()
-                .unwrap()
-                .discovery_issuer
-                .clone()
-                .unwrap_or_else(|| base.clone());
+            let (issuer, delay) = {
+                let b = state.behaviour.lock().unwrap();
+                (
+                    b.discovery_issuer.clone().unwrap_or_else(|| base.clone()),
+                    b.discovery_delay,
+                )
+            };
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             let doc = json!({"issuer": issuer, "jwks_uri": format!("{base}/jwks")}).to_string();
             respond(&mut stream, 200, &[], doc.as_bytes()).await
         }
