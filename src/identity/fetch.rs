@@ -67,7 +67,12 @@ pub async fn fetch(
         .await;
     match &result {
         Ok(fetched) => {
-            span.record("keys", fetched.keys.len());
+            // As an i64: OpenTelemetry has no unsigned integers, and
+            // tracing-opentelemetry sends a u64 as text.
+            span.record(
+                "keys",
+                i64::try_from(fetched.keys.len()).unwrap_or(i64::MAX),
+            );
         }
         Err(error) => {
             span.record("error", tracing::field::display(error));

@@ -351,3 +351,84 @@ async fn text_log_lines_of_a_call_carry_its_request_id() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Runs `check-config` on `telemetry` (a `[telemetry]` table) with the environment `env`.
+fn check_config(telemetry: &str, env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tokengate.toml");
+    let text = format!(
+        "{}\n{telemetry}",
+        config_text("http://127.0.0.1:1/jwks", ROOMS_AND_WEBINARS)
+    );
+    std::fs::write(&path, text).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .args(["check-config", path.to_str().unwrap()])
+        .env_clear()
+        .env("TEST_PRIMARY_CERT", support::server::PRIMARY_CERT)
+        .env("TEST_SECONDARY_CERT", support::server::SECONDARY_CERT)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_names_a_bad_telemetry_key_or_variable_and_prints_the_settings() {
+    // The `[telemetry]` text, the environment, and what the error names.
+    type Case = (
+        &'static str,
+        &'static [(&'static str, &'static str)],
+        &'static str,
+    );
+    let cases: [Case; 5] = [
+        ("[telemetry]\nbogus = 1\n", &[], "telemetry.bogus:"),
+        (
+            "[telemetry]\nenabled = true\nsampling_ratio = 1.5\n",
+            &[],
+            "telemetry.sampling_ratio:",
+        ),
+        (
+            "[telemetry]\nenabled = true\nendpoint = \"http://c:4318/v1/traces\"\n",
+            &[],
+            "telemetry.endpoint:",
+        ),
+        (
+            "[telemetry]\nenabled = true\n",
+            &[("OTEL_TRACES_SAMPLER_ARG", "most")],
+            "OTEL_TRACES_SAMPLER_ARG:",
+        ),
+        (
+            "[telemetry]\nenabled = true\n[telemetry.resource]\nteam = 1\n",
+            &[],
+            "telemetry.resource.team:",
+        ),
+    ];
+    for (telemetry, env, key) in cases {
+        let (code, stdout, stderr) = check_config(telemetry, env);
+        assert_eq!(code, Some(64), "{telemetry}: {stdout}{stderr}");
+        assert!(stderr.contains(key), "{telemetry}: {stderr}");
+    }
+    let (code, stdout, stderr) = check_config("", &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("telemetry: off"), "{stdout}");
+    // The environment fills in what the file leaves unset.
+    let (code, stdout, stderr) = check_config(
+        "[telemetry]\nenabled = true\n",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+            ("OTEL_SERVICE_NAME", "gate-eu"),
+        ],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains(
+            "telemetry: OTLP/gRPC to http://collector:4317, sampling 0.25, service \"gate-eu\""
+        ),
+        "{stdout}"
+    );
+}
