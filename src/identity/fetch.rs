@@ -5,8 +5,8 @@
 //! neither stall the refresher nor exhaust memory. The `Cache-Control:
 //! max-age` of the JWKS response is returned for the scheduler to clamp.
 //!
-//! Each fetch from a URL or a file is one `jwks.fetch` span (a child of the
-//! call whose unknown `kid` asked for it, else a trace of its own) with the
+//! Each fetch from a URL or a file is one `jwks.fetch` span (the refresher
+//! runs off the request path, so each is a trace of its own) with the
 //! source's URL or path, which are config, and the number of keys or the
 //! error; never a response body or a key.
 
