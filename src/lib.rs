@@ -21,4 +21,5 @@ pub mod policy;
 pub mod render;
 pub mod routes;
 pub mod server;
+pub mod telemetry;
 pub mod token;

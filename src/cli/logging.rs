@@ -8,6 +8,12 @@
 //! not apply is written as `null`, so each audit line has the same keys
 //! whatever the log format, and an operator can route them by
 //! `"target":"audit"` (or drop them with `TOKENGATE_LOG=info,audit=off`).
+//!
+//! A line logged during a call names the call: the pipeline's `call` span
+//! carries `request_id` (and `trace_id` when tracing is on), and both formats
+//! print the spans a line was logged in (JSON: `"spans": [{"name": "call",
+//! "request_id": ...}, ...]`, outermost first; text: `call{request_id=...}:`).
+//! When tracing is on, the same spans go to the OpenTelemetry layer too.
 
 use std::io::Write as _;
 
@@ -41,10 +47,17 @@ pub struct AuditLayer<W> {
 /// Collects an event's recorded fields into a JSON map.
 struct JsonFields<'a>(&'a mut Map<String, Value>);
 
+/// Installs the global subscriber without trace export.
+pub fn init(format: LogFormat) {
+    init_traced(format, None);
+}
+
 /// Installs the global subscriber. The level comes from `TOKENGATE_LOG`
 /// (`info` by default), in `tracing`'s `EnvFilter` syntax. Logs go to stderr so
-/// that stdout stays for command output.
-pub fn init(format: LogFormat) {
+/// that stdout stays for command output. With a `tracer`, tokengate's own
+/// spans are also recorded into it (the exporter's own HTTP/2 spans and the
+/// audit events never are).
+pub fn init_traced(format: LogFormat, tracer: Option<opentelemetry_sdk::trace::Tracer>) {
     let filter =
         EnvFilter::try_from_env("TOKENGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let not_audit = filter_fn(|metadata| metadata.target() != AUDIT_TARGET);
@@ -66,18 +79,46 @@ pub fn init(format: LogFormat) {
         }
     })
     .delimited(" ");
+    let traces = tracer.map(|tracer| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_location(false)
+            .with_threads(false)
+            .with_filter(filter_fn(|metadata| {
+                metadata.target().starts_with("tokengate") && metadata.target() != AUDIT_TARGET
+            }))
+    });
     let registry = tracing_subscriber::registry()
         .with(filter)
-        .with(AuditLayer::new(std::io::stderr));
+        .with(AuditLayer::new(std::io::stderr))
+        .with(traces);
     // A second init (tests, or a subcommand calling another) keeps the first subscriber.
     let _ = match format {
         LogFormat::Json => registry
-            .with(fmt.json().flatten_event(true).with_filter(not_audit))
+            .with(json_layer(std::io::stderr).with_filter(not_audit))
             .try_init(),
         LogFormat::Text => registry
             .with(fmt.fmt_fields(escaped).with_filter(not_audit))
             .try_init(),
     };
+}
+
+/// The JSON lines layer: event fields flattened into the object, and the
+/// spans the event happened in (the call's request id among their fields)
+/// under `spans`, outermost first.
+pub fn json_layer<S, W>(writer: W) -> impl Layer<S>
+where
+    S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_ansi(false)
+        .with_target(false)
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(true)
 }
 
 /// `text` with every control character written as its Rust escape (`\n`, `\u{1b}`).

@@ -4,6 +4,7 @@ pub mod dev;
 pub mod dev_issuer;
 pub mod logging;
 pub mod serve;
+pub mod telemetry;
 pub mod token;
 
 use std::process::ExitCode;

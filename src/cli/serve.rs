@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use super::telemetry::Tracing;
 use crate::config::{self, Config};
 use crate::identity::KeySource;
 use crate::server::{self, StartError};
@@ -32,9 +33,11 @@ pub struct CheckConfigArgs {
     pub config: PathBuf,
 }
 
-/// Runs the service until SIGTERM or SIGINT; exits 0 after draining.
+/// Runs the service until SIGTERM or SIGINT; exits 0 after draining, once
+/// the spans still queued for export (when tracing is on) are flushed.
 pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
-    super::logging::init(args.log_format);
+    // The config comes first: whether spans are exported decides how the
+    // logging subscriber is built. Loading logs nothing; its errors are printed.
     let config = match load(&args.config) {
         Ok(config) => config,
         Err(code) => return Ok(code),
@@ -42,6 +45,39 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    let tracing = match config.telemetry() {
+        Some(settings) => {
+            // The exporter's channel is spawned on this runtime.
+            let _runtime = runtime.enter();
+            match Tracing::start(settings) {
+                Ok(tracing) => Some(tracing),
+                Err(error) => {
+                    eprintln!("tokengate: invalid config: telemetry: {error:#}");
+                    return Ok(ExitCode::from(EXIT_CONFIG));
+                }
+            }
+        }
+        None => None,
+    };
+    super::logging::init_traced(args.log_format, tracing.as_ref().map(Tracing::tracer));
+    if let Some(settings) = config.telemetry() {
+        tracing::info!(
+            endpoint = settings.endpoint(),
+            sampling_ratio = settings.sampling_ratio(),
+            service_name = settings.service_name(),
+            "exporting traces over OTLP/gRPC"
+        );
+    }
+    let code = run(&runtime, config);
+    // After the drain, while the runtime that carries the exports still runs.
+    if let Some(tracing) = tracing {
+        tracing.shutdown();
+    }
+    code
+}
+
+/// Binds and serves `config` on `runtime` until the shutdown signal.
+fn run(runtime: &tokio::runtime::Runtime, config: Config) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         let (grpc, admin) = match server::bind(&config).await {
             Ok(listeners) => listeners,
@@ -151,6 +187,20 @@ pub fn summary(config: &Config) -> String {
             issuer.issuer(),
             issuer.audiences()
         );
+    }
+    match config.telemetry() {
+        Some(telemetry) => {
+            let _ = writeln!(
+                out,
+                "telemetry: OTLP/gRPC to {}, sampling {}, service {:?}",
+                telemetry.endpoint(),
+                telemetry.sampling_ratio(),
+                telemetry.service_name()
+            );
+        }
+        None => {
+            let _ = writeln!(out, "telemetry: off");
+        }
     }
     let _ = writeln!(out, "rules: {}", config.policy().len());
     for (i, name) in config.policy().rule_names().enumerate() {

@@ -43,6 +43,30 @@ pub(crate) struct ConfigFile {
     /// instead of inline `rules`: handy when the rules live in their own ConfigMap.
     #[serde(default)]
     pub rules_file: Option<PathBuf>,
+    /// Trace export (OpenTelemetry OTLP); off by default.
+    #[serde(default)]
+    pub telemetry: TelemetrySection,
+}
+
+/// `[telemetry]`; unset keys fall back to the `OTEL_*` variables, then the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TelemetrySection {
+    /// Whether traces are exported at all.
+    #[serde(default)]
+    pub enabled: bool,
+    /// The OTLP/gRPC collector URL.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// The share of new traces sampled, 0..=1.
+    #[serde(default)]
+    pub sampling_ratio: Option<f64>,
+    /// The `service.name` resource attribute.
+    #[serde(default)]
+    pub service_name: Option<String>,
+    /// More resource attributes.
+    #[serde(default)]
+    pub resource: std::collections::BTreeMap<String, String>,
 }
 
 /// `[server]`.

@@ -13,13 +13,15 @@
 //!
 //! Submodules: `file` (the serde structs), `secret` (the one file-or-variable
 //! rule), `duration` (the one duration syntax), `issuer` (issuer tables into
-//! `identity::IssuerSettings`).
+//! `identity::IssuerSettings`), `telemetry` (`[telemetry]` and the `OTEL_*`
+//! variables into [`TelemetrySettings`]).
 
 mod duration;
 mod file;
 mod files;
 mod issuer;
 mod secret;
+mod telemetry;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -34,6 +36,8 @@ use crate::identity::{IdentityConfigError, IssuerSettings, validate_issuers};
 use crate::policy::{Policy, PolicyError, PolicyWarning, RuleConfig};
 use crate::routes::Routes;
 use crate::token::{AppCertificate, AppId};
+
+pub use self::telemetry::TelemetrySettings;
 
 /// A configuration that cannot be used. The message always names the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -76,6 +80,7 @@ pub struct Config {
     notices: Vec<String>,
     fingerprint: Fingerprint,
     ext_authz: Option<Routes>,
+    telemetry: Option<TelemetrySettings>,
 }
 
 /// A [`Config`] taken apart, for the code that starts the service and needs ownership.
@@ -100,6 +105,8 @@ pub struct ConfigParts {
     pub fingerprint: Fingerprint,
     /// The compiled `[ext_authz]` section, when `enabled = true`.
     pub ext_authz: Option<Routes>,
+    /// Trace export, when `[telemetry]` turns it on.
+    pub telemetry: Option<TelemetrySettings>,
 }
 
 /// Listen addresses and shutdown behaviour.
@@ -185,6 +192,11 @@ impl Config {
         self.ext_authz.as_ref()
     }
 
+    /// Trace export, when `[telemetry]` turns it on.
+    pub fn telemetry(&self) -> Option<&TelemetrySettings> {
+        self.telemetry.as_ref()
+    }
+
     /// Every part, by value.
     pub fn into_parts(self) -> ConfigParts {
         ConfigParts {
@@ -197,6 +209,7 @@ impl Config {
             notices: self.notices,
             fingerprint: self.fingerprint,
             ext_authz: self.ext_authz,
+            telemetry: self.telemetry,
         }
     }
 }
@@ -390,6 +403,7 @@ fn resolve(
     let fingerprint = Fingerprint::of(&hashed);
     let server = ServerSettings::resolve(&file.server);
     let limits = Limits::resolve(&file.limits)?;
+    let telemetry = telemetry::resolve(&file.telemetry, env)?;
     if file.projects.is_empty() {
         return Err(invalid("projects", "at least one project is required"));
     }
@@ -439,6 +453,7 @@ fn resolve(
         warnings,
         notices,
         fingerprint,
+        telemetry,
     })
 }
 

@@ -67,15 +67,28 @@ impl Gate {
         now: u64,
         salt: u32,
     ) -> Result<Issued, GateError> {
+        self.build(self.decide(principal, request, now)?, salt)
+    }
+
+    /// The first half of [`Gate::issue`]: the grant the rules give
+    /// `principal` for `request` at `now`, or why there is none. (The
+    /// pipeline calls the halves one by one, so each has its own span.)
+    pub fn decide(
+        &self,
+        principal: &Principal,
+        request: &Request,
+        now: u64,
+    ) -> Result<Grant, GateError> {
         match self.policy.evaluate(principal, request, now) {
-            Decision::Allow(grant) => self.build(grant, salt),
+            Decision::Allow(grant) => Ok(grant),
             Decision::Permit(permit) => Err(GateError::NothingToIssue(permit.action)),
             Decision::Deny(denial) => Err(GateError::Denied(denial)),
         }
     }
 
-    /// Builds the token a grant describes, signed by the grant's project.
-    fn build(&self, grant: Grant, salt: u32) -> Result<Issued, GateError> {
+    /// The second half of [`Gate::issue`]: builds the token a grant
+    /// describes, signed by the grant's project.
+    pub fn build(&self, grant: Grant, salt: u32) -> Result<Issued, GateError> {
         let unknown = || GateError::UnknownProject(grant.project().to_owned());
         let project = self.projects.get(grant.project()).ok_or_else(unknown)?;
         let certificate = project.signing_certificate().ok_or_else(unknown)?;

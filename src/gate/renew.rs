@@ -24,6 +24,19 @@ impl Gate {
         now: u64,
         salt: u32,
     ) -> Result<Issued, GateError> {
+        let request = self.renewal(token, channel, lifetimes)?;
+        self.issue(principal, &request, now, salt)
+    }
+
+    /// The request that renewing `token` amounts to, once it verifies
+    /// against its project's certificates: the first step of
+    /// [`Gate::renew`], before the rules are re-run.
+    pub fn renewal(
+        &self,
+        token: &str,
+        channel: Option<ChannelScope>,
+        lifetimes: Lifetimes,
+    ) -> Result<Request, GateError> {
         let parsed = v007::parse(token)
             .map_err(|e| GateError::BadToken(format!("not a readable 007 token: {e}")))?;
         let app_id = String::from_utf8_lossy(&parsed.token.app_id).into_owned();
@@ -50,7 +63,7 @@ impl Gate {
         request.token_lifetime = lifetimes.token;
         request.join_lifetime = lifetimes.join;
         request.publish_lifetime = lifetimes.publish;
-        self.issue(principal, &request, now, salt)
+        Ok(request)
     }
 }
 

@@ -133,6 +133,7 @@ impl Authorization for EnvoyCheck {
             rpc: Rpc::ExtAuthz,
             peer: request.remote_addr(),
             authorization: Credential::Absent,
+            trace: super::service::trace_headers(request.metadata()),
         };
         let outcome = self.pipeline.check(call, http).await;
         Ok(Response::new(match outcome.result {

@@ -5,12 +5,15 @@
 
 use std::sync::Arc;
 
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
 use super::convert;
 use super::pb;
 use super::pb::token_service_server::TokenService;
-use crate::pipeline::{Call, Credential, InspectRequest, InvalidRequest, Outcome, Pipeline, Rpc};
+use crate::pipeline::{
+    Call, Credential, InspectRequest, InvalidRequest, Outcome, Pipeline, Rpc, TraceHeaders,
+};
 use crate::render;
 
 /// The state every handler shares.
@@ -26,7 +29,8 @@ impl Api {
     }
 }
 
-/// What the transport knows about a call: its peer and its `authorization` metadata.
+/// What the transport knows about a call: its peer, its `authorization`
+/// metadata and its W3C trace context.
 fn call<T>(request: &Request<T>, rpc: Rpc) -> Call<'_> {
     let mut values = request.metadata().get_all("authorization").iter();
     let authorization = match (values.next(), values.next()) {
@@ -40,6 +44,23 @@ fn call<T>(request: &Request<T>, rpc: Rpc) -> Call<'_> {
         rpc,
         peer: request.remote_addr(),
         authorization,
+        trace: trace_headers(request.metadata()),
+    }
+}
+
+/// The `traceparent` and `tracestate` metadata, each only when sent exactly
+/// once (W3C: a repeated `traceparent` is ignored, and the call starts a trace).
+pub(super) fn trace_headers(metadata: &MetadataMap) -> TraceHeaders<'_> {
+    let single = |name: &str| {
+        let mut values = metadata.get_all(name).iter();
+        match (values.next(), values.next()) {
+            (Some(value), None) => value.to_str().ok(),
+            _ => None,
+        }
+    };
+    TraceHeaders {
+        traceparent: single("traceparent"),
+        tracestate: single("tracestate"),
     }
 }
 

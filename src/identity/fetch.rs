@@ -4,12 +4,19 @@
 //! together: connects, headers and bodies) and a body cap enforced while streaming, so a slow or hostile IdP can
 //! neither stall the refresher nor exhaust memory. The `Cache-Control:
 //! max-age` of the JWKS response is returned for the scheduler to clamp.
+//!
+//! Each fetch from a URL or a file is one `jwks.fetch` span (the refresher
+//! runs off the request path, so each is a trace of its own) with the
+//! source's URL or path, which are config, and the number of keys or the
+//! error; never a response body or a key.
 
 use std::time::Duration;
 
 use reqwest::header::CACHE_CONTROL;
 use reqwest::{Client, Url};
 use serde::Deserialize;
+use tracing::Instrument as _;
+use tracing::field::Empty;
 
 use super::config::KeySource;
 use super::keys::{KeySet, KeySourceError};
@@ -39,10 +46,65 @@ struct Discovery {
     jwks_uri: String,
 }
 
-/// Fetches and vets the key set from `source`.
+/// Fetches and vets the key set from `source`, in a `jwks.fetch` span.
 ///
 /// `issuers` are the configured `iss` strings a discovery document must name.
 pub async fn fetch(
+    client: &Client,
+    source: &KeySource,
+    issuers: &[String],
+    limits: &FetchLimits,
+) -> Result<Fetched, KeySourceError> {
+    let span = match source {
+        KeySource::JwksUrl(url) => fetch_span("jwks_url", &without_credentials(url)),
+        KeySource::Discovery(url) => fetch_span("discovery", &without_credentials(url)),
+        KeySource::File(path) => fetch_span("file", &path.display().to_string()),
+        // Nothing is fetched: the keys are in the config.
+        KeySource::Inline(_) | KeySource::SecretOnly => tracing::Span::none(),
+    };
+    let result = fetch_from(client, source, issuers, limits)
+        .instrument(span.clone())
+        .await;
+    match &result {
+        Ok(fetched) => {
+            // As an i64: OpenTelemetry has no unsigned integers, and
+            // tracing-opentelemetry sends a u64 as text.
+            span.record(
+                "keys",
+                i64::try_from(fetched.keys.len()).unwrap_or(i64::MAX),
+            );
+        }
+        Err(error) => {
+            span.record("error", tracing::field::display(error));
+            span.record("otel.status_code", "error");
+        }
+    }
+    result
+}
+
+/// The span of one fetch from `location`.
+fn fetch_span(source: &'static str, location: &str) -> tracing::Span {
+    tracing::info_span!(
+        "jwks.fetch",
+        otel.kind = "client",
+        otel.status_code = Empty,
+        source,
+        url = location,
+        keys = Empty,
+        error = Empty,
+    )
+}
+
+/// `url` without a user name or password, should one be configured in it.
+fn without_credentials(url: &Url) -> String {
+    let mut url = url.clone();
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.to_string()
+}
+
+/// [`fetch`], without its span.
+async fn fetch_from(
     client: &Client,
     source: &KeySource,
     issuers: &[String],

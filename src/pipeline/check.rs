@@ -5,8 +5,10 @@
 
 use std::borrow::Cow;
 
+use tracing::Instrument as _;
+
 use super::audit::{AuditEvent, Audited};
-use super::{Call, Credential, InvalidRequest, Outcome, Pipeline, Refusal};
+use super::{Call, Credential, InvalidRequest, Outcome, Pipeline, Refusal, TraceHeaders};
 use crate::gate::Issued;
 
 /// The HTTP request a proxy asks about, as the adapter reads it.
@@ -46,7 +48,24 @@ impl Pipeline {
         call: Call<'_>,
         http: Result<&dyn HttpRequest, InvalidRequest>,
     ) -> Outcome<Checked> {
-        let mut flow = self.begin(&call);
+        // Envoy sends its own span of the check in the gRPC metadata when
+        // it traces; otherwise the checked request's headers carry the
+        // client's trace, and the check continues that.
+        let forwarded = |name: &str| match &http {
+            Ok(http) if http.header_count(name) == 1 => http.header(name),
+            _ => None,
+        };
+        let (traceparent, tracestate) = (forwarded("traceparent"), forwarded("tracestate"));
+        let trace = if call.trace.traceparent.is_some() {
+            call.trace
+        } else {
+            TraceHeaders {
+                traceparent: traceparent.as_deref(),
+                tracestate: tracestate.as_deref(),
+            }
+        };
+        let mut flow = self.begin(&call, trace);
+        let span = flow.span.clone();
         let result = async {
             let http = http?;
             let routes = self
@@ -87,6 +106,7 @@ impl Pipeline {
                 route,
             })
         }
+        .instrument(span)
         .await;
         self.finish(flow, result)
     }

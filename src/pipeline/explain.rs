@@ -1,5 +1,7 @@
 //! Explaining: a dry run of the rules, for a caller allowed to explain.
 
+use tracing::Instrument as _;
+
 use super::audit::{AuditEvent, Audited};
 use super::{Call, InvalidRequest, Outcome, Pipeline};
 use crate::policy::{Decision, Request, Trace};
@@ -20,7 +22,8 @@ impl Pipeline {
         call: Call<'_>,
         request: Result<Request, InvalidRequest>,
     ) -> Outcome<Explanation> {
-        let mut flow = self.begin(&call);
+        let mut flow = self.begin(&call, call.trace);
+        let span = flow.span.clone();
         let result = async {
             let principal = self.authenticate(&mut flow, call.authorization).await?;
             let request = request?;
@@ -28,6 +31,7 @@ impl Pipeline {
             let (decision, trace) = self.gate.explain(&principal, &request, flow.now)?;
             Ok(Explanation { decision, trace })
         }
+        .instrument(span)
         .await;
         self.finish(flow, result)
     }

@@ -1,5 +1,7 @@
 //! Inspecting a token: decode, verify and diagnose errors 109 and 110.
 
+use tracing::Instrument as _;
+
 use super::audit::{AuditEvent, Audited};
 use super::{Call, InvalidRequest, Outcome, Pipeline};
 use crate::gate::{Expectation, Inspection};
@@ -20,7 +22,8 @@ impl Pipeline {
         call: Call<'_>,
         request: Result<InspectRequest, InvalidRequest>,
     ) -> Outcome<Inspection> {
-        let mut flow = self.begin(&call);
+        let mut flow = self.begin(&call, call.trace);
+        let span = flow.span.clone();
         let result = async {
             let principal = self.authenticate(&mut flow, call.authorization).await?;
             let request = request?;
@@ -29,6 +32,7 @@ impl Pipeline {
                 .gate
                 .inspect(&principal, &request.token, &request.expected, flow.now)?)
         }
+        .instrument(span)
         .await;
         self.finish(flow, result)
     }

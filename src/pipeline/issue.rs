@@ -1,5 +1,8 @@
 //! Issuing an RTC, RTM or Chat token: authenticate, decide, build.
 
+use tracing::Instrument as _;
+use tracing::field::Empty;
+
 use super::{Call, Flow, InvalidRequest, Outcome, Pipeline, Refusal};
 use crate::domain::Principal;
 use crate::gate::Issued;
@@ -12,12 +15,14 @@ impl Pipeline {
         call: Call<'_>,
         request: Result<Request, InvalidRequest>,
     ) -> Outcome<Issued> {
-        let mut flow = self.begin(&call);
+        let mut flow = self.begin(&call, call.trace);
+        let span = flow.span.clone();
         let result = async {
             let principal = self.authenticate(&mut flow, call.authorization).await?;
             let request = request?;
             self.decide_and_build(&mut flow, &principal, &request)
         }
+        .instrument(span)
         .await;
         self.finish(flow, result)
     }
@@ -31,7 +36,39 @@ impl Pipeline {
         request: &Request,
     ) -> Result<Issued, Refusal> {
         flow.event.channel = request.channel.as_ref().map(|c| c.as_str().to_owned());
+        self.decide_then_build(flow, principal, request)
+    }
+
+    /// The rules, then the build, each in its own span: `decide` records the
+    /// rule that decided, `build` the project that signs (never the token).
+    pub(super) fn decide_then_build(
+        &self,
+        flow: &Flow,
+        principal: &Principal,
+        request: &Request,
+    ) -> Result<Issued, Refusal> {
+        let decide = tracing::info_span!("decide", decision = Empty, rule = Empty);
+        let decided = decide
+            .in_scope(|| self.gate.decide(principal, request, flow.now))
+            .map_err(Refusal::from);
+        match &decided {
+            Ok(grant) => {
+                decide.record("decision", "allow");
+                decide.record("rule", grant.rule());
+            }
+            Err(refusal) => {
+                decide.record("decision", refusal.decision());
+                if let Some(rule) = refusal.rule() {
+                    decide.record("rule", rule);
+                }
+            }
+        }
+        drop(decide);
+        let grant = decided?;
         let salt = Self::salt()?;
-        Ok(self.gate.issue(principal, request, flow.now, salt)?)
+        let build = tracing::info_span!("build", project = grant.project(), services = Empty);
+        let issued = build.in_scope(|| self.gate.build(grant, salt))?;
+        build.record("services", issued.services().join(","));
+        Ok(issued)
     }
 }

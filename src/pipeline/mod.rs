@@ -9,9 +9,20 @@
 //! `Err(InvalidRequest)`), after authentication, so an unauthenticated caller
 //! learns nothing about which requests would be valid and every refusal is
 //! audited like any other.
+//!
+//! Each call is one `tracing` span, made in `begin` and ended in `finish`:
+//! it continues the caller's W3C trace when the adapter found a
+//! `traceparent` (`telemetry`), carries the request id (and the trace id
+//! when tracing is on) so every log line of the call names them, and records
+//! the decision and reason at the end. Authentication, the decision and the
+//! build are its child spans. No span field ever holds a JWT, a certificate
+//! or a token; a fingerprint at most.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+use tracing::Instrument as _;
+use tracing::field::Empty;
 
 use crate::domain::Principal;
 use crate::entropy;
@@ -19,6 +30,7 @@ use crate::gate::Gate;
 use crate::identity::{AuthError, Authenticator};
 use crate::metrics::Metrics;
 use crate::routes::Routes;
+use crate::telemetry;
 
 mod audit;
 mod check;
@@ -73,6 +85,18 @@ pub struct Call<'a> {
     /// The `authorization` metadata, for the gRPC API (ext_authz reads the
     /// route's JWT header from the HTTP request instead).
     pub authorization: Credential<'a>,
+    /// The caller's W3C trace context, from the gRPC metadata.
+    pub trace: TraceHeaders<'a>,
+}
+
+/// The W3C trace context headers of a call, as the transport found them:
+/// each is set only when it was sent exactly once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TraceHeaders<'a> {
+    /// `traceparent`: the caller's trace and span.
+    pub traceparent: Option<&'a str>,
+    /// `tracestate`: vendor data that travels with the trace.
+    pub tracestate: Option<&'a str>,
 }
 
 /// The caller's credential header as the transport found it.
@@ -102,6 +126,8 @@ struct Flow {
     started: entropy::Stopwatch,
     now: u64,
     event: AuditEvent,
+    /// The call's span: the use case runs inside it, `finish` ends it.
+    span: tracing::Span,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -124,6 +150,19 @@ impl Rpc {
             Rpc::InspectToken => "inspect",
             Rpc::ExplainAccess => "explain",
             Rpc::ExtAuthz => "ext_authz",
+        }
+    }
+
+    /// The fully qualified gRPC method, the name of the call's span.
+    pub fn span_name(self) -> &'static str {
+        match self {
+            Rpc::IssueRtcToken => "tokengate.v1.TokenService/IssueRtcToken",
+            Rpc::IssueRtmToken => "tokengate.v1.TokenService/IssueRtmToken",
+            Rpc::IssueChatToken => "tokengate.v1.TokenService/IssueChatToken",
+            Rpc::RenewToken => "tokengate.v1.TokenService/RenewToken",
+            Rpc::InspectToken => "tokengate.v1.TokenService/InspectToken",
+            Rpc::ExplainAccess => "tokengate.v1.TokenService/ExplainAccess",
+            Rpc::ExtAuthz => "envoy.service.auth.v3.Authorization/Check",
         }
     }
 
@@ -168,13 +207,33 @@ impl Pipeline {
         self.routes.as_deref()
     }
 
-    /// Starts a call: the clock is read once, here, and a request id drawn.
-    fn begin(&self, call: &Call<'_>) -> Flow {
+    /// Starts a call: the clock is read once, here, a request id drawn, and
+    /// the call's span opened under the caller's trace, if `trace` names one.
+    fn begin(&self, call: &Call<'_>, trace: TraceHeaders<'_>) -> Flow {
         let now = entropy::unix_now();
+        let event = AuditEvent::new(call.rpc, entropy::request_id(), call.peer, now);
+        let span = tracing::info_span!(
+            "call",
+            otel.name = call.rpc.span_name(),
+            otel.kind = "server",
+            otel.status_code = Empty,
+            rpc = call.rpc.as_str(),
+            request_id = %event.request_id,
+            trace_id = Empty,
+            decision = Empty,
+            reason = Empty,
+            rule = Empty,
+        );
+        if let Some(trace_id) =
+            telemetry::continue_trace(&span, trace.traceparent, trace.tracestate)
+        {
+            span.record("trace_id", trace_id);
+        }
         Flow {
             started: entropy::Stopwatch::start(),
             now,
-            event: AuditEvent::new(call.rpc, entropy::request_id(), call.peer, now),
+            event,
+            span,
         }
     }
 
@@ -184,24 +243,34 @@ impl Pipeline {
         flow: &mut Flow,
         credential: Credential<'_>,
     ) -> Result<Principal, Refusal> {
+        let span = tracing::info_span!("authenticate", issuer = Empty, outcome = Empty);
         let header = match credential {
             Credential::Absent => None,
             Credential::One(value) => Some(value),
             Credential::Duplicated => {
-                return Err(AuthError::Malformed("more than one credential header").into());
+                let error = AuthError::Malformed("more than one credential header");
+                span.record("outcome", error.reason());
+                return Err(error.into());
             }
         };
         let timer = entropy::Stopwatch::start();
         let (issuer, verified) = self
             .authenticator
             .authenticate_named(header, flow.now)
+            .instrument(span.clone())
             .await;
+        let outcome = match &verified {
+            Ok(_) => "ok",
+            Err(error) => error.reason(),
+        };
         if let Some(metrics) = &self.metrics {
-            let outcome = match &verified {
-                Ok(_) => "ok",
-                Err(error) => error.reason(),
-            };
             metrics.record_jwt(issuer.unwrap_or("none"), outcome, timer.elapsed_secs());
+        }
+        // The issuer's configured name, never the token or its claims.
+        span.record("issuer", issuer.unwrap_or("none"));
+        span.record("outcome", outcome);
+        if let Err(error) = &verified {
+            span.in_scope(|| tracing::debug!(reason = error.reason(), "authentication refused"));
         }
         let principal = verified?;
         flow.event.caller(&principal);
@@ -216,9 +285,14 @@ impl Pipeline {
     /// Ends a call: logs a server bug with its request id, writes the one
     /// audit event, and hands the outcome to the adapter.
     fn finish<T: audit::Audited>(&self, mut flow: Flow, result: Result<T, Refusal>) -> Outcome<T> {
+        let span = std::mem::replace(&mut flow.span, tracing::Span::none());
+        let _inside = span.enter();
         match &result {
             Ok(value) => value.describe(&mut flow.event),
             Err(refusal) => {
+                if matches!(refusal, Refusal::Internal(_) | Refusal::Unavailable { .. }) {
+                    span.record("otel.status_code", "error");
+                }
                 if let Refusal::Internal(detail) = refusal {
                     tracing::error!(
                         request_id = %flow.event.request_id,
@@ -231,6 +305,13 @@ impl Pipeline {
             }
         }
         flow.event.latency_us = flow.started.elapsed_us();
+        span.record("decision", flow.event.decision);
+        if let Some(reason) = &flow.event.reason {
+            span.record("reason", reason.as_str());
+        }
+        if let Some(rule) = &flow.event.rule {
+            span.record("rule", rule.as_str());
+        }
         flow.event.emit();
         if let Some(metrics) = &self.metrics {
             metrics.record_call(&flow.event.metrics_record(&result));

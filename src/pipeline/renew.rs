@@ -1,6 +1,8 @@
 //! Renewing a token this service issued: the rules are re-run for the
 //! token's own channel, identity, role and services.
 
+use tracing::Instrument as _;
+
 use super::{Call, InvalidRequest, Outcome, Pipeline};
 use crate::gate::{Issued, Lifetimes};
 use crate::policy::ChannelScope;
@@ -23,21 +25,18 @@ impl Pipeline {
         call: Call<'_>,
         request: Result<RenewRequest, InvalidRequest>,
     ) -> Outcome<Issued> {
-        let mut flow = self.begin(&call);
+        let mut flow = self.begin(&call, call.trace);
+        let span = flow.span.clone();
         let result = async {
             let principal = self.authenticate(&mut flow, call.authorization).await?;
             let request = request?;
             flow.event.channel = request.channel.as_ref().map(|c| c.as_str().to_owned());
-            let salt = Self::salt()?;
-            Ok(self.gate.renew(
-                &principal,
-                &request.token,
-                request.channel,
-                request.lifetimes,
-                flow.now,
-                salt,
-            )?)
+            let renewal = self
+                .gate
+                .renewal(&request.token, request.channel, request.lifetimes)?;
+            self.decide_then_build(&flow, &principal, &renewal)
         }
+        .instrument(span)
         .await;
         self.finish(flow, result)
     }

@@ -35,6 +35,7 @@ mod server_oidc;
 mod server_python;
 mod server_signals;
 mod server_transport;
+mod telemetry;
 mod token_invalid;
 mod token_npm;
 mod token_props;

@@ -62,6 +62,12 @@ impl Running {
 
     /// Like [`Running::start_config`] with `--log-format format` (`json` or `text`).
     pub fn start_config_as(config: &str, format: &str) -> Self {
+        Self::start_config_with(config, format, &[])
+    }
+
+    /// Like [`Running::start_config_as`] with more environment variables
+    /// (`TOKENGATE_LOG` among them overrides the default `info`).
+    pub fn start_config_with(config: &str, format: &str, env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokengate.toml");
         std::fs::write(&path, config).unwrap();
@@ -71,6 +77,7 @@ impl Running {
             .env("TEST_PRIMARY_CERT", PRIMARY_CERT)
             .env("TEST_SECONDARY_CERT", SECONDARY_CERT)
             .env("TOKENGATE_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
