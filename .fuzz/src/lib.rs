@@ -183,6 +183,8 @@ hs_secret_env = "FUZZ_HS"
 [[rules]]
 name = "anyone"
 actions = ["rtc", "rtm", "chat"]
+project = "main"
+account_claim = "sub"
 {EXT_AUTHZ}"#,
         jwks = jwks()
     )
