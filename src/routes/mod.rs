@@ -254,7 +254,11 @@ fn percent_decode(segment: &str) -> Option<String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = segment.get(i + 1..i + 3)?;
+            // Two hex digits exactly: `from_str_radix` alone would also take
+            // a sign, so `%+1` would decode although no proxy reads it so.
+            let hex = segment
+                .get(i + 1..i + 3)
+                .filter(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))?;
             out.push(u8::from_str_radix(hex, 16).ok()?);
             i += 3;
         } else {
@@ -338,6 +342,8 @@ path = "/users/{uid}/rooms/*"
             "/rooms/a\\b/join",
             "/rooms//join",
             "/rooms/%zz/join",
+            "/rooms/%+1/join",
+            "/rooms/a%+2e/join",
             "rooms/x/join",
             "/..",
         ];
