@@ -28,6 +28,7 @@ mod policy_example;
 mod policy_props;
 mod policy_rules;
 mod server_api;
+mod server_churn;
 mod server_fds;
 mod server_grpcurl;
 mod server_health;

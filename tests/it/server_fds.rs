@@ -176,3 +176,115 @@ async fn the_listen_backlog_is_the_configured_one() {
         assert_eq!(send_q, ["37"], "{addr}: {text}");
     }
 }
+
+/// Raises this process's soft descriptor limit to at least `want` (within
+/// the hard limit), so that the test can hold thousands of connections.
+fn raise_nofile(want: u64) {
+    let me = std::process::id().to_string();
+    let out = Command::new("prlimit")
+        .args([
+            "--pid",
+            &me,
+            "--nofile",
+            "--noheadings",
+            "--raw",
+            "--output=HARD",
+        ])
+        .output()
+        .unwrap();
+    let hard: u64 = String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap_or(u64::MAX);
+    assert!(
+        hard >= want,
+        "this test needs {want} file descriptors; the hard limit is {hard}"
+    );
+    let status = Command::new("prlimit")
+        .args(["--pid", &me, &format!("--nofile={want}:{hard}")])
+        .status()
+        .unwrap();
+    assert!(status.success(), "prlimit");
+}
+
+/// 2,000 connections that never send a byte, at the default limits: the
+/// first 1,000 (`max_connections`) are held until the 5 s header-read
+/// timeout and the rest are closed at once; meanwhile a client already
+/// connected keeps being served, the admin port answers, the server
+/// idles, and once the timeout has cleared them new connections get in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_idle_connections_at_the_default_limits_leave_the_service_serving() {
+    raise_nofile(4096);
+    let (_jwks, running) = start("").await;
+    let pid = running.pid();
+    let (grpc, admin) = addresses(&running);
+    let channel = tonic::transport::Channel::from_shared(format!("http://{grpc}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+
+    let mut idle = Vec::new();
+    for _ in 0..2000 {
+        idle.push(TcpStream::connect(grpc).await.unwrap());
+    }
+    // Each idle connection reports when the server closed it.
+    let started = tokio::time::Instant::now();
+    let watchers: Vec<_> = idle
+        .into_iter()
+        .map(|mut tcp| {
+            tokio::spawn(async move {
+                use tokio::io::AsyncReadExt as _;
+                let mut buf = [0u8; 256];
+                // The server's side speaks first only to close (or to send its
+                // SETTINGS once it has a preface, which these never send).
+                loop {
+                    match tokio::time::timeout(Duration::from_secs(15), tcp.read(&mut buf)).await {
+                        Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+                        Ok(Ok(_)) => continue,
+                        Err(_) => return None,
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // While they sit there: the connected client is served, the admin port
+    // answers, and the server is not busy.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = cpu_ticks(pid);
+    let window = Duration::from_secs(2);
+    tokio::time::sleep(window).await;
+    let used = cpu_ticks(pid) - before;
+    assert!(
+        used * 10 < ticks_per_second() * window.as_secs(),
+        "{used} ticks of CPU in {window:?} with 2,000 idle connections"
+    );
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("the connected client is still served");
+    assert!(readyz_ok(admin).await, "the admin port stopped answering");
+
+    let mut closed = Vec::new();
+    for watcher in watchers {
+        closed.push(watcher.await.unwrap());
+    }
+    let at_once = closed
+        .iter()
+        .filter(|c| c.is_some_and(|t| t < Duration::from_secs(2)))
+        .count();
+    let by_timeout = closed
+        .iter()
+        .filter(|c| c.is_some_and(|t| t >= Duration::from_secs(4)))
+        .count();
+    // The connected client holds one of the 1,000 places.
+    assert_eq!(
+        (at_once, by_timeout),
+        (1001, 999),
+        "connections closed at once and by the header-read timeout"
+    );
+    assert!(health_ok(grpc).await, "a new connection is not served");
+}
