@@ -99,7 +99,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         Some(DevCommand::MintJwt(mint)) => runtime.block_on(mint_jwt(mint)),
         None => {
-            super::logging::init(args.log_format);
+            let _log = super::logging::init(args.log_format);
             runtime.block_on(serve(args))
         }
     }

@@ -14,6 +14,16 @@
 //! print the spans a line was logged in (JSON: `"spans": [{"name": "call",
 //! "request_id": ...}, ...]`, outermost first; text: `call{request_id=...}:`).
 //! When tracing is on, the same spans go to the OpenTelemetry layer too.
+//!
+//! Lines are written off the request path: every layer writes into one
+//! `tracing-appender` non-blocking queue (one per process, so log and audit
+//! lines keep their order), and its thread writes them to stderr through a
+//! buffer flushed whenever the queue runs empty, so under load many lines
+//! share a `write`. The queue is bounded by `logging.queue_lines`; a full one
+//! blocks the logging call by default (no audit event is ever lost), or drops
+//! the line and counts it (`logging.overflow = "drop"`,
+//! `tokengate_log_lines_dropped_total`). The [`LogGuard`] that `init` returns
+//! flushes the queue when the process is done with it.
 
 use std::io::Write as _;
 
@@ -27,6 +37,9 @@ use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt as _};
 use tracing_subscriber::util::SubscriberInitExt as _;
 
+use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
+
+use crate::config::LogSettings;
 use crate::pipeline::AUDIT_TARGET;
 
 /// The log format.
@@ -47,22 +60,40 @@ pub struct AuditLayer<W> {
 /// Collects an event's recorded fields into a JSON map.
 struct JsonFields<'a>(&'a mut Map<String, Value>);
 
-/// Installs the global subscriber without trace export.
-pub fn init(format: LogFormat) {
-    init_traced(format, None);
+/// Keeps the log writer's thread; dropping it writes out what is still
+/// queued (waiting at most a second), so hold it until the process is done.
+#[must_use = "dropping the guard stops the log writer"]
+#[derive(Debug)]
+pub struct LogGuard {
+    _worker: WorkerGuard,
+}
+
+/// Installs the global subscriber without trace export, with the default queue.
+pub fn init(format: LogFormat) -> LogGuard {
+    init_traced(format, None, &LogSettings::default())
 }
 
 /// Installs the global subscriber. The level comes from `TOKENGATE_LOG`
 /// (`info` by default), in `tracing`'s `EnvFilter` syntax. Logs go to stderr so
 /// that stdout stays for command output. With a `tracer`, tokengate's own
 /// spans are also recorded into it (the exporter's own HTTP/2 spans and the
-/// audit events never are).
-pub fn init_traced(format: LogFormat, tracer: Option<opentelemetry_sdk::trace::Tracer>) {
+/// audit events never are). Lines go through a queue of `settings.queue_lines()`.
+pub fn init_traced(
+    format: LogFormat,
+    tracer: Option<opentelemetry_sdk::trace::Tracer>,
+    settings: &LogSettings,
+) -> LogGuard {
+    let (writer, worker) = NonBlockingBuilder::default()
+        .buffered_lines_limit(settings.queue_lines())
+        .lossy(settings.drop_when_full())
+        .thread_name("tokengate-log")
+        .finish(std::io::BufWriter::new(std::io::stderr()));
+    let dropped = writer.error_counter();
     let filter =
         EnvFilter::try_from_env("TOKENGATE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let not_audit = filter_fn(|metadata| metadata.target() != AUDIT_TARGET);
     let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(writer.clone())
         // Colour only on a terminal: escape codes corrupt logs piped to a file or collector.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
@@ -90,17 +121,22 @@ pub fn init_traced(format: LogFormat, tracer: Option<opentelemetry_sdk::trace::T
     });
     let registry = tracing_subscriber::registry()
         .with(filter)
-        .with(AuditLayer::new(std::io::stderr))
+        .with(AuditLayer::new(writer.clone()))
         .with(traces);
-    // A second init (tests, or a subcommand calling another) keeps the first subscriber.
-    let _ = match format {
+    // A second init (tests, or a subcommand calling another) keeps the first
+    // subscriber, and with it the first writer and its counter.
+    let installed = match format {
         LogFormat::Json => registry
-            .with(json_layer(std::io::stderr).with_filter(not_audit))
+            .with(json_layer::<_, NonBlocking>(writer).with_filter(not_audit))
             .try_init(),
         LogFormat::Text => registry
             .with(fmt.fmt_fields(escaped).with_filter(not_audit))
             .try_init(),
     };
+    if installed.is_ok() {
+        crate::metrics::watch_log_drops(move || dropped.dropped_lines() as u64);
+    }
+    LogGuard { _worker: worker }
 }
 
 /// The JSON lines layer: event fields flattened into the object, and the

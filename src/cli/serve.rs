@@ -59,7 +59,11 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    super::logging::init_traced(args.log_format, tracing.as_ref().map(Tracing::tracer));
+    let log = super::logging::init_traced(
+        args.log_format,
+        tracing.as_ref().map(Tracing::tracer),
+        config.logging(),
+    );
     if let Some(settings) = config.telemetry() {
         tracing::info!(
             endpoint = settings.endpoint(),
@@ -73,6 +77,8 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(tracing) = tracing {
         tracing.shutdown();
     }
+    // The last lines (the drain's) are written before the process exits.
+    drop(log);
     code
 }
 
@@ -156,6 +162,17 @@ pub fn summary(config: &Config) -> String {
         limits.keepalive_interval(),
         limits.keepalive_timeout(),
         limits.max_header_list_size()
+    );
+    let logging = config.logging();
+    let _ = writeln!(
+        out,
+        "logging: queue {} lines, when full: {}",
+        logging.queue_lines(),
+        if logging.drop_when_full() {
+            "drop and count"
+        } else {
+            "block"
+        }
     );
     for project in config.projects() {
         let _ = writeln!(

@@ -46,6 +46,38 @@ pub(crate) struct ConfigFile {
     /// Trace export (OpenTelemetry OTLP); off by default.
     #[serde(default)]
     pub telemetry: TelemetrySection,
+    /// The log writer's queue.
+    #[serde(default)]
+    pub logging: LoggingSection,
+}
+
+/// `[logging]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct LoggingSection {
+    /// How many lines may wait for the writer thread.
+    pub queue_lines: usize,
+    /// What a line does when the queue is full.
+    pub overflow: LogOverflow,
+}
+
+/// `logging.overflow`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum LogOverflow {
+    /// The logging call waits for room: nothing is lost.
+    Block,
+    /// The line is dropped and counted.
+    Drop,
+}
+
+impl Default for LoggingSection {
+    fn default() -> Self {
+        Self {
+            queue_lines: 65_536,
+            overflow: LogOverflow::Block,
+        }
+    }
 }
 
 /// `[telemetry]`; unset keys fall back to the `OTEL_*` variables, then the defaults.

@@ -14,12 +14,14 @@
 //! Submodules: `file` (the serde structs), `secret` (the one file-or-variable
 //! rule), `duration` (the one duration syntax), `issuer` (issuer tables into
 //! `identity::IssuerSettings`), `telemetry` (`[telemetry]` and the `OTEL_*`
-//! variables into [`TelemetrySettings`]).
+//! variables into [`TelemetrySettings`]), `logging` (`[logging]`, the log
+//! writer's queue, into [`LogSettings`]).
 
 mod duration;
 mod file;
 mod files;
 mod issuer;
+mod logging;
 mod secret;
 mod telemetry;
 
@@ -37,6 +39,7 @@ use crate::policy::{Policy, PolicyError, PolicyWarning, RuleConfig};
 use crate::routes::Routes;
 use crate::token::{AppCertificate, AppId};
 
+pub use self::logging::LogSettings;
 pub use self::telemetry::TelemetrySettings;
 
 /// A configuration that cannot be used. The message always names the key.
@@ -81,6 +84,7 @@ pub struct Config {
     fingerprint: Fingerprint,
     ext_authz: Option<Routes>,
     telemetry: Option<TelemetrySettings>,
+    logging: LogSettings,
 }
 
 /// A [`Config`] taken apart, for the code that starts the service and needs ownership.
@@ -195,6 +199,11 @@ impl Config {
     /// Trace export, when `[telemetry]` turns it on.
     pub fn telemetry(&self) -> Option<&TelemetrySettings> {
         self.telemetry.as_ref()
+    }
+
+    /// The log writer's queue.
+    pub fn logging(&self) -> &LogSettings {
+        &self.logging
     }
 
     /// Every part, by value.
@@ -404,6 +413,7 @@ fn resolve(
     let server = ServerSettings::resolve(&file.server);
     let limits = Limits::resolve(&file.limits)?;
     let telemetry = telemetry::resolve(&file.telemetry, env)?;
+    let logging = LogSettings::resolve(&file.logging)?;
     if file.projects.is_empty() {
         return Err(invalid("projects", "at least one project is required"));
     }
@@ -454,6 +464,7 @@ fn resolve(
         notices,
         fingerprint,
         telemetry,
+        logging,
     })
 }
 

@@ -1,7 +1,8 @@
 //! Metrics read at scrape time rather than counted on the request path: the
-//! process (`/proc/self`) and each issuer's key state.
+//! process (`/proc/self`, and the log writer's dropped lines) and each
+//! issuer's key state.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -39,6 +40,20 @@ pub struct IssuerState {
 pub trait IssuerSnapshot: std::fmt::Debug + Send + Sync + 'static {
     /// The state of every configured issuer, in config order.
     fn issuers(&self) -> Vec<IssuerState>;
+}
+
+/// Counts the log lines the writer dropped, for a process whose logging was
+/// set up to drop lines when its queue is full (`logging.overflow = "drop"`).
+type DroppedLines = Box<dyn Fn() -> u64 + Send + Sync>;
+
+/// The log writer's dropped-lines counter. Process-wide like the subscriber
+/// it belongs to, which is installed once, before any registry exists.
+static LOG_DROPS: OnceLock<DroppedLines> = OnceLock::new();
+
+/// Reports the log writer's dropped lines as `tokengate_log_lines_dropped_total`
+/// from now on; the first call wins, as the first subscriber installed does.
+pub fn watch_log_drops(dropped: impl Fn() -> u64 + Send + Sync + 'static) {
+    let _ = LOG_DROPS.set(Box::new(dropped));
 }
 
 /// The standard process metrics, from `/proc/self`.
@@ -114,6 +129,16 @@ impl Collector for Process {
                 max,
             )?;
         }
+        // Always present (0 when lines are never dropped), so an alert on it
+        // needs no `absent()`.
+        let dropped = ConstCounter::new(LOG_DROPS.get().map_or(0, |dropped| dropped()));
+        let metric_encoder = encoder.encode_descriptor(
+            "tokengate_log_lines_dropped",
+            "Log and audit lines dropped because the log writer's queue was full",
+            None,
+            MetricType::Counter,
+        )?;
+        dropped.encode(metric_encoder)?;
         gauge(
             &mut encoder,
             "process_start_time_seconds",

@@ -28,7 +28,7 @@ mod collectors;
 mod grpc;
 mod text;
 
-pub use collectors::{IssuerSnapshot, IssuerState};
+pub use collectors::{IssuerSnapshot, IssuerState, watch_log_drops};
 pub use grpc::{CountedBody, GrpcMeter, Method, RpcMeter};
 pub use text::{OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE, wants_openmetrics};
 

@@ -22,6 +22,7 @@ mod identity_hardening;
 mod identity_jwks;
 mod identity_oidc;
 mod identity_wycheproof;
+mod log_writer;
 mod metrics;
 mod pipeline;
 mod policy_example;

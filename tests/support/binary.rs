@@ -21,6 +21,9 @@ pub struct Running {
     pub admin: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
     reader: Option<std::thread::JoinHandle<()>>,
+    /// While set, the reader stops reading stderr, so the pipe fills up and
+    /// the child's log writer blocks, as behind a stuck log collector.
+    paused: Arc<std::sync::atomic::AtomicBool>,
     /// Keeps its keep-alive connection to the admin port open across the
     /// signal, as a prober would: it must not hold the exit either.
     admin_client: reqwest::Client,
@@ -86,7 +89,10 @@ impl Running {
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let sink = Arc::clone(&logs);
-        // Drains stderr for the whole run so the child never blocks on a full pipe.
+        let paused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hold = Arc::clone(&paused);
+        // Drains stderr for the whole run so the child never blocks on a full
+        // pipe (unless the test pauses it).
         let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 // The JSON logger flattens event fields into the top-level object.
@@ -106,6 +112,9 @@ impl Running {
                         .send(serde_json::json!({"grpc": field("grpc"), "admin": field("admin")}));
                 }
                 sink.lock().unwrap().push(line);
+                while hold.load(std::sync::atomic::Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
             }
         });
         let mut running = Self {
@@ -114,6 +123,7 @@ impl Running {
             admin: "127.0.0.1:1".parse().unwrap(),
             logs,
             reader: Some(reader),
+            paused,
             admin_client: reqwest::Client::new(),
             signalled_at: None,
             _dir: dir,
@@ -124,6 +134,19 @@ impl Running {
         running.grpc = fields["grpc"].as_str().unwrap().parse().unwrap();
         running.admin = fields["admin"].as_str().unwrap().parse().unwrap();
         running
+    }
+
+    /// Stops reading the child's stderr (after the line being read) until
+    /// [`Running::resume_logs`]: once the pipe's buffer is full, the child's
+    /// writes to stderr block.
+    pub fn pause_logs(&self) {
+        self.paused.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Reads the child's stderr again.
+    pub fn resume_logs(&self) {
+        self.paused
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     pub fn logs(&self) -> Vec<String> {
