@@ -185,6 +185,8 @@ name = "anyone"
 actions = ["rtc", "rtm", "chat"]
 project = "main"
 account_claim = "sub"
+# Two issuers reach the rule: their subjects are told apart (hardening).
+identity_prefix = "issuer_name"
 {EXT_AUTHZ}"#,
         jwks = jwks()
     )
