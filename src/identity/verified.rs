@@ -134,6 +134,7 @@ impl VerifiedCache {
             .shards(shards)
             .estimated_items_capacity(capacity)
             .weight_capacity(capacity as u64)
+            // Fails only when one of the two capacities is unset.
             .build()
             .ok()?;
         let evictions = Evictions::default();
