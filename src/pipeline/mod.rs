@@ -274,7 +274,7 @@ impl Pipeline {
         if let Some(metrics) = &self.metrics {
             // A cache hit verified no signature: it is counted as a hit only,
             // so the verification counter and histogram stay about
-            // verifications (see the README's "Verified-JWT cache").
+            // verifications (see the README's "The verified-JWT cache").
             if authentication.cache.verified_in_full() {
                 metrics.record_jwt(issuer, outcome, timer.elapsed_secs());
             }
