@@ -1,5 +1,12 @@
 //! Per-token verify cost through `Authenticator::authenticate`, next to a bare
-//! `jsonwebtoken::decode` with the same key and token, in the same run.
+//! `jsonwebtoken::decode` with the same key and token, in the same run; and,
+//! for RS256, the same token answered by the verified-JWT cache.
+//!
+//! `authenticate/*` runs with the cache off, so every iteration verifies in
+//! full; `cache_hit/RS256-2048` runs the same call on an authenticator with
+//! the cache on, where every iteration after the first is a hit (the SHA-256
+//! of the token, a lookup, the time claims against `now`, and a shared
+//! `Principal`, which `authenticate` then clones out; the pipeline shares it).
 //!
 //! The difference is our wrapper: bearer parsing, size cap, strict header and
 //! claims parsing, issuer pick, key lookup, extra checks and the `Principal`
@@ -21,7 +28,10 @@ use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use keys::TestKey;
 use serde_json::json;
-use tokengate::identity::{Authenticator, IssuerBuilder, KeySource, install_crypto_provider};
+use tokengate::identity::{
+    Authenticator, CacheLookup, IssuerBuilder, KeySource, VerifiedCacheSettings,
+    install_crypto_provider,
+};
 
 const ISS: &str = "https://idp.bench.test";
 const AUD: &str = "tokengate";
@@ -69,9 +79,20 @@ fn bench_verify(c: &mut Criterion) {
         )
         .build()
         .unwrap();
-        let auth = Authenticator::start(vec![config]).unwrap();
+        let auth = Authenticator::start_with_cache(
+            vec![config.clone()],
+            &VerifiedCacheSettings::disabled(),
+        )
+        .unwrap();
         runtime.block_on(auth.wait_ready());
         ready(auth.authenticate(Some(&bearer), NOW)).unwrap();
+        let cached =
+            Authenticator::start_with_cache(vec![config], &VerifiedCacheSettings::default())
+                .unwrap();
+        runtime.block_on(cached.wait_ready());
+        ready(cached.authenticate(Some(&bearer), NOW)).unwrap();
+        let hit = ready(cached.authenticate_call(Some(&bearer), NOW));
+        assert_eq!(hit.cache, CacheLookup::Hit);
 
         let jwk: Jwk = serde_json::from_value(key.jwk.clone()).unwrap();
         let decoding = DecodingKey::from_jwk(&jwk).unwrap();
@@ -88,6 +109,19 @@ fn bench_verify(c: &mut Criterion) {
         group.bench_function(format!("authenticate/{name}"), |b| {
             b.iter(|| ready(auth.authenticate(Some(black_box(&bearer)), NOW)).unwrap())
         });
+        if alg == Algorithm::RS256 {
+            group.bench_function(format!("cache_hit/{name}"), |b| {
+                b.iter(|| ready(cached.authenticate(Some(black_box(&bearer)), NOW)).unwrap())
+            });
+            // What the pipeline calls: the principal stays shared with the cache.
+            group.bench_function(format!("cache_hit_shared/{name}"), |b| {
+                b.iter(|| {
+                    ready(cached.authenticate_call(Some(black_box(&bearer)), NOW))
+                        .result
+                        .unwrap()
+                })
+            });
+        }
         group.bench_function(format!("jsonwebtoken_decode/{name}"), |b| {
             b.iter(|| {
                 jsonwebtoken::decode::<serde_json::Value>(black_box(&token), &decoding, &validation)

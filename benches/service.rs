@@ -10,6 +10,11 @@
 //! `Check_minimal_attributes` sends only what tokengate reads, to separate
 //! the cost of Envoy's request shape from tokengate's own work.
 //!
+//! Every figure but `IssueRtcToken_jwt_cache` verifies the JWT on every call
+//! (`[jwt_cache] enabled = false`), as the README's tables were measured;
+//! `IssueRtcToken_jwt_cache` is the in-process handler with the verified-JWT
+//! cache answering, in the same run.
+//!
 //! Run: `cargo bench --bench service`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -37,6 +42,8 @@ use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
 
 const CHANNEL: &str = "team-blue-standup";
+/// The verified-JWT cache off: every call verifies its RS256 JWT.
+const NO_JWT_CACHE: &str = "\n[jwt_cache]\nenabled = false\n";
 
 fn bench_service(c: &mut Criterion) {
     // One thread runs the client and the server: a call costs the work of
@@ -47,7 +54,11 @@ fn bench_service(c: &mut Criterion) {
         .build()
         .unwrap();
     let server = runtime.block_on(async {
-        let server = authz::start(TEAM_ROOMS, &ext_authz_section("")).await;
+        let server = authz::start(
+            TEAM_ROOMS,
+            &format!("{}{NO_JWT_CACHE}", ext_authz_section("")),
+        )
+        .await;
         server.wait_ready().await;
         server
     });
@@ -141,17 +152,28 @@ fn bench_service(c: &mut Criterion) {
     // attributes and the JWT travel in the body, where IssueRtcToken's JWT
     // rides in an HPACK-indexed header).
     let text = format!(
-        "{}\n{}",
+        "{}\n{}{NO_JWT_CACHE}",
         support::server::config_text(&server.jwks.jwks_url(), TEAM_ROOMS),
         ext_authz_section("")
     );
-    let (api_handler, check_handler, metered_handler) = runtime.block_on(async {
+    let (api_handler, check_handler, metered_handler, cached_handler) = runtime.block_on(async {
         let config = tokengate::config::load(&text, &support::server::test_env)
             .unwrap()
             .into_parts();
-        let authenticator =
-            std::sync::Arc::new(tokengate::identity::Authenticator::start(config.issuers).unwrap());
+        assert!(!config.jwt_cache.enabled());
+        let cached = std::sync::Arc::new(
+            tokengate::identity::Authenticator::start_with_cache(
+                config.issuers.clone(),
+                &tokengate::identity::VerifiedCacheSettings::default(),
+            )
+            .unwrap(),
+        );
+        let authenticator = std::sync::Arc::new(
+            tokengate::identity::Authenticator::start_with_cache(config.issuers, &config.jwt_cache)
+                .unwrap(),
+        );
         authenticator.wait_ready().await;
+        cached.wait_ready().await;
         let gate = std::sync::Arc::new(tokengate::gate::Gate::new(config.projects, config.policy));
         let routes = std::sync::Arc::new(config.ext_authz.unwrap());
         let pipeline = std::sync::Arc::new(tokengate::pipeline::Pipeline::new(
@@ -169,12 +191,15 @@ fn bench_service(c: &mut Criterion) {
             std::sync::Arc::new(NoIssuers),
         );
         let metered = std::sync::Arc::new(
-            tokengate::pipeline::Pipeline::new(gate, authenticator, None).with_metrics(metrics),
+            tokengate::pipeline::Pipeline::new(std::sync::Arc::clone(&gate), authenticator, None)
+                .with_metrics(metrics),
         );
+        let cached = std::sync::Arc::new(tokengate::pipeline::Pipeline::new(gate, cached, None));
         (
             Api::new(std::sync::Arc::clone(&pipeline)),
             EnvoyCheck::new(pipeline, routes),
             Api::new(metered),
+            Api::new(cached),
         )
     });
     let mut group = c.benchmark_group("handler_rs256");
@@ -199,6 +224,21 @@ fn bench_service(c: &mut Criterion) {
                 black_box(
                     runtime
                         .block_on(metered_handler.issue_rtc_token(request))
+                        .unwrap(),
+                )
+            },
+            BatchSize::SmallInput,
+        );
+    });
+    // The verified-JWT cache answering (the JWT was verified once, above or
+    // at the first iteration), in the same run.
+    group.bench_function("IssueRtcToken_jwt_cache", |b| {
+        b.iter_batched(
+            || TestServer::authed(&jwt, issue.clone()),
+            |request| {
+                black_box(
+                    runtime
+                        .block_on(cached_handler.issue_rtc_token(request))
                         .unwrap(),
                 )
             },

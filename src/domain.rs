@@ -445,6 +445,12 @@ impl Fingerprint {
         Self(hex::encode(&digest[..6]))
     }
 
+    /// The fingerprint of the bytes whose SHA-256 is `digest`, for a caller
+    /// that has hashed them already (the verified-JWT cache's key).
+    pub fn of_sha256(digest: &[u8; 32]) -> Self {
+        Self(hex::encode(&digest[..6]))
+    }
+
     /// The 12 hex characters.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -631,5 +637,7 @@ mod tests {
     fn fingerprints_are_12_hex() {
         // SHA-256("abc") starts with ba7816bf8f01.
         assert_eq!(Fingerprint::of(b"abc").as_str(), "ba7816bf8f01");
+        let digest: [u8; 32] = Sha256::digest(b"abc").into();
+        assert_eq!(Fingerprint::of_sha256(&digest), Fingerprint::of(b"abc"));
     }
 }

@@ -197,13 +197,29 @@ pub fn summary(config: &Config) -> String {
             KeySource::Inline(_) => "inline jwks".to_owned(),
             KeySource::SecretOnly => "an hs secret only".to_owned(),
         };
+        let cached = if issuer.verified_cache() {
+            ""
+        } else {
+            ", not cached"
+        };
         let _ = writeln!(
             out,
-            "issuer {:?}: iss {:?}, audiences {:?}, keys from {source}",
+            "issuer {:?}: iss {:?}, audiences {:?}, keys from {source}{cached}",
             issuer.name(),
             issuer.issuer(),
             issuer.audiences()
         );
+    }
+    let cache = config.jwt_cache();
+    if cache.enabled() {
+        let _ = writeln!(
+            out,
+            "jwt cache: on, {} entries, max age {}s",
+            cache.max_entries(),
+            cache.max_age().as_secs()
+        );
+    } else {
+        let _ = writeln!(out, "jwt cache: off");
     }
     match config.telemetry() {
         Some(telemetry) => {

@@ -49,6 +49,9 @@ pub(crate) struct ConfigFile {
     /// The log writer's queue.
     #[serde(default)]
     pub logging: LoggingSection,
+    /// The verified-JWT cache; on by default.
+    #[serde(default)]
+    pub jwt_cache: JwtCacheSection,
 }
 
 /// `[logging]`.
@@ -78,6 +81,18 @@ impl Default for LoggingSection {
             overflow: LogOverflow::Block,
         }
     }
+}
+
+/// `[jwt_cache]`; unset keys keep `identity::VerifiedCacheSettings`' defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct JwtCacheSection {
+    /// Whether verified JWTs are cached at all.
+    pub enabled: Option<bool>,
+    /// The most verified JWTs held at once.
+    pub max_entries: Option<usize>,
+    /// How long one verification is reused, at most.
+    pub max_age: Option<HumanDuration>,
 }
 
 /// `[telemetry]`; unset keys fall back to the `OTEL_*` variables, then the defaults.
@@ -220,6 +235,9 @@ pub(crate) struct IssuerSection {
     /// Whether readiness waits for this issuer's keys (default true).
     #[serde(default)]
     pub required_for_readiness: Option<bool>,
+    /// Whether this issuer's verified JWTs go into the `[jwt_cache]` (default true).
+    #[serde(default)]
+    pub verified_cache: Option<bool>,
     /// How the keys are kept fresh.
     #[serde(default)]
     pub refresh: RefreshSection,

@@ -99,6 +99,9 @@ pub(super) fn resolve_issuer(
     if let Some(required) = section.required_for_readiness {
         builder = builder.required_for_readiness(required);
     }
+    if let Some(cached) = section.verified_cache {
+        builder = builder.verified_cache(cached);
+    }
     if let Some(wait) = unknown_kid_wait {
         builder = builder.unknown_kid_wait(wait);
     }

@@ -30,11 +30,15 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use self::file::{CertificateSection, ConfigFile, LimitsSection, ProjectSection, ServerSection};
+use self::file::{
+    CertificateSection, ConfigFile, JwtCacheSection, LimitsSection, ProjectSection, ServerSection,
+};
 use self::secret::SecretSource;
 use crate::domain::Fingerprint;
 use crate::gate::Project;
-use crate::identity::{IdentityConfigError, IssuerSettings, validate_issuers};
+use crate::identity::{
+    IdentityConfigError, IssuerSettings, VerifiedCacheSettings, validate_issuers,
+};
 use crate::policy::{Policy, PolicyError, PolicyWarning, RuleConfig};
 use crate::routes::Routes;
 use crate::token::{AppCertificate, AppId};
@@ -78,6 +82,7 @@ pub struct Config {
     limits: Limits,
     projects: Vec<Project>,
     issuers: Vec<IssuerSettings>,
+    jwt_cache: VerifiedCacheSettings,
     policy: Policy,
     warnings: Vec<PolicyWarning>,
     notices: Vec<String>,
@@ -98,6 +103,8 @@ pub struct ConfigParts {
     pub projects: Vec<Project>,
     /// The identity providers, validated, HS secrets read, not started.
     pub issuers: Vec<IssuerSettings>,
+    /// The verified-JWT cache.
+    pub jwt_cache: VerifiedCacheSettings,
     /// The compiled rules.
     pub policy: Policy,
     /// Problems that do not stop loading (shadowed rules).
@@ -170,6 +177,11 @@ impl Config {
         &self.issuers
     }
 
+    /// The verified-JWT cache's settings.
+    pub fn jwt_cache(&self) -> &VerifiedCacheSettings {
+        &self.jwt_cache
+    }
+
     /// The compiled rules.
     pub fn policy(&self) -> &Policy {
         &self.policy
@@ -213,6 +225,7 @@ impl Config {
             limits: self.limits,
             projects: self.projects,
             issuers: self.issuers,
+            jwt_cache: self.jwt_cache,
             policy: self.policy,
             warnings: self.warnings,
             notices: self.notices,
@@ -439,6 +452,7 @@ fn resolve(
         .map(|(i, section)| issuer::resolve_issuer(section, &format!("issuers[{i}]"), env))
         .collect::<Result<Vec<_>, _>>()?;
     validate_issuers(&issuers, "issuers").map_err(identity_error)?;
+    let jwt_cache = resolve_jwt_cache(&file.jwt_cache)?;
     let names: Vec<&str> = projects.iter().map(|p| p.name.as_str()).collect();
     let issuer_names: Vec<crate::policy::Issuer> = issuers
         .iter()
@@ -459,12 +473,29 @@ fn resolve(
         limits,
         projects,
         issuers,
+        jwt_cache,
         policy,
         warnings,
         notices,
         fingerprint,
         telemetry,
         logging,
+    })
+}
+
+/// `[jwt_cache]` over the defaults; an error's key is `jwt_cache.<field>`.
+fn resolve_jwt_cache(section: &JwtCacheSection) -> Result<VerifiedCacheSettings, ConfigError> {
+    let defaults = VerifiedCacheSettings::default();
+    VerifiedCacheSettings::new(
+        section.enabled.unwrap_or(defaults.enabled()),
+        section.max_entries.unwrap_or(defaults.max_entries()),
+        section.max_age.as_ref().map_or(defaults.max_age(), |d| d.0),
+    )
+    .map_err(|e| match e {
+        IdentityConfigError::Invalid { key, problem } => {
+            invalid(&format!("jwt_cache.{key}"), &problem)
+        }
+        other => invalid("jwt_cache", &other.to_string()),
     })
 }
 

@@ -9,6 +9,12 @@
 //! `max_token_lifetime`; verify the signature; then check time (`exp`, `nbf`, future `iat`,
 //! against the caller's `now`), audience and required claims.
 //!
+//! With the verified-JWT cache on (`identity::verified`), a token verified
+//! before is looked up by its SHA-256 right after the size cap, and answered
+//! from the cache when the issuer's keys and settings are those it was
+//! verified under; its time claims are checked against `now` on every answer,
+//! by the same functions as here.
+//!
 //! jsonwebtoken supplies the signature primitive (`crypto::verify` on the
 //! aws-lc backend); the JOSE and JWT rules are ours. `jsonwebtoken::decode`
 //! would parse the header twice and the claims three times, read the system
@@ -16,6 +22,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -23,10 +30,13 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 use tokio::task::AbortHandle;
 
-use super::claims::{ClaimProblem, Claims, Registered};
-use super::config::{HsSecret, IdentityConfigError, IssuerSettings, MAX_EXP, validate_issuers};
+use super::claims::{ClaimProblem, Claims, Registered, Times};
+use super::config::{
+    HsSecret, IdentityConfigError, IssuerSettings, MAX_EXP, VerifiedCacheSettings, validate_issuers,
+};
 use super::keys::VerifyKey;
 use super::refresh::{IssuerStatus, KeyCache, KeyState, Refresher};
+use super::verified::{self, Entry, Stamp, TokenDigest, VerifiedCache, VerifiedCacheStats};
 use crate::domain::{ClaimValue, Fingerprint, Principal};
 
 /// Verifies bearer JWTs against the configured issuers.
@@ -39,6 +49,36 @@ pub struct Authenticator {
     /// The largest per-issuer cap: applied before anything is decoded.
     max_token_size: usize,
     tasks: Vec<AbortHandle>,
+    /// The verified-JWT cache; `None` when it is off.
+    verified: Option<VerifiedCache>,
+}
+
+/// One authentication, with what the metrics and the logs need to know about it.
+#[derive(Debug)]
+pub struct Authentication<'a> {
+    /// The configured name of the issuer the token named, once it is known
+    /// (a failure is counted against the issuer whose token failed).
+    pub issuer: Option<&'a str>,
+    /// Whether the verified-JWT cache answered.
+    pub cache: CacheLookup,
+    /// The verified caller, or why the token was refused.
+    pub result: Result<Arc<Principal>, AuthError>,
+}
+
+/// What the verified-JWT cache did for one call. `label()` is the metrics label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheLookup {
+    /// No lookup counted: the cache is off, the issuer is left out of it
+    /// (`verified_cache = false`), or the call had no token to look up
+    /// (none, or one over the size cap).
+    Off,
+    /// Answered from the cache: no signature was verified, the time claims were checked.
+    Hit,
+    /// Not in the cache: verified in full (and cached if it verified).
+    Miss,
+    /// In the cache from before a key-set change, an invalidation or
+    /// `max_age`: dropped, and verified in full.
+    Stale,
 }
 
 /// Whether the readiness policy holds, with each issuer's status.
@@ -140,6 +180,19 @@ struct Issuer {
     algorithms: Vec<Algorithm>,
     hs_secret: Option<HsSecret>,
     cache: Arc<KeyCache>,
+    /// Whether this issuer's verified tokens are cached.
+    cached: bool,
+    /// Moved by `Authenticator::invalidate_issuer`: entries stamped with an
+    /// older epoch no longer answer.
+    epoch: AtomicU64,
+}
+
+/// A successful verification, with what a cache entry records of it.
+struct Verified {
+    principal: Principal,
+    times: Times,
+    /// The key-set version the signature verified under.
+    keys: u64,
 }
 
 /// A token split and parsed, not yet verified.
@@ -154,13 +207,39 @@ struct Parsed<'a> {
     claims: Claims,
 }
 
+impl CacheLookup {
+    /// The `result` label of the cache metrics; `None` for [`CacheLookup::Off`].
+    pub fn label(self) -> Option<&'static str> {
+        match self {
+            CacheLookup::Off => None,
+            CacheLookup::Hit => Some("hit"),
+            CacheLookup::Miss => Some("miss"),
+            CacheLookup::Stale => Some("stale"),
+        }
+    }
+
+    /// Whether the token's signature was verified on this call.
+    pub fn verified_in_full(self) -> bool {
+        self != CacheLookup::Hit
+    }
+}
+
 impl Authenticator {
-    /// Spawns one key refresher per issuer on the current tokio runtime.
+    /// Spawns one key refresher per issuer on the current tokio runtime, with
+    /// the verified-JWT cache at its defaults (on: see `identity::verified`).
     ///
     /// The settings are already validated and their HS secrets already read
     /// (by `crate::config`), so the only failures left are a duplicate name or
     /// `iss` across issuers, a missing runtime and the HTTP client.
     pub fn start(settings: Vec<IssuerSettings>) -> Result<Self, IdentityConfigError> {
+        Self::start_with_cache(settings, &VerifiedCacheSettings::default())
+    }
+
+    /// Like [`Authenticator::start`], with these verified-JWT cache settings.
+    pub fn start_with_cache(
+        settings: Vec<IssuerSettings>,
+        cache: &VerifiedCacheSettings,
+    ) -> Result<Self, IdentityConfigError> {
         // Idempotent; makes the backend explicit even if main forgot.
         super::install_crypto_provider();
         validate_issuers(&settings, "issuers")?;
@@ -198,11 +277,18 @@ impl Authenticator {
             issuers.push(Issuer::compile(settings, cache));
         }
         let max_token_size = issuers.iter().map(|i| i.max_token_size).max().unwrap_or(0);
+        // With every issuer left out, a cache would only cost a hash per call.
+        let verified = if issuers.iter().any(|i| i.cached) {
+            VerifiedCache::new(cache)
+        } else {
+            None
+        };
         Ok(Self {
             issuers,
             by_iss,
             max_token_size,
             tasks,
+            verified,
         })
     }
 
@@ -212,28 +298,139 @@ impl Authenticator {
         authorization: Option<&str>,
         now: u64,
     ) -> Result<Principal, AuthError> {
-        self.authenticate_named(authorization, now).await.1
+        self.authenticate_call(authorization, now)
+            .await
+            .result
+            .map(Arc::unwrap_or_clone)
     }
 
-    /// Like [`Authenticator::authenticate`], with the configured name of the
-    /// issuer the token named, once it is known (for metrics: a failure is
-    /// counted against the issuer whose token failed).
-    pub async fn authenticate_named(
+    /// Like [`Authenticator::authenticate`], with the issuer's name and what
+    /// the verified-JWT cache did, for the metrics; the principal is shared
+    /// with the cache rather than copied.
+    pub async fn authenticate_call(
         &self,
         authorization: Option<&str>,
         now: u64,
-    ) -> (Option<&str>, Result<Principal, AuthError>) {
-        match self.find_issuer(authorization) {
-            Ok((issuer, parsed)) => (Some(issuer.name.as_str()), issuer.verify(parsed, now).await),
-            Err(error) => (None, Err(error)),
+    ) -> Authentication<'_> {
+        let token = match self.bearer_token(authorization) {
+            Ok(token) => token,
+            Err(error) => {
+                return Authentication {
+                    issuer: None,
+                    cache: CacheLookup::Off,
+                    result: Err(error),
+                };
+            }
+        };
+        let digest = verified::digest(token);
+        let Some(cache) = &self.verified else {
+            return self.verify_token(token, &digest, now, None).await;
+        };
+        let lookup = match cache.get(&digest) {
+            None => CacheLookup::Miss,
+            Some(entry) => match self.answer(cache, &entry, now) {
+                Some((issuer, result)) => {
+                    if matches!(result, Err(AuthError::Expired)) {
+                        // Expired for good (unless the clock steps back,
+                        // when a full verification decides): free the place.
+                        cache.remove(&digest, &entry);
+                    }
+                    return Authentication {
+                        issuer: Some(issuer.name.as_str()),
+                        cache: CacheLookup::Hit,
+                        result,
+                    };
+                }
+                None => {
+                    cache.remove(&digest, &entry);
+                    CacheLookup::Stale
+                }
+            },
+        };
+        self.verify_token(token, &digest, now, Some((cache, lookup)))
+            .await
+    }
+
+    /// The answer of a cache entry at `now`, with its issuer, or `None` when
+    /// the entry may not answer (the issuer's keys or epoch moved on since,
+    /// or it is older than `max_age`).
+    fn answer(
+        &self,
+        cache: &VerifiedCache,
+        entry: &Entry,
+        now: u64,
+    ) -> Option<(&Issuer, Result<Arc<Principal>, AuthError>)> {
+        let issuer = self.issuers.get(entry.issuer)?;
+        if issuer.stamp() != entry.stamp || !cache.fresh(entry, now) {
+            return None;
+        }
+        // The size cap, the algorithm, the signature, `iss`, `aud` and the
+        // required claims gave the same answer for this token under these
+        // keys and settings when it was verified, and the stamp says they are
+        // the same now. Only the time claims depend on `now`: they are
+        // checked again, in the order and with the code of a full
+        // verification, so the reason for a refusal is the same too.
+        let result = issuer
+            .check_lifetime(&entry.times, now)
+            .and_then(|()| issuer.check_times(&entry.times, now))
+            .map(|()| Arc::clone(&entry.principal));
+        Some((issuer, result))
+    }
+
+    /// Verifies `token` in full; with a cache, stores a success and reports `lookup`.
+    async fn verify_token(
+        &self,
+        token: &str,
+        digest: &TokenDigest,
+        now: u64,
+        cache: Option<(&VerifiedCache, CacheLookup)>,
+    ) -> Authentication<'_> {
+        let (index, issuer, parsed) = match self.find_issuer(token) {
+            Ok(found) => found,
+            Err(error) => {
+                return Authentication {
+                    issuer: None,
+                    cache: cache.map_or(CacheLookup::Off, |(_, lookup)| lookup),
+                    result: Err(error),
+                };
+            }
+        };
+        let cache = cache.filter(|_| issuer.cached);
+        // Read before verifying: an invalidation during the verification
+        // leaves this entry with the old epoch, which never answers.
+        let epoch = issuer.epoch.load(Ordering::SeqCst);
+        let result = match issuer.verify(parsed, digest, now).await {
+            Ok(verified) => {
+                let principal = Arc::new(verified.principal);
+                if let Some((cache, _)) = cache {
+                    cache.insert(
+                        *digest,
+                        Entry {
+                            issuer: index,
+                            stamp: Stamp {
+                                keys: verified.keys,
+                                epoch,
+                            },
+                            verified_at: now,
+                            times: verified.times,
+                            principal: Arc::clone(&principal),
+                        },
+                    );
+                }
+                Ok(principal)
+            }
+            // A refusal is never cached: only a valid token earns an entry.
+            Err(error) => Err(error),
+        };
+        Authentication {
+            issuer: Some(issuer.name.as_str()),
+            cache: cache.map_or(CacheLookup::Off, |(_, lookup)| lookup),
+            result,
         }
     }
 
-    /// The issuer a bearer token names, with the token parsed.
-    fn find_issuer<'t>(
-        &self,
-        authorization: Option<&'t str>,
-    ) -> Result<(&Issuer, Parsed<'t>), AuthError> {
+    /// The token of a `Bearer <jwt>` value, within the largest size cap.
+    fn bearer_token<'t>(&self, authorization: Option<&'t str>) -> Result<&'t str, AuthError> {
         let token = bearer(authorization)?;
         if token.len() > self.max_token_size {
             return Err(AuthError::TooLarge {
@@ -241,17 +438,47 @@ impl Authenticator {
                 max: self.max_token_size,
             });
         }
+        Ok(token)
+    }
+
+    /// The issuer a token names (with its index), with the token parsed.
+    fn find_issuer<'t>(&self, token: &'t str) -> Result<(usize, &Issuer, Parsed<'t>), AuthError> {
         let parsed = Parsed::parse(token)?;
         let iss = parsed.claims.issuer().map_err(|p| match p {
             ClaimProblem::Missing(c) => AuthError::MissingClaim(c.to_owned()),
             ClaimProblem::Invalid(_) => AuthError::BadIssuer,
         })?;
-        let issuer = self
+        let (index, issuer) = self
             .by_iss
             .get(iss)
-            .and_then(|i| self.issuers.get(*i))
+            .and_then(|i| Some((*i, self.issuers.get(*i)?)))
             .ok_or(AuthError::UnknownIssuer)?;
-        Ok((issuer, parsed))
+        Ok((index, issuer, parsed))
+    }
+
+    /// Stops the verified-JWT cache from answering for the issuer named
+    /// `name` with anything verified before this call, and drops its
+    /// entries; `false` when no issuer has that name. A key-set change does
+    /// this by itself; this is for a change the keys do not show (a reload).
+    pub fn invalidate_issuer(&self, name: &str) -> bool {
+        let Some((index, issuer)) = self
+            .issuers
+            .iter()
+            .enumerate()
+            .find(|(_, i)| i.name == name)
+        else {
+            return false;
+        };
+        issuer.epoch.fetch_add(1, Ordering::SeqCst);
+        if let Some(cache) = &self.verified {
+            cache.remove_issuer(index);
+        }
+        true
+    }
+
+    /// The verified-JWT cache's size, bound and evictions; `None` when it is off.
+    pub fn verified_cache_stats(&self) -> Option<VerifiedCacheStats> {
+        self.verified.as_ref().map(VerifiedCache::stats)
     }
 
     /// Whether the readiness policy holds (see [`Readiness`]), and each issuer's status.
@@ -396,10 +623,25 @@ impl Issuer {
             algorithms: settings.algorithms().to_vec(),
             hs_secret: settings.hs_secret().cloned(),
             cache,
+            cached: settings.verified_cache(),
+            epoch: AtomicU64::new(0),
         }
     }
 
-    async fn verify(&self, parsed: Parsed<'_>, now: u64) -> Result<Principal, AuthError> {
+    /// What a verification now would depend on, besides the token.
+    fn stamp(&self) -> Stamp {
+        Stamp {
+            keys: self.cache.load().version,
+            epoch: self.epoch.load(Ordering::SeqCst),
+        }
+    }
+
+    async fn verify(
+        &self,
+        parsed: Parsed<'_>,
+        digest: &TokenDigest,
+        now: u64,
+    ) -> Result<Verified, AuthError> {
         if parsed.token.len() > self.max_token_size {
             return Err(AuthError::TooLarge {
                 size: parsed.token.len(),
@@ -416,52 +658,73 @@ impl Issuer {
             ClaimProblem::Invalid("aud") => AuthError::BadAudience,
             other => AuthError::MissingClaim(other.claim().to_owned()),
         })?;
+        let times = registered.times();
         // Also before the signature: an absurd lifetime is refused whoever signed it.
-        self.check_lifetime(&registered, now)?;
-        if parsed.alg.family() == AlgorithmFamily::Hmac {
+        self.check_lifetime(&times, now)?;
+        let keys = if parsed.alg.family() == AlgorithmFamily::Hmac {
             let secret = self
                 .hs_secret
                 .as_ref()
                 .ok_or(AuthError::AlgorithmNotAllowed)?;
+            // The secret does not come from the key snapshot, but a cache
+            // entry is stamped with its version all the same.
+            let keys = self.cache.load().version;
             verify_signature(&parsed, secret.key())?;
+            keys
         } else {
-            self.verify_with_jwks(&parsed).await?;
-        }
+            self.verify_with_jwks(&parsed).await?
+        };
         self.check_claims(&parsed.claims, &registered, now)?;
-        Ok(principal(parsed, registered))
+        Ok(Verified {
+            principal: principal(parsed, registered, digest),
+            times,
+            keys,
+        })
     }
 
-    /// Finds the key(s) for the token and verifies the signature with them.
-    async fn verify_with_jwks(&self, parsed: &Parsed<'_>) -> Result<(), AuthError> {
+    /// Finds the key(s) for the token and verifies the signature with them;
+    /// returns the version of the key set that held the key.
+    async fn verify_with_jwks(&self, parsed: &Parsed<'_>) -> Result<u64, AuthError> {
         let kid = match (&parsed.kid, self.require_kid) {
             (Some(kid), _) => Some(kid.as_str()),
             (None, true) => return Err(self.unknown_key()),
             (None, false) => None,
         };
-        let first = self.try_keys(&self.cache.load(), kid, parsed);
+        let first = self.try_snapshot(kid, parsed);
         let found = match first {
             Err(AuthError::KeysExpired { .. }) => {
                 // The IdP may be back: this call asks for a fetch (rate
                 // limited like an unknown kid's) and looks again after it.
                 self.cache.refetch_while_expired().await;
-                self.try_keys(&self.cache.load(), kid, parsed)?
+                self.try_snapshot(kid, parsed)?
             }
             found => found?,
         };
-        if found {
-            return Ok(());
+        if let Some(version) = found {
+            return Ok(version);
         }
         // OIDC Core §10.1.1: an unfamiliar kid may mean the IdP rotated, so
         // refetch once (coalesced and rate-limited by the cache).
         if let Some(kid) = kid
             && self.cache.refetch_for_unknown_kid(kid).await
+            && let Some(version) = self.try_snapshot(Some(kid), parsed)?
         {
-            let state = self.cache.load();
-            if self.try_keys(&state, Some(kid), parsed)? {
-                return Ok(());
-            }
+            return Ok(version);
         }
         Err(self.unknown_key())
+    }
+
+    /// [`Issuer::try_keys`] on the current snapshot; `Ok(Some(version))` with
+    /// the snapshot's version when a key verified the signature.
+    fn try_snapshot(
+        &self,
+        kid: Option<&str>,
+        parsed: &Parsed<'_>,
+    ) -> Result<Option<u64>, AuthError> {
+        let snapshot = self.cache.load();
+        Ok(self
+            .try_keys(&snapshot.keys, kid, parsed)?
+            .then_some(snapshot.version))
     }
 
     /// Verifies with the candidate keys of the current snapshot; `Ok(false)` when there is none.
@@ -508,7 +771,7 @@ impl Issuer {
         registered: &Registered,
         now: u64,
     ) -> Result<(), AuthError> {
-        self.check_times(registered, now)?;
+        self.check_times(&registered.times(), now)?;
         if !registered.aud.iter().any(|a| self.audiences.contains(a)) {
             return Err(AuthError::BadAudience);
         }
@@ -524,7 +787,7 @@ impl Issuer {
 
     /// Refuses an `exp` after 9999 and, with `max_token_lifetime`, a token
     /// that lives longer: `exp - iat`, or `exp - now` when it has no `iat`.
-    fn check_lifetime(&self, claims: &Registered, now: u64) -> Result<(), AuthError> {
+    fn check_lifetime(&self, claims: &Times, now: u64) -> Result<(), AuthError> {
         if claims.exp > MAX_EXP {
             return Err(AuthError::LifetimeTooLong);
         }
@@ -538,7 +801,7 @@ impl Issuer {
         Ok(())
     }
 
-    fn check_times(&self, claims: &Registered, now: u64) -> Result<(), AuthError> {
+    fn check_times(&self, claims: &Times, now: u64) -> Result<(), AuthError> {
         if claims.exp.saturating_add(self.leeway) < now {
             return Err(AuthError::Expired);
         }
@@ -559,10 +822,10 @@ impl Issuer {
     }
 }
 
-/// Builds the principal of a verified token.
-fn principal(parsed: Parsed<'_>, registered: Registered) -> Principal {
+/// Builds the principal of a verified token whose SHA-256 is `digest`.
+fn principal(parsed: Parsed<'_>, registered: Registered, digest: &TokenDigest) -> Principal {
     Principal {
-        token_fingerprint: Fingerprint::of(parsed.token.as_bytes()),
+        token_fingerprint: Fingerprint::of_sha256(digest),
         scopes: parsed.claims.scopes(),
         issuer: registered.iss,
         subject: registered.sub,

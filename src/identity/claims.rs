@@ -34,6 +34,18 @@ pub struct Registered {
     pub iat: Option<u64>,
 }
 
+/// The time claims of a token: what its verdict depends on besides the token
+/// and the issuer, checked against `now` on every call (a cached token too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Times {
+    /// `exp`, unix seconds.
+    pub exp: u64,
+    /// `nbf`, unix seconds, when present.
+    pub nbf: Option<u64>,
+    /// `iat`, unix seconds, when present.
+    pub iat: Option<u64>,
+}
+
 /// Which registered claim is missing or has the wrong type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClaimProblem {
@@ -54,6 +66,17 @@ struct StrictVisitor;
 enum Rounding {
     Down,
     Up,
+}
+
+impl Registered {
+    /// The time claims.
+    pub fn times(&self) -> Times {
+        Times {
+            exp: self.exp,
+            nbf: self.nbf,
+            iat: self.iat,
+        }
+    }
 }
 
 impl Claims {

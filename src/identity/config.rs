@@ -46,6 +46,33 @@ pub const MAX_UNKNOWN_KID_WAIT: Duration = Duration::from_secs(5);
 /// not a real expiry, and would overflow date arithmetic downstream.
 pub const MAX_EXP: u64 = 253_402_300_799;
 
+/// How many verified JWTs the cache holds by default. An entry holds the
+/// token's claims (a few hundred bytes to a few KiB), so this is a few MiB to
+/// a few tens of MiB at most, and it only fills with that many distinct valid
+/// tokens presented within `max_age`.
+pub const DEFAULT_CACHE_ENTRIES: usize = 10_000;
+/// The most entries `jwt_cache.max_entries` may ask for.
+pub const MAX_CACHE_ENTRIES: usize = 1_000_000;
+/// How long a verification is reused by default.
+pub const DEFAULT_CACHE_MAX_AGE: Duration = Duration::from_secs(60);
+/// The longest `jwt_cache.max_age` accepted. The cache's answers do not
+/// depend on it (key changes invalidate, time claims are checked on every
+/// hit); it bounds how long a verification outlives anything the
+/// invalidation might miss, so it stays short.
+pub const MAX_CACHE_MAX_AGE: Duration = Duration::from_secs(3600);
+
+/// The verified-JWT cache's settings (`[jwt_cache]`), validated.
+///
+/// One cache for the whole process: its bound is a memory bound, so it is
+/// one number, not one per issuer (a per-issuer bound would grow with the
+/// issuers). An issuer leaves it with `IssuerBuilder::verified_cache(false)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifiedCacheSettings {
+    enabled: bool,
+    max_entries: usize,
+    max_age: Duration,
+}
+
 /// One trusted identity provider, validated.
 #[derive(Debug, Clone)]
 pub struct IssuerSettings {
@@ -63,6 +90,7 @@ pub struct IssuerSettings {
     unknown_kid_wait: Duration,
     max_token_lifetime: Option<Duration>,
     required_for_readiness: bool,
+    verified_cache: bool,
 }
 
 /// The unvalidated parts of an [`IssuerSettings`]; [`IssuerBuilder::build`] checks them.
@@ -266,6 +294,7 @@ impl IssuerBuilder {
                 unknown_kid_wait: DEFAULT_UNKNOWN_KID_WAIT,
                 max_token_lifetime: None,
                 required_for_readiness: true,
+                verified_cache: true,
             },
         }
     }
@@ -340,6 +369,13 @@ impl IssuerBuilder {
     /// Whether the service waits for this issuer's keys before it reports ready.
     pub fn required_for_readiness(mut self, required: bool) -> Self {
         self.settings.required_for_readiness = required;
+        self
+    }
+
+    /// Whether this issuer's verified tokens go into the verified-JWT cache
+    /// (default true; the cache itself may be off, see [`VerifiedCacheSettings`]).
+    pub fn verified_cache(mut self, cached: bool) -> Self {
+        self.settings.verified_cache = cached;
         self
     }
 
@@ -506,6 +542,80 @@ impl IssuerSettings {
     /// Whether readiness waits for this issuer's keys.
     pub fn required_for_readiness(&self) -> bool {
         self.required_for_readiness
+    }
+
+    /// Whether this issuer's verified tokens may be cached.
+    pub fn verified_cache(&self) -> bool {
+        self.verified_cache
+    }
+}
+
+impl VerifiedCacheSettings {
+    /// The cache on or off, with `max_entries` and `max_age`; an error's key
+    /// is the field (`max_entries`, `max_age`), checked even when it is off
+    /// so that turning it on later cannot meet a bad value.
+    pub fn new(
+        enabled: bool,
+        max_entries: usize,
+        max_age: Duration,
+    ) -> Result<Self, IdentityConfigError> {
+        if max_entries == 0 || max_entries > MAX_CACHE_ENTRIES {
+            return Err(invalid(
+                "max_entries",
+                &format!(
+                    "must be within 1..={MAX_CACHE_ENTRIES} (to turn the cache off, set enabled = false)"
+                ),
+            ));
+        }
+        if max_age < Duration::from_secs(1) || max_age > MAX_CACHE_MAX_AGE {
+            return Err(invalid(
+                "max_age",
+                &format!(
+                    "must be within 1s..={}s (to turn the cache off, set enabled = false)",
+                    MAX_CACHE_MAX_AGE.as_secs()
+                ),
+            ));
+        }
+        Ok(Self {
+            enabled,
+            max_entries,
+            max_age,
+        })
+    }
+
+    /// The cache off: every call verifies its JWT in full.
+    pub fn disabled() -> Self {
+        Self {
+            enabled: false,
+            ..Self::default()
+        }
+    }
+
+    /// Whether the cache is on.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The most verified tokens held at once.
+    pub fn max_entries(&self) -> usize {
+        self.max_entries
+    }
+
+    /// How long one verification is reused, at most (whole seconds).
+    pub fn max_age(&self) -> Duration {
+        self.max_age
+    }
+}
+
+impl Default for VerifiedCacheSettings {
+    /// On, with [`DEFAULT_CACHE_ENTRIES`] and [`DEFAULT_CACHE_MAX_AGE`]: its
+    /// answers are those of a full verification (see `identity::verified`).
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_entries: DEFAULT_CACHE_ENTRIES,
+            max_age: DEFAULT_CACHE_MAX_AGE,
+        }
     }
 }
 

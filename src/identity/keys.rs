@@ -7,6 +7,11 @@
 //! remembers which algorithms it may verify (its JWK `alg` when present,
 //! otherwise what its type and curve allow), because `DecodingKey::from_jwk`
 //! ignores `use`, `alg` and `crv`.
+//!
+//! A parsed set remembers the SHA-256 of the document it came from, so the
+//! refresher can tell a refresh that changed nothing (the same bytes vet to
+//! the same keys) from a key-set change, which invalidates the verified-JWT
+//! cache's entries of the issuer.
 
 use std::collections::HashMap;
 
@@ -15,6 +20,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
 
 /// The smallest RSA modulus we verify with (NIST SP 800-131A; aws-lc refuses smaller too).
 pub const MIN_RSA_BITS: usize = 2048;
@@ -25,6 +31,8 @@ pub struct KeySet {
     by_kid: HashMap<String, Vec<VerifyKey>>,
     without_kid: Vec<VerifyKey>,
     dropped: usize,
+    /// The SHA-256 of the JWKS document, for a set parsed from one.
+    digest: Option<[u8; 32]>,
 }
 
 /// One key that passed vetting, with the algorithms it may verify.
@@ -97,7 +105,10 @@ impl KeySet {
     pub fn parse(bytes: &[u8]) -> Result<Self, KeySourceError> {
         let raw: RawSet =
             serde_json::from_slice(bytes).map_err(|_| KeySourceError::Garbage { what: "jwks" })?;
-        let mut set = KeySet::default();
+        let mut set = KeySet {
+            digest: Some(Sha256::digest(bytes).into()),
+            ..KeySet::default()
+        };
         for value in raw.keys {
             match vet(value) {
                 Some(key) => set.insert(key),
@@ -143,6 +154,13 @@ impl KeySet {
     /// How many published keys were dropped while vetting.
     pub fn dropped(&self) -> usize {
         self.dropped
+    }
+
+    /// Whether both sets were parsed from the same document, byte for byte,
+    /// and so hold the same keys. A set built by hand (`insert`) is the same
+    /// as no other: answering "changed" is the safe mistake.
+    pub fn same_document(&self, other: &KeySet) -> bool {
+        self.digest.is_some() && self.digest == other.digest
     }
 }
 
@@ -401,6 +419,16 @@ mod tests {
             &json!({"keys": [rsa("weak", 1024)]}).to_string(),
             KeySourceError::NoUsableKey { dropped: 1 },
         );
+    }
+
+    #[test]
+    fn only_sets_from_the_same_document_are_the_same() {
+        let doc = json!({"keys": [rsa("a", 2048)]}).to_string();
+        let reordered = json!({"keys": [rsa("a", 2048), rsa("b", 2048)]}).to_string();
+        let a = KeySet::parse(doc.as_bytes()).unwrap();
+        assert!(a.same_document(&KeySet::parse(doc.as_bytes()).unwrap()));
+        assert!(!a.same_document(&KeySet::parse(reordered.as_bytes()).unwrap()));
+        assert!(!KeySet::default().same_document(&KeySet::default()));
     }
 
     #[test]

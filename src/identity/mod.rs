@@ -11,7 +11,7 @@
 //! Submodules: `config` (what is trusted: the validated issuer settings),
 //! `keys` (vetting a JWKS), `fetch` (HTTP, discovery, files), `refresh` (the
 //! published snapshot and its schedule), `claims` (strict claim parsing),
-//! `authenticator` (the checks).
+//! `authenticator` (the checks), `verified` (the verified-JWT cache).
 
 mod authenticator;
 mod claims;
@@ -19,19 +19,23 @@ mod config;
 mod fetch;
 mod keys;
 mod refresh;
+mod verified;
 
-pub use authenticator::{AuthError, Authenticator, Readiness};
+pub use authenticator::{AuthError, Authentication, Authenticator, CacheLookup, Readiness};
 pub use config::{
-    BACKOFF_INITIAL_FLOOR, DEFAULT_ALGORITHMS, DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_SIZE,
-    DEFAULT_UNKNOWN_KID_WAIT, HsSecret, IdentityConfigError, IssuerBuilder, IssuerSettings,
-    KeySource, MAX_EXP, MAX_LEEWAY, MAX_TOKEN_SIZE_LIMIT, MAX_UNKNOWN_KID_WAIT, MIN_HS_SECRET_LEN,
-    MIN_REFRESH_FLOOR, RefreshConfig, UNKNOWN_KID_COOLDOWN_FLOOR, validate_issuers,
+    BACKOFF_INITIAL_FLOOR, DEFAULT_ALGORITHMS, DEFAULT_CACHE_ENTRIES, DEFAULT_CACHE_MAX_AGE,
+    DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_SIZE, DEFAULT_UNKNOWN_KID_WAIT, HsSecret,
+    IdentityConfigError, IssuerBuilder, IssuerSettings, KeySource, MAX_CACHE_ENTRIES,
+    MAX_CACHE_MAX_AGE, MAX_EXP, MAX_LEEWAY, MAX_TOKEN_SIZE_LIMIT, MAX_UNKNOWN_KID_WAIT,
+    MIN_HS_SECRET_LEN, MIN_REFRESH_FLOOR, RefreshConfig, UNKNOWN_KID_COOLDOWN_FLOOR,
+    VerifiedCacheSettings, validate_issuers,
 };
 pub use keys::{KeySet, KeySourceError, MIN_RSA_BITS};
 pub use refresh::{
     EXPIRED_RETRY_MAX, FORCED_REFETCH_GAP, Freshness, IssuerStatus, MAX_REMEMBERED_KIDS,
     MAX_UNKNOWN_KID_WAITERS,
 };
+pub use verified::VerifiedCacheStats;
 
 /// Installs jsonwebtoken's aws-lc crypto provider as the process default.
 ///

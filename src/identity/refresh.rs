@@ -75,6 +75,20 @@ pub enum KeyState {
     Expired,
 }
 
+/// The published key state with its version: the number of key-set changes
+/// published before it. A refresh that fetched the same document again keeps
+/// the version (see `KeySet::same_document`); any other publish, new keys, or
+/// the keys expiring, takes the next one. The verified-JWT cache tags each
+/// entry with the version it was verified under, and an entry whose version
+/// is not the current one is verified again.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The keys, or why there are none.
+    pub keys: KeyState,
+    /// Key-set changes published before this one.
+    pub version: u64,
+}
+
 /// How fresh an issuer's keys are, for logs, metrics and readiness.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Freshness {
@@ -127,7 +141,7 @@ impl IssuerStatus {
 /// The shared state of one issuer's keys.
 #[derive(Debug)]
 pub struct KeyCache {
-    state: ArcSwap<KeyState>,
+    state: ArcSwap<Snapshot>,
     status: watch::Sender<IssuerStatus>,
     /// Wakes the refresher for a forced refetch.
     wake: Notify,
@@ -218,7 +232,10 @@ impl KeyCache {
             last_success: None,
         };
         Self {
-            state: ArcSwap::from_pointee(KeyState::NotLoaded),
+            state: ArcSwap::from_pointee(Snapshot {
+                keys: KeyState::NotLoaded,
+                version: 0,
+            }),
             status: watch::Sender::new(status),
             wake: Notify::new(),
             generation: watch::Sender::new(0),
@@ -234,7 +251,7 @@ impl KeyCache {
     }
 
     /// The current key snapshot; cheap, lock-free.
-    pub fn load(&self) -> arc_swap::Guard<Arc<KeyState>> {
+    pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
         self.state.load()
     }
 
@@ -367,8 +384,22 @@ impl KeyCache {
         self.forced.lock().unwrap_or_else(|p| p.into_inner()).start
     }
 
-    fn publish(&self, state: KeyState) {
-        self.state.store(Arc::new(state));
+    /// Publishes `keys`, with the next version unless they are the keys
+    /// already published (the same document again, or still expired).
+    /// Only the refresher publishes, so the load and the store cannot race.
+    fn publish(&self, keys: KeyState) {
+        let current = self.state.load();
+        let unchanged = match (&current.keys, &keys) {
+            (KeyState::Loaded(old), KeyState::Loaded(new)) => old.same_document(new),
+            (KeyState::Expired, KeyState::Expired) => true,
+            _ => false,
+        };
+        let version = if unchanged {
+            current.version
+        } else {
+            current.version + 1
+        };
+        self.state.store(Arc::new(Snapshot { keys, version }));
     }
 }
 
@@ -568,6 +599,32 @@ mod tests {
                 (got.as_secs_f64() - expected.as_secs_f64()).abs() < 1e-6,
                 "{failures} {expired} {random}: {got:?}"
             );
+        }
+    }
+
+    #[test]
+    fn the_key_set_version_moves_only_when_the_keys_change() {
+        let source = KeySource::File("/nonexistent".into());
+        let cache = KeyCache::new("t", &refresh(), &source, Duration::ZERO);
+        // Key bytes are checked at verify time, so any P-256 coordinates load.
+        let set = |kid: &str| {
+            let doc = format!(
+                r#"{{"keys": [{{"kty": "EC", "kid": "{kid}", "crv": "P-256", "x": "AAAA", "y": "AAAA"}}]}}"#
+            );
+            KeyState::Loaded(KeySet::parse(doc.as_bytes()).unwrap())
+        };
+        let steps = [
+            (set("a"), 1, "the first keys"),
+            (set("a"), 1, "the same document again"),
+            (set("b"), 2, "a rotation"),
+            (KeyState::Expired, 3, "the keys expire"),
+            (KeyState::Expired, 3, "still expired"),
+            (set("b"), 4, "the same keys, trusted again"),
+        ];
+        assert_eq!(cache.load().version, 0);
+        for (keys, version, what) in steps {
+            cache.publish(keys);
+            assert_eq!(cache.load().version, version, "{what}");
         }
     }
 

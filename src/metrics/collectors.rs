@@ -1,6 +1,6 @@
 //! Metrics read at scrape time rather than counted on the request path: the
-//! process (`/proc/self`, and the log writer's dropped lines) and each
-//! issuer's key state.
+//! process (`/proc/self`, and the log writer's dropped lines), each
+//! issuer's key state and the verified-JWT cache's size.
 
 use std::sync::{Arc, OnceLock};
 
@@ -36,10 +36,26 @@ pub struct IssuerState {
     pub key_age_seconds: Option<f64>,
 }
 
+/// The verified-JWT cache's size, as the authenticator reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JwtCacheState {
+    /// Entries held now.
+    pub entries: u64,
+    /// The most entries it holds (0: the cache is off).
+    pub capacity: u64,
+    /// Entries pushed out by the bound since the start.
+    pub evictions: u64,
+}
+
 /// Reports every issuer's key state; the server implements it over the authenticator.
 pub trait IssuerSnapshot: std::fmt::Debug + Send + Sync + 'static {
     /// The state of every configured issuer, in config order.
     fn issuers(&self) -> Vec<IssuerState>;
+
+    /// The verified-JWT cache's size; all zero when it is off.
+    fn jwt_cache(&self) -> JwtCacheState {
+        JwtCacheState::default()
+    }
 }
 
 /// Counts the log lines the writer dropped, for a process whose logging was
@@ -245,7 +261,32 @@ impl Collector for Jwks {
                 encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             family.encode(metric_encoder)?;
         }
-        Ok(())
+        let cache = self.source.jwt_cache();
+        for (name, help, value) in [
+            (
+                "tokengate_jwt_cache_entries",
+                "Verified JWTs held in the cache",
+                cache.entries,
+            ),
+            (
+                "tokengate_jwt_cache_capacity",
+                "The most verified JWTs the cache holds (0: off)",
+                cache.capacity,
+            ),
+        ] {
+            let gauge = ConstGauge::new(value as f64);
+            let metric_encoder =
+                encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(metric_encoder)?;
+        }
+        let evictions = ConstCounter::new(cache.evictions);
+        let metric_encoder = encoder.encode_descriptor(
+            "tokengate_jwt_cache_evictions",
+            "Verified JWTs the cache's bound pushed out",
+            None,
+            MetricType::Counter,
+        )?;
+        evictions.encode(metric_encoder)
     }
 }
 

@@ -28,7 +28,7 @@ mod collectors;
 mod grpc;
 mod text;
 
-pub use collectors::{IssuerSnapshot, IssuerState, watch_log_drops};
+pub use collectors::{IssuerSnapshot, IssuerState, JwtCacheState, watch_log_drops};
 pub use grpc::{CountedBody, GrpcMeter, Method, RpcMeter};
 pub use text::{OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE, wants_openmetrics};
 
@@ -83,6 +83,7 @@ pub struct Metrics {
     tokens_issued: Family<Labels, Counter>,
     jwt_verifications: Family<Labels, Counter>,
     jwt_verification_seconds: Family<Labels, Histogram, fn() -> Histogram>,
+    jwt_cache_requests: Family<Labels, Counter>,
     ext_authz_checks: Family<Labels, Counter>,
     config_generation: Gauge,
     config_loaded: Gauge,
@@ -154,6 +155,12 @@ impl Metrics {
             "Time to verify a JWT, seconds",
             jwt_verification_seconds.clone(),
         );
+        let jwt_cache_requests = Family::default();
+        registry.register(
+            "tokengate_jwt_cache_requests",
+            "Verified-JWT cache lookups by issuer and result (hit, miss or stale)",
+            jwt_cache_requests.clone(),
+        );
         let ext_authz_checks = Family::default();
         registry.register(
             "tokengate_ext_authz_checks",
@@ -222,6 +229,7 @@ impl Metrics {
             tokens_issued,
             jwt_verifications,
             jwt_verification_seconds,
+            jwt_cache_requests,
             ext_authz_checks,
             config_generation,
             config_loaded,
@@ -279,6 +287,16 @@ impl Metrics {
         self.jwt_verification_seconds
             .get_or_create(&vec![("issuer", label(issuer))])
             .observe(seconds);
+    }
+
+    /// Records one verified-JWT cache lookup: `hit`, `miss` or `stale`.
+    pub fn record_jwt_cache(&self, issuer: &str, result: &'static str) {
+        self.jwt_cache_requests
+            .get_or_create(&vec![
+                ("issuer", label(issuer)),
+                ("result", Cow::Borrowed(result)),
+            ])
+            .inc();
     }
 
     /// Records the start of an RPC.

@@ -437,7 +437,7 @@ pub async fn serve(
         tracing::warn!(?warning, "policy warning");
     }
     let authenticator = Arc::new(
-        crate::identity::Authenticator::start(config.issuers)
+        crate::identity::Authenticator::start_with_cache(config.issuers, &config.jwt_cache)
             .map_err(crate::config::identity_error)?,
     );
     let gate = Arc::new(crate::gate::Gate::new(config.projects, config.policy));

@@ -1,6 +1,6 @@
 //! What the server hands the metrics: the build, the methods it serves (so
 //! that `grpc_server_*` labels stay bounded), and each issuer's key state
-//! read from the authenticator at scrape time.
+//! and the verified-JWT cache's size, read from the authenticator at scrape time.
 
 use std::sync::Arc;
 
@@ -8,7 +8,7 @@ use prost::Message as _;
 
 use crate::grpc::pb;
 use crate::identity::{Authenticator, Freshness};
-use crate::metrics::{BuildInfo, IssuerSnapshot, IssuerState, Method, Metrics};
+use crate::metrics::{BuildInfo, IssuerSnapshot, IssuerState, JwtCacheState, Method, Metrics};
 
 /// The build this binary is.
 pub(super) const BUILD: BuildInfo = BuildInfo {
@@ -90,6 +90,16 @@ impl IssuerSnapshot for Issuers {
                 }
             })
             .collect()
+    }
+
+    fn jwt_cache(&self) -> JwtCacheState {
+        self.0
+            .verified_cache_stats()
+            .map_or_else(JwtCacheState::default, |stats| JwtCacheState {
+                entries: stats.entries,
+                capacity: stats.capacity,
+                evictions: stats.evictions,
+            })
     }
 }
 

@@ -413,8 +413,68 @@ fn bad_configs() -> Vec<BadConfig> {
             env.clone(),
             "issuers[0].leeway",
         ),
+        (
+            "a jwt cache of no entries",
+            base_config() + "\n[jwt_cache]\nmax_entries = 0\n",
+            env.clone(),
+            "jwt_cache.max_entries",
+        ),
+        (
+            "a jwt cache max_age of a day, even with the cache off",
+            base_config() + "\n[jwt_cache]\nenabled = false\nmax_age = \"24h\"\n",
+            env.clone(),
+            "jwt_cache.max_age",
+        ),
+        (
+            "verified_cache that is not a boolean",
+            edit(
+                JWKS_URL_LINE,
+                &format!("{JWKS_URL_LINE}verified_cache = 1\n"),
+            ),
+            env.clone(),
+            "issuers[0].verified_cache",
+        ),
         ("not TOML", "[server\n".to_owned(), env, "(file)"),
     ]
+}
+
+#[test]
+fn check_config_prints_the_jwt_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            base_config(),
+            "jwt cache: on, 10000 entries, max age 60s",
+            "",
+        ),
+        (
+            base_config() + "\n[jwt_cache]\nmax_entries = 500\nmax_age = \"5m\"\n",
+            "jwt cache: on, 500 entries, max age 300s",
+            "",
+        ),
+        (
+            base_config() + "\n[jwt_cache]\nenabled = false\n",
+            "jwt cache: off",
+            "",
+        ),
+        (
+            edit(
+                JWKS_URL_LINE,
+                &format!("{JWKS_URL_LINE}verified_cache = false\n"),
+            ),
+            "jwt cache: on",
+            "keys from http://127.0.0.1:9/jwks, not cached",
+        ),
+    ];
+    for (i, (config, cache, issuer)) in cases.into_iter().enumerate() {
+        let path = dir.path().join(format!("cache-{i}.toml"));
+        std::fs::write(&path, config).unwrap();
+        let output = run(&["check-config", path.to_str().unwrap()], &EXAMPLE_ENV[..1]);
+        let (stdout, stderr) = text(&output);
+        assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+        assert!(stdout.contains(cache), "{cache:?} in {stdout}");
+        assert!(stdout.contains(issuer), "{issuer:?} in {stdout}");
+    }
 }
 
 /// The base config's issuer key line, which the HS cases extend.

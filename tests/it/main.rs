@@ -17,6 +17,7 @@ mod deploy_observability;
 mod ext_authz;
 mod faults;
 mod hardening;
+mod identity_cache;
 mod identity_catalogue;
 mod identity_hardening;
 mod identity_jwks;
