@@ -713,3 +713,57 @@ fn check_config_checks_the_tls_files_and_warns_before_expiry() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_stalled_handshake_holds_its_slot_only_until_the_header_read_timeout() {
+    let (jwks, es256, _rs256) = test_keys().await;
+    let ca = Ca::new("tokengate test CA");
+    let files = Files::new(&ca.server(9), &ca);
+    let text = config(&jwks.jwks_url(), &files, None).replacen(
+        "[server]\n",
+        "[limits]\nmax_connections = 1\nheader_read_timeout = \"1s\"\n\n[server]\n",
+        1,
+    );
+    let server = Running::start_config(&text);
+    server.wait_ready().await;
+    let addr = server.grpc_addr();
+    let jwt = es256.mint(&TestServer::claims("erin", json!({})));
+
+    // A peer that opens TCP and never sends its ClientHello takes the one
+    // slot: the cap counts it before any handshake, so a TLS client is
+    // turned away meanwhile.
+    let mut stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let turned_away = match tls_channel(addr, &ca, None).await {
+        Err(_) => true,
+        Ok(channel) => issue(channel, &jwt).await.is_err(),
+    };
+    assert!(
+        turned_away,
+        "a second connection was served over max_connections = 1"
+    );
+    // The stalled peer is closed once its header read timeout is over (the
+    // bound here is generous; without the timeout it would wait forever).
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::io::AsyncReadExt::read(&mut stalled, &mut byte),
+    )
+    .await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the stalled handshake was not closed: {closed:?}"
+    );
+    // Its slot is free again: a TLS client is served.
+    let mut served = false;
+    for _ in 0..100 {
+        if let Ok(channel) = tls_channel(addr, &ca, None).await
+            && issue(channel, &jwt).await.is_ok()
+        {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served, "the slot was never freed");
+}
