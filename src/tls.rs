@@ -535,28 +535,20 @@ async fn reload(
             return;
         };
         let checked = settings.clone();
+        let last = seen;
         // File reads and key parsing stay off the runtime's workers.
-        let loaded = tokio::task::spawn_blocking(move || {
-            let files = Files::read(&checked)?;
-            let digest = files.digest();
-            Ok::<_, TlsError>((digest, files, checked))
-        })
-        .await;
-        let (digest, files, checked) = match loaded {
-            Ok(Ok(read)) => read,
-            Ok(Err(error)) => {
+        let polled = tokio::task::spawn_blocking(move || poll(&checked, last)).await;
+        match polled {
+            Ok(Poll::Unchanged | Poll::Torn) | Err(_) => {}
+            Ok(Poll::Unreadable(error)) => {
                 // A file missing for a moment (mid-rotation) keeps the old set.
                 failed(&metrics, &error, &mut seen, None);
-                continue;
             }
-            Err(_) => continue,
-        };
-        if digest == seen {
-            continue;
-        }
-        match Material::build(&checked, &files) {
-            Ok(material) => {
-                seen = digest;
+            Ok(Poll::Refused(digest, error)) => {
+                failed(&metrics, &error, &mut seen, Some(digest));
+            }
+            Ok(Poll::Loaded(material)) => {
+                seen = material.digest;
                 current.store(Arc::clone(&material.config));
                 if let Some(metrics) = &metrics {
                     metrics.tls_reloaded(true);
@@ -570,8 +562,44 @@ async fn reload(
                 );
                 warn_expiry(&material);
             }
-            Err(error) => failed(&metrics, &error, &mut seen, Some(digest)),
         }
+    }
+}
+
+/// What one poll of the files found.
+enum Poll {
+    /// The contents in use.
+    Unchanged,
+    /// New contents that load.
+    Loaded(Box<Material>),
+    /// New contents that do not load, read the same twice.
+    Refused([u8; 32], TlsError),
+    /// New contents that do not load, but changed while being read: the
+    /// files were read during a rotation; the next poll reads them again.
+    Torn,
+    /// A file could not be read.
+    Unreadable(TlsError),
+}
+
+/// Reads the files and, when their contents differ from `seen`, loads them.
+fn poll(settings: &TlsSettings, seen: [u8; 32]) -> Poll {
+    let files = match Files::read(settings) {
+        Ok(files) => files,
+        Err(error) => return Poll::Unreadable(error),
+    };
+    let digest = files.digest();
+    if digest == seen {
+        return Poll::Unchanged;
+    }
+    match Material::build(settings, &files) {
+        Ok(material) => Poll::Loaded(Box::new(material)),
+        // The three files are read one after the other, so a rotation
+        // between two reads pairs an old certificate with a new key: read
+        // again, and count a failure only if the contents held still.
+        Err(error) => match Files::read(settings) {
+            Ok(again) if again.digest() == digest => Poll::Refused(digest, error),
+            _ => Poll::Torn,
+        },
     }
 }
 
