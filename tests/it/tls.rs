@@ -245,6 +245,30 @@ fn audit_events(server: &Running) -> Vec<Value> {
 /// The serial of the certificate the server presents to a new handshake,
 /// as `x509-parser` prints it (`01:02`), read with a bare rustls client.
 async fn served_serial(addr: std::net::SocketAddr, ca: &Ca, client: &Leaf) -> String {
+    handshake(
+        addr,
+        ca,
+        client,
+        &[&rustls::version::TLS13, &rustls::version::TLS12],
+    )
+    .await
+    .serial
+}
+
+/// What a bare rustls client's handshake with the server negotiated.
+struct Negotiated {
+    serial: String,
+    version: Option<rustls::ProtocolVersion>,
+    alpn: Option<Vec<u8>>,
+}
+
+/// A handshake offering `versions` and ALPN `h2`, presenting `client`.
+async fn handshake(
+    addr: std::net::SocketAddr,
+    ca: &Ca,
+    client: &Leaf,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Negotiated {
     use rustls::pki_types::pem::PemObject as _;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -252,8 +276,8 @@ async fn served_serial(addr: std::net::SocketAddr, ca: &Ca, client: &Leaf) -> St
     roots
         .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
         .unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
         .unwrap()
         .with_root_certificates(roots)
         .with_client_auth_cert(
@@ -261,19 +285,27 @@ async fn served_serial(addr: std::net::SocketAddr, ca: &Ca, client: &Leaf) -> St
             PrivateKeyDer::from_pem_slice(client.key.as_bytes()).unwrap(),
         )
         .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let stream = connector
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .unwrap();
-    let leaf = stream.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let session = stream.get_ref().1;
+    let version = session.protocol_version();
+    let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+    let leaf = session.peer_certificates().unwrap()[0].clone();
     let (_, cert) =
         <x509_parser::certificate::X509Certificate<'_> as x509_parser::prelude::FromDer<'_, _>>::from_der(
             leaf.as_ref(),
         )
         .unwrap();
-    cert.raw_serial_as_string()
+    Negotiated {
+        serial: cert.raw_serial_as_string(),
+        version,
+        alpn,
+    }
 }
 
 /// A sample of `/metrics`, 0 when absent.
@@ -307,6 +339,22 @@ async fn mtls_clients_call_and_their_spiffe_id_is_audited() {
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["peer_identity"], BACKEND_SPIFFE_ID, "{events:?}");
     assert_eq!(events[0]["decision"], "allow");
+    // TLS 1.3 and 1.2 are both served, each with ALPN h2.
+    for (versions, want) in [
+        (
+            &[&rustls::version::TLS13][..],
+            rustls::ProtocolVersion::TLSv1_3,
+        ),
+        (
+            &[&rustls::version::TLS12][..],
+            rustls::ProtocolVersion::TLSv1_2,
+        ),
+    ] {
+        let negotiated = handshake(addr, &ca, &backend, versions).await;
+        assert_eq!(negotiated.version, Some(want));
+        assert_eq!(negotiated.alpn.as_deref(), Some(&b"h2"[..]));
+        assert_eq!(negotiated.serial, "01");
+    }
 
     // Required: no client certificate, or one from another CA, fails the handshake.
     let other = Ca::new("another CA");
