@@ -181,6 +181,33 @@ pub enum ClaimValue {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Fingerprint(String);
 
+/// The transport identity of a caller whose TLS client certificate was
+/// verified against the configured client CA (mTLS): what the certificate
+/// names, for the pipeline and, later, the rules. Built by `tls` from the
+/// verified end-entity certificate only; an unverified peer has none.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PeerIdentity {
+    /// The SPIFFE ID: the certificate's one URI SAN when it starts with
+    /// `spiffe://` (an X.509-SVID has exactly one URI SAN; with more than
+    /// one, none is taken as the SPIFFE ID).
+    pub spiffe_id: Option<String>,
+    /// The certificate's DNS SANs, in certificate order.
+    pub dns_names: Vec<String>,
+    /// The subject distinguished name (RFC 4514 style, `CN=...`), unless empty.
+    pub subject: Option<String>,
+}
+
+impl PeerIdentity {
+    /// The one name the audit event records: the SPIFFE ID, else the
+    /// subject, else the first DNS name.
+    pub fn audit_name(&self) -> Option<&str> {
+        self.spiffe_id
+            .as_deref()
+            .or(self.subject.as_deref())
+            .or(self.dns_names.first().map(String::as_str))
+    }
+}
+
 /// A caller whose JWT was verified.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Principal {

@@ -22,4 +22,5 @@ pub mod render;
 pub mod routes;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 pub mod token;

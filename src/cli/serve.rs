@@ -163,6 +163,41 @@ pub fn summary(config: &Config) -> String {
         limits.keepalive_timeout(),
         limits.max_header_list_size()
     );
+    let mut tls_warning = None;
+    match config.tls() {
+        Some((settings, material)) => {
+            let _ = writeln!(
+                out,
+                "tls: {} (chain of {}, serial {}, subject {:?}, not after {}), key {}, reread every {:?}",
+                settings.cert_file().display(),
+                material.chain_len(),
+                material.serial(),
+                material.subject(),
+                material.not_after(),
+                settings.key_file().display(),
+                settings.reload_interval()
+            );
+            if let Some(ca) = settings.client_ca_file() {
+                let _ = writeln!(
+                    out,
+                    "mtls: client certificates {} against {} ({} CAs)",
+                    match settings.client_auth() {
+                        crate::tls::ClientAuth::Optional => "optional, verified",
+                        _ => "required, verified",
+                    },
+                    ca.display(),
+                    material.client_cas()
+                );
+            }
+            // A warning, not a refusal, even once expired: the reloader picks
+            // up the renewed file without a restart, and refusing to start
+            // would turn a late renewal into a crash loop.
+            tls_warning = material.expiry_warning(crate::entropy::unix_now());
+        }
+        None => {
+            let _ = writeln!(out, "tls: off (plaintext gRPC)");
+        }
+    }
     let logging = config.logging();
     let _ = writeln!(
         out,
@@ -241,6 +276,9 @@ pub fn summary(config: &Config) -> String {
     }
     for notice in config.notices() {
         let _ = writeln!(out, "warning: {notice}");
+    }
+    if let Some(warning) = tls_warning {
+        let _ = writeln!(out, "warning: server.tls.cert_file: {warning}");
     }
     for warning in config.warnings() {
         let _ = writeln!(out, "warning: {warning}");

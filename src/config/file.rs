@@ -126,6 +126,37 @@ pub(crate) struct ServerSection {
     pub admin_listen: SocketAddr,
     /// How long in-flight calls may run after SIGTERM.
     pub grace_period: HumanDuration,
+    /// TLS (and mTLS) on the gRPC port; plaintext without it.
+    pub tls: Option<TlsSection>,
+}
+
+/// `[server.tls]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TlsSection {
+    /// The PEM certificate chain, end-entity first.
+    pub cert_file: PathBuf,
+    /// The PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// The PEM bundle of CAs client certificates are verified against (mTLS).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    /// Whether a client certificate is required (default) or optional; needs `client_ca_file`.
+    #[serde(default)]
+    pub client_auth: Option<ClientAuthSetting>,
+    /// How often the files are read again for a rotation (default 5s).
+    #[serde(default)]
+    pub reload_interval: Option<HumanDuration>,
+}
+
+/// `server.tls.client_auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum ClientAuthSetting {
+    /// Every client presents a certificate the CA bundle verifies.
+    Required,
+    /// A client may present one.
+    Optional,
 }
 
 /// `[limits]`.
@@ -275,6 +306,7 @@ impl Default for ServerSection {
             grpc_listen: SocketAddr::from(([0, 0, 0, 0], 50051)),
             admin_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
             grace_period: HumanDuration(Duration::from_secs(10)),
+            tls: None,
         }
     }
 }

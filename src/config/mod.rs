@@ -41,6 +41,7 @@ use crate::identity::{
 };
 use crate::policy::{Policy, PolicyError, PolicyWarning, RuleConfig};
 use crate::routes::Routes;
+use crate::tls::{ClientAuth, Material, TlsSettings};
 use crate::token::{AppCertificate, AppId};
 
 pub use self::logging::LogSettings;
@@ -90,6 +91,7 @@ pub struct Config {
     ext_authz: Option<Routes>,
     telemetry: Option<TelemetrySettings>,
     logging: LogSettings,
+    tls: Option<(TlsSettings, Material)>,
 }
 
 /// A [`Config`] taken apart, for the code that starts the service and needs ownership.
@@ -118,6 +120,8 @@ pub struct ConfigParts {
     pub ext_authz: Option<Routes>,
     /// Trace export, when `[telemetry]` turns it on.
     pub telemetry: Option<TelemetrySettings>,
+    /// TLS on the gRPC port, with the files as loaded and checked.
+    pub tls: Option<(TlsSettings, Material)>,
 }
 
 /// Listen addresses and shutdown behaviour.
@@ -218,6 +222,13 @@ impl Config {
         &self.logging
     }
 
+    /// TLS on the gRPC port (`[server.tls]`), with the files as loaded and checked.
+    pub fn tls(&self) -> Option<(&TlsSettings, &Material)> {
+        self.tls
+            .as_ref()
+            .map(|(settings, material)| (settings, material))
+    }
+
     /// Every part, by value.
     pub fn into_parts(self) -> ConfigParts {
         ConfigParts {
@@ -232,6 +243,7 @@ impl Config {
             fingerprint: self.fingerprint,
             ext_authz: self.ext_authz,
             telemetry: self.telemetry,
+            tls: self.tls,
         }
     }
 }
@@ -427,6 +439,7 @@ fn resolve(
     let limits = Limits::resolve(&file.limits)?;
     let telemetry = telemetry::resolve(&file.telemetry, env)?;
     let logging = LogSettings::resolve(&file.logging)?;
+    let tls = file.server.tls.as_ref().map(resolve_tls).transpose()?;
     if file.projects.is_empty() {
         return Err(invalid("projects", "at least one project is required"));
     }
@@ -440,7 +453,14 @@ fn resolve(
         .map(|(i, p)| resolve_project(p, &format!("projects[{i}]"), env))
         .collect::<Result<Vec<_>, _>>()?;
     check_app_ids(&projects)?;
-    let notices = file_notices(&file, base);
+    let mut notices = file_notices(&file, base);
+    if let Some(section) = &file.server.tls {
+        notices.extend(files::secret_file_notices(
+            "server.tls.key_file",
+            &section.key_file,
+            base,
+        ));
+    }
     check_jwks_files(&file)?;
     if file.issuers.is_empty() {
         return Err(invalid("issuers", "at least one issuer is required"));
@@ -480,6 +500,7 @@ fn resolve(
         fingerprint,
         telemetry,
         logging,
+        tls,
     })
 }
 
@@ -497,6 +518,47 @@ fn resolve_jwt_cache(section: &JwtCacheSection) -> Result<VerifiedCacheSettings,
         }
         other => invalid("jwt_cache", &other.to_string()),
     })
+}
+
+/// The shortest `server.tls.reload_interval`: each poll reads three files.
+const MIN_TLS_RELOAD_INTERVAL: Duration = Duration::from_millis(100);
+/// The longest: a rotated certificate should be in use within the hour.
+const MAX_TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// `[server.tls]`: the settings, and the files loaded and checked now, so
+/// `check-config` refuses what `serve` would (a chain that does not parse,
+/// a key that does not match, an unusable CA bundle).
+fn resolve_tls(section: &file::TlsSection) -> Result<(TlsSettings, Material), ConfigError> {
+    let client_auth = match (&section.client_ca_file, section.client_auth) {
+        (None, Some(_)) => {
+            return Err(invalid(
+                "server.tls.client_auth",
+                "needs server.tls.client_ca_file: client certificates are verified against it",
+            ));
+        }
+        (None, None) => ClientAuth::None,
+        (Some(_), None | Some(file::ClientAuthSetting::Required)) => ClientAuth::Required,
+        (Some(_), Some(file::ClientAuthSetting::Optional)) => ClientAuth::Optional,
+    };
+    let reload_interval = section
+        .reload_interval
+        .map_or(Duration::from_secs(5), |d| d.0);
+    if !(MIN_TLS_RELOAD_INTERVAL..=MAX_TLS_RELOAD_INTERVAL).contains(&reload_interval) {
+        return Err(invalid(
+            "server.tls.reload_interval",
+            "must be between 100ms and 1h",
+        ));
+    }
+    let settings = TlsSettings::new(
+        section.cert_file.clone(),
+        section.key_file.clone(),
+        section.client_ca_file.clone(),
+        client_auth,
+        reload_interval,
+    );
+    let material = Material::load(&settings)
+        .map_err(|e| invalid(&format!("server.tls.{}", e.file), &e.to_string()))?;
+    Ok((settings, material))
 }
 
 /// Two projects with one App ID could not be told apart by renewal or

@@ -132,6 +132,7 @@ impl Authorization for EnvoyCheck {
         let call = Call {
             rpc: Rpc::ExtAuthz,
             peer: request.remote_addr(),
+            peer_identity: super::service::peer_identity(&request),
             authorization: Credential::Absent,
             trace: super::service::trace_headers(request.metadata()),
         };

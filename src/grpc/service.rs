@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::pb;
 use super::pb::token_service_server::TokenService;
+use crate::domain::PeerIdentity;
 use crate::pipeline::{
     Call, Credential, InspectRequest, InvalidRequest, Outcome, Pipeline, Rpc, TraceHeaders,
 };
@@ -43,9 +44,19 @@ fn call<T>(request: &Request<T>, rpc: Rpc) -> Call<'_> {
     Call {
         rpc,
         peer: request.remote_addr(),
+        peer_identity: peer_identity(request),
         authorization,
         trace: trace_headers(request.metadata()),
     }
+}
+
+/// The verified client certificate's identity, which the server put in the
+/// request's extensions after an mTLS handshake.
+pub(super) fn peer_identity<T>(request: &Request<T>) -> Option<&PeerIdentity> {
+    request
+        .extensions()
+        .get::<Arc<PeerIdentity>>()
+        .map(|identity| &**identity)
 }
 
 /// The `traceparent` and `tracestate` metadata, each only when sent exactly

@@ -90,6 +90,8 @@ pub struct Metrics {
     config_info: Family<Labels, Gauge>,
     connections_refused: Family<Labels, Counter>,
     accept_errors: Family<Labels, Counter>,
+    tls_reloads: Family<Labels, Counter>,
+    tls_expiry: Family<Labels, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -197,6 +199,18 @@ impl Metrics {
             "Failed accepts that paused the port (out of file descriptors)",
             accept_errors.clone(),
         );
+        let tls_reloads = Family::default();
+        registry.register(
+            "tokengate_tls_reloads",
+            "Changes of the TLS files seen by the reloader, by result (ok: swapped in; error: the previous certificate kept)",
+            tls_reloads.clone(),
+        );
+        let tls_expiry = Family::<Labels, Gauge>::default();
+        registry.register(
+            "tokengate_tls_certificate_expiry_timestamp_seconds",
+            "The notAfter of the TLS certificate in use, unix seconds (0 while the port serves plaintext)",
+            tls_expiry.clone(),
+        );
         // Both ports' series exist from the start at 0, so a rate() over them
         // and an alert on them work before the first refusal.
         for port in ["grpc", "admin"] {
@@ -204,6 +218,12 @@ impl Metrics {
             let _ = connections_refused.get_or_create(&labels);
             let _ = accept_errors.get_or_create(&labels);
         }
+        // The TLS series exist from the start too: the reloads at 0, the
+        // expiry at 0 until a certificate is served (a plaintext port).
+        for result in ["ok", "error"] {
+            let _ = tls_reloads.get_or_create(&vec![("result", Cow::Borrowed(result))]);
+        }
+        let _ = tls_expiry.get_or_create(&vec![("port", Cow::Borrowed("grpc"))]);
         let build_info = Family::<Labels, Gauge>::default();
         build_info
             .get_or_create(&vec![
@@ -236,6 +256,8 @@ impl Metrics {
             config_info,
             connections_refused,
             accept_errors,
+            tls_reloads,
+            tls_expiry,
         })
     }
 
@@ -343,6 +365,21 @@ impl Metrics {
     pub fn accept_failed(&self, port: &'static str) {
         self.accept_errors
             .get_or_create(&vec![("port", Cow::Borrowed(port))])
+            .inc();
+    }
+
+    /// Records the TLS certificate now served on the gRPC port: its notAfter.
+    pub fn tls_loaded(&self, not_after: i64) {
+        self.tls_expiry
+            .get_or_create(&vec![("port", Cow::Borrowed("grpc"))])
+            .set(not_after);
+    }
+
+    /// Records a change of the TLS files: swapped in (`ok`) or refused.
+    pub fn tls_reloaded(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.tls_reloads
+            .get_or_create(&vec![("result", Cow::Borrowed(result))])
             .inc();
     }
 

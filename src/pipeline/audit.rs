@@ -31,6 +31,9 @@ pub struct AuditEvent {
     pub rpc: &'static str,
     /// The direct peer.
     pub peer: Option<SocketAddr>,
+    /// The direct peer's verified client certificate (mTLS): its SPIFFE ID,
+    /// else its subject, else its first DNS name.
+    pub peer_identity: Option<String>,
     /// The verified caller's `iss`.
     pub caller_issuer: Option<String>,
     /// The verified caller's `sub`.
@@ -81,6 +84,7 @@ impl AuditEvent {
             request_id,
             rpc: rpc.as_str(),
             peer,
+            peer_identity: None,
             caller_issuer: None,
             caller: None,
             jwt: None,
@@ -161,6 +165,7 @@ impl AuditEvent {
             request_id = %self.request_id,
             rpc = self.rpc,
             peer = self.peer.map(display),
+            peer_identity = self.peer_identity.as_deref(),
             caller_issuer = self.caller_issuer.as_deref(),
             caller = self.caller.as_deref(),
             jwt = self.jwt.as_ref().map(display),
@@ -240,6 +245,7 @@ mod tests {
             "request_id",
             "rpc",
             "peer",
+            "peer_identity",
             "caller_issuer",
             "caller",
             "jwt",

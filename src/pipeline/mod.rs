@@ -24,7 +24,7 @@ use std::sync::Arc;
 use tracing::Instrument as _;
 use tracing::field::Empty;
 
-use crate::domain::Principal;
+use crate::domain::{PeerIdentity, Principal};
 use crate::entropy;
 use crate::gate::Gate;
 use crate::identity::{AuthError, Authenticator};
@@ -82,6 +82,8 @@ pub struct Call<'a> {
     pub rpc: Rpc,
     /// The direct peer's address, if the transport knows it.
     pub peer: Option<SocketAddr>,
+    /// The direct peer's verified client certificate identity (mTLS), if it sent one.
+    pub peer_identity: Option<&'a PeerIdentity>,
     /// The `authorization` metadata, for the gRPC API (ext_authz reads the
     /// route's JWT header from the HTTP request instead).
     pub authorization: Credential<'a>,
@@ -211,7 +213,11 @@ impl Pipeline {
     /// the call's span opened under the caller's trace, if `trace` names one.
     fn begin(&self, call: &Call<'_>, trace: TraceHeaders<'_>) -> Flow {
         let now = entropy::unix_now();
-        let event = AuditEvent::new(call.rpc, entropy::request_id(), call.peer, now);
+        let mut event = AuditEvent::new(call.rpc, entropy::request_id(), call.peer, now);
+        event.peer_identity = call
+            .peer_identity
+            .and_then(PeerIdentity::audit_name)
+            .map(str::to_owned);
         let span = tracing::info_span!(
             "call",
             otel.name = call.rpc.span_name(),

@@ -12,6 +12,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, Request, Response};
@@ -21,6 +22,7 @@ use tonic::service::Routes;
 use tonic::transport::server::TcpConnectInfo;
 
 use super::listen::{Activity, Tracked};
+use crate::domain::PeerIdentity;
 use crate::metrics::{CountedBody, GrpcMeter};
 use crate::render::{self, TransportRefusal};
 
@@ -29,17 +31,21 @@ use crate::render::{self, TransportRefusal};
 pub(super) struct GrpcCalls {
     routes: Routes,
     info: TcpConnectInfo,
+    /// The verified client certificate's identity (mTLS), on every call.
+    identity: Option<Arc<PeerIdentity>>,
     activity: Activity,
     timeout: Duration,
     meter: Option<GrpcMeter>,
 }
 
 impl GrpcCalls {
-    /// Serves `routes` for the connection `info` describes; each call ends
-    /// by `timeout` at the latest and is counted in `activity`.
+    /// Serves `routes` for the connection `info` describes, whose client
+    /// certificate named `identity`; each call ends by `timeout` at the
+    /// latest and is counted in `activity`.
     pub(super) fn new(
         routes: Routes,
         info: TcpConnectInfo,
+        identity: Option<Arc<PeerIdentity>>,
         activity: Activity,
         timeout: Duration,
         meter: Option<GrpcMeter>,
@@ -47,6 +53,7 @@ impl GrpcCalls {
         Self {
             routes,
             info,
+            identity,
             activity,
             timeout,
             meter,
@@ -66,6 +73,10 @@ impl hyper::service::Service<Request<Incoming>> for GrpcCalls {
             caller_timeout(request.headers()).map_or(self.timeout, |t| t.min(self.timeout));
         // `Request::remote_addr` reads this, as under tonic's own server.
         request.extensions_mut().insert(self.info.clone());
+        // The adapters hand it to the pipeline beside the peer address.
+        if let Some(identity) = &self.identity {
+            request.extensions_mut().insert(Arc::clone(identity));
+        }
         let mut routes = self.routes.clone();
         Box::pin(async move {
             let served = tokio::time::timeout(deadline, async move {

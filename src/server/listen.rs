@@ -3,8 +3,10 @@
 //! the life of every connection (time to its first complete request, idle
 //! timeout, drain).
 //!
-//! Nothing here reads the clock: every bound is a `tokio::time::sleep`, and
-//! log lines are rate-limited by a ticking reporter rather than by timestamps.
+//! Nothing here reads the clock but the stopwatch of a TLS handshake (its
+//! time is taken from the first request's): every bound is a
+//! `tokio::time::sleep`, and log lines are rate-limited by a ticking
+//! reporter rather than by timestamps.
 
 use std::fmt::Display;
 use std::future::Future;
@@ -355,6 +357,31 @@ pub(super) async fn drive<C, E>(
         () = bound => tracing::debug!(port, "dropping a connection that did not finish after GOAWAY"),
         () = leaving(&mut phase, Phase::Draining) => {}
     }
+}
+
+/// Runs a connection's handshake (TLS) within the time its first complete
+/// request has: `None` when it did not finish in time or the port began
+/// draining meanwhile; otherwise its result and the limits with the time
+/// left for the first request.
+pub(super) async fn before_first_request<T>(
+    handshake: impl Future<Output = T>,
+    limits: ConnectionLimits,
+    phase: &mut watch::Receiver<Phase>,
+) -> Option<(T, ConnectionLimits)> {
+    let started = crate::entropy::Stopwatch::start();
+    let done = tokio::select! {
+        done = tokio::time::timeout(limits.header_read_timeout, handshake) => done.ok()?,
+        () = leaving(phase, Phase::Serving) => return None,
+    };
+    let spent = Duration::from_micros(started.elapsed_us());
+    let left = limits.header_read_timeout.saturating_sub(spent);
+    Some((
+        done,
+        ConnectionLimits {
+            header_read_timeout: left.max(Duration::from_millis(1)),
+            ..limits
+        },
+    ))
 }
 
 /// Completes when the connection has been quiet for too long: no request at

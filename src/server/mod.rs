@@ -81,6 +81,8 @@ pub struct ServeOptions {
     pub max_header_list_size: u32,
     /// The metrics the ports count into and `/metrics` serves; `None` turns both off.
     pub metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
+    /// TLS on the gRPC port (its files re-read on rotation); plaintext when `None`.
+    pub tls: Option<crate::tls::Acceptor>,
 }
 
 impl Default for ServeOptions {
@@ -102,6 +104,7 @@ impl Default for ServeOptions {
             admin_max_connections: 64,
             max_header_list_size: 128 * 1024,
             metrics: None,
+            tls: None,
         }
     }
 }
@@ -126,6 +129,7 @@ impl ServeOptions {
             admin_max_connections: limits.admin_max_connections(),
             max_header_list_size: limits.max_header_list_size(),
             metrics: None,
+            tls: None,
         }
     }
 
@@ -308,12 +312,59 @@ async fn serve_grpc(
                 local_addr: stream.local_addr().ok(),
                 remote_addr: Some(peer),
             };
-            let (activity, calls) = Activity::new();
-            let service = GrpcCalls::new(routes.clone(), info, activity, timeout, meter.clone());
+            let routes = routes.clone();
+            let meter = meter.clone();
             let builder = builder.clone();
-            let phase = phase.clone();
+            let mut phase = phase.clone();
+            let tls = options.tls.clone();
             tokio::spawn(async move {
+                // The slot is taken before the handshake: the cap counts
+                // connections still negotiating TLS.
                 let _slot = slot;
+                let (activity, calls) = Activity::new();
+                let Some(tls) = tls else {
+                    let service = GrpcCalls::new(routes, info, None, activity, timeout, meter);
+                    let conn = builder.serve_connection(TokioIo::new(stream), service);
+                    tokio::pin!(conn);
+                    listen::drive(
+                        conn.as_mut(),
+                        |conn| conn.graceful_shutdown(),
+                        calls,
+                        limits,
+                        phase,
+                        "grpc",
+                    )
+                    .await;
+                    return;
+                };
+                // The handshake counts against the time to the first
+                // complete request: a peer that never finishes it holds
+                // its slot no longer than one that never sends headers.
+                let Some((handshake, limits)) =
+                    listen::before_first_request(tls.accept(stream), limits, &mut phase).await
+                else {
+                    tracing::debug!(%peer, "closing a connection that did not finish its TLS handshake in time");
+                    return;
+                };
+                let (stream, identity) = match handshake {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Plaintext on the TLS port, an unknown CA, no
+                        // client certificate when one is required: the
+                        // client sees the TLS alert; a caller can cause
+                        // these at will, so they are debug lines.
+                        tracing::debug!(%peer, %error, "TLS handshake failed");
+                        return;
+                    }
+                };
+                let service = GrpcCalls::new(
+                    routes,
+                    info,
+                    identity.map(std::sync::Arc::new),
+                    activity,
+                    timeout,
+                    meter,
+                );
                 let conn = builder.serve_connection(TokioIo::new(stream), service);
                 tokio::pin!(conn);
                 listen::drive(
@@ -501,6 +552,9 @@ pub async fn serve(
     }
     let mut options =
         ServeOptions::from_config(&config.server, &config.limits, advertised_services);
+    options.tls = config.tls.map(|(settings, material)| {
+        crate::tls::Acceptor::start(settings, material, Some(Arc::clone(&metrics)))
+    });
     options.metrics = Some(metrics);
     tracing::info!(
         grpc = %grpc.local_addr().map_err(|source| StartError::Bind { addr: config.server.grpc_listen(), source })?,

@@ -39,6 +39,7 @@ mod server_python;
 mod server_signals;
 mod server_transport;
 mod telemetry;
+mod tls;
 mod token_invalid;
 mod token_npm;
 mod token_props;

@@ -11,6 +11,10 @@ one RPC and prints the outcome as one JSON object on stdout:
 names of a google.rpc.BadRequest (empty without one).
 
 Usage: client.py TARGET METHOD REQUEST_JSON   (the JWT comes from $TOKENGATE_JWT)
+
+With $TOKENGATE_TLS_CA (a PEM CA file) the channel is TLS, through
+grpc.ssl_channel_credentials; $TOKENGATE_TLS_CERT and $TOKENGATE_TLS_KEY add a
+client certificate (mTLS).
 """
 
 import importlib
@@ -65,6 +69,27 @@ def error_details(error):
     return reason, fields
 
 
+def open_channel(target):
+    """A TLS channel when $TOKENGATE_TLS_CA names a CA file, plaintext otherwise."""
+    ca = os.environ.get("TOKENGATE_TLS_CA")
+    if not ca:
+        return grpc.insecure_channel(target)
+
+    def read(name):
+        path = os.environ.get(name)
+        if not path:
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read("TOKENGATE_TLS_CA"),
+        private_key=read("TOKENGATE_TLS_KEY"),
+        certificate_chain=read("TOKENGATE_TLS_CERT"),
+    )
+    return grpc.secure_channel(target, credentials)
+
+
 def main():
     target, method, request_json = sys.argv[1], sys.argv[2], sys.argv[3]
     jwt = os.environ.get("TOKENGATE_JWT", "")
@@ -72,7 +97,7 @@ def main():
         messages, services = generate_stubs(out_dir)
         request_type = getattr(messages, f"{method}Request")
         request = json_format.Parse(request_json, request_type())
-        with grpc.insecure_channel(target) as channel:
+        with open_channel(target) as channel:
             stub = services.TokenServiceStub(channel)
             metadata = [("authorization", f"Bearer {jwt}")] if jwt else []
             try:

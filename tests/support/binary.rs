@@ -190,6 +190,11 @@ impl Running {
         }
     }
 
+    /// The gRPC address.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc
+    }
+
     pub async fn wait_ready(&self) {
         let ready = ready_within(&self.admin_client, self.admin, 400).await;
         assert!(ready, "never ready; logs: {:#?}", self.logs());
