@@ -44,18 +44,24 @@ fn build_info() {
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty())
     };
-    // Rerun when the commit moves. The paths come from git itself: in a
-    // worktree `.git` is a file, HEAD lives under the worktree's git dir and
-    // the branches under the common one. A path that does not exist would
-    // make Cargo rerun this script, and rebuild the crate, on every build.
+    // Rerun when the commit moves: HEAD, the branch it names, and the packed
+    // refs. The paths come from git itself: in a worktree `.git` is a file,
+    // HEAD lives under the worktree's git dir and the branches under the
+    // common one. A path that does not exist would make Cargo rerun this
+    // script, and rebuild the crate, on every build; the whole refs/heads
+    // folder would do the same whenever any other branch moved.
     let git_dir = output("git", &["rev-parse", "--absolute-git-dir"]);
     let common_dir = output(
         "git",
         &["rev-parse", "--path-format=absolute", "--git-common-dir"],
     );
+    let branch = output("git", &["symbolic-ref", "-q", "HEAD"]);
     let watched = [
         git_dir.as_ref().map(|d| format!("{d}/HEAD")),
-        common_dir.as_ref().map(|d| format!("{d}/refs/heads")),
+        common_dir
+            .as_ref()
+            .zip(branch.as_ref())
+            .map(|(d, b)| format!("{d}/{b}")),
         common_dir.as_ref().map(|d| format!("{d}/packed-refs")),
     ];
     for path in watched.into_iter().flatten() {
