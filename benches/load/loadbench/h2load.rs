@@ -51,6 +51,11 @@ pub struct Summary {
 impl Load {
     /// Runs h2load to completion, writing the per-request log to `log`.
     pub fn run(&self, h2load: &Path, log: &Path) -> anyhow::Result<Summary> {
+        // h2load appends to its log file: a previous run's lines would mix in.
+        match std::fs::remove_file(log) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
         let mut command = Command::new(h2load);
         command
             .arg(format!("--clients={}", self.connections))
