@@ -88,11 +88,13 @@ kill -TERM "$server"
 wait "$server" 2>/dev/null || true
 trap - EXIT
 
+# 1234567 -> 1,234,567
+commas() { sed -e ':a' -e 's/\([0-9]\)\([0-9]\{3\}\)\($\|,\)/\1,\2\3/' -e 'ta' <<<"$1"; }
 cat <<EOF
 | path | instructions per IssueRtcToken call |
 |---|---:|
-| in process (authenticate, decide, build, reply, audit, metrics) | $(printf "%'d" "$inprocess") |
-| through the server (+ HTTP/2, tonic, connection) | $(printf "%'d" "$through_server") |
+| in process (authenticate, decide, build, reply, audit, metrics) | $(commas "$inprocess") |
+| through the server (+ HTTP/2, tonic, connection) | $(commas "$through_server") |
 
 (callgrind; (a) ($a_calls - $a_base) / ($calls - $base); (b) $server_total / $calls after $base warm-up calls)
 EOF
