@@ -38,7 +38,7 @@ else
   # The success checks only: whatever else the machine runs is not a failure here.
   seconds=${LOAD_SECONDS:-1}; runs=${LOAD_RUNS:-1}; warmup=${LOAD_WARMUP:-0}
   shapes=${LOAD_SHAPES:-1x1}; noise=${LOAD_MAX_OTHER_CPU:--1}
-  profile=${LOAD_PROFILE:-dev}; probes=5
+  profile=${LOAD_PROFILE:-dev}; probes=20
 fi
 calls=${LOAD_CALLS:-issue,check,renew}
 targets=${LOAD_TARGETS:-tokengate,floor,node}
