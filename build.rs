@@ -34,8 +34,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// The git commit and the compiler, for `tokengate_build_info`. A build
 /// outside a git checkout (a source tarball) says `unknown`.
 fn build_info() {
-    println!("cargo:rerun-if-changed=.git/HEAD");
-    println!("cargo:rerun-if-changed=.git/refs/heads");
     let output = |program: &str, args: &[&str]| {
         std::process::Command::new(program)
             .args(args)
@@ -46,6 +44,32 @@ fn build_info() {
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty())
     };
+    // Rerun when the commit moves: HEAD, the branch it names, and the packed
+    // refs. The paths come from git itself: in a worktree `.git` is a file,
+    // HEAD lives under the worktree's git dir and the branches under the
+    // common one. A path that does not exist would make Cargo rerun this
+    // script, and rebuild the crate, on every build; the whole refs/heads
+    // folder would do the same whenever any other branch moved.
+    let git_dir = output("git", &["rev-parse", "--absolute-git-dir"]);
+    let common_dir = output(
+        "git",
+        &["rev-parse", "--path-format=absolute", "--git-common-dir"],
+    );
+    let branch = output("git", &["symbolic-ref", "-q", "HEAD"]);
+    let watched = [
+        git_dir.as_ref().map(|d| format!("{d}/HEAD")),
+        common_dir
+            .as_ref()
+            .zip(branch.as_ref())
+            .map(|(d, b)| format!("{d}/{b}")),
+        common_dir.as_ref().map(|d| format!("{d}/packed-refs")),
+    ];
+    for path in watched.into_iter().flatten() {
+        if std::path::Path::new(&path).exists() {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
+    println!("cargo:rerun-if-changed=build.rs");
     let sha =
         output("git", &["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
     // Cargo names the compiler it builds with only through the environment.
