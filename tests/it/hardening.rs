@@ -242,7 +242,9 @@ async fn text_logs_escape_control_characters_from_claims() {
             },
         ))
         .await;
-    let logs = server.logs();
+    let logs = server
+        .logs_once(|line| line.contains(r#""target":"audit""#))
+        .await;
     let all = logs.join("\n");
     assert!(!all.contains('\u{1b}'), "no raw ESC: {all}");
     assert!(!all.contains('\r') && !all.contains('\u{8}'), "{all}");

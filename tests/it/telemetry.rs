@@ -295,7 +295,9 @@ async fn a_call_continues_the_callers_trace_and_no_span_holds_a_secret() {
     }
 
     // The refused call's log line names its request id and its trace.
-    let logs = server.logs();
+    let logs = server
+        .logs_once(|line| line.contains("authentication refused"))
+        .await;
     let line = logs
         .iter()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())

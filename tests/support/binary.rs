@@ -149,6 +149,20 @@ impl Running {
             .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// The log lines once one of them satisfies `wanted` (log lines are
+    /// written by the child's writer thread, a moment after the call that
+    /// logged them returned), or all of them after 10 s.
+    pub async fn logs_once(&self, wanted: impl Fn(&str) -> bool) -> Vec<String> {
+        for _ in 0..200 {
+            let logs = self.logs();
+            if logs.iter().any(|line| wanted(line)) {
+                return logs;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.logs()
+    }
+
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap().clone()
     }
