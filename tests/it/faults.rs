@@ -451,16 +451,6 @@ async fn fetch_timeout_bounds_discovery_and_jwks_together() {
     assert_eq!(server.discovery_fetches(), 1);
 }
 
-/// Kibibytes of resident memory of process `pid`, from `/proc/<pid>/status`.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("a VmRSS line")
-}
-
 /// The soak's length: `TOKENGATE_SOAK_SECS`, or 30 s.
 #[allow(clippy::disallowed_methods)] // The soak's length is the test runner's setting, not service config.
 fn soak_secs() -> u64 {
@@ -506,12 +496,12 @@ async fn a_soak_at_a_fixed_rate_has_no_errors_and_flat_memory() {
         }));
     }
     tokio::time::sleep(warm_up).await;
-    let after_warm_up = rss_kib(binary.pid());
+    let after_warm_up = support::binary::rss_kib(binary.pid());
     let mut errors = Vec::new();
     for task in tasks {
         errors.extend(task.await.unwrap());
     }
-    let at_end = rss_kib(binary.pid());
+    let at_end = support::binary::rss_kib(binary.pid());
     let elapsed = started.elapsed();
     assert!(
         errors.is_empty(),

@@ -24,16 +24,6 @@ const BURST: usize = 500;
 /// Bursts in all: the first half warms the allocator up, the second must not grow.
 const BURSTS: usize = 20;
 
-/// Kibibytes of resident memory of process `pid`, from `/proc/<pid>/status`.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("a VmRSS line")
-}
-
 fn median(samples: &[u64]) -> u64 {
     let mut sorted = samples.to_vec();
     sorted.sort_unstable();
@@ -45,7 +35,7 @@ async fn connection_churn_plateaus_instead_of_growing() {
     let (jwks, es256, _rs256) = support::server::test_keys().await;
     let binary = support::binary::Running::start(&jwks.jwks_url(), LOBBY);
     binary.wait_ready().await;
-    let idle = rss_kib(binary.pid());
+    let idle = support::binary::rss_kib(binary.pid());
     let jwt = es256.mint(&TestServer::claims("churn", json!({})));
     let mut samples = Vec::new();
     for _ in 0..BURSTS {
@@ -66,7 +56,7 @@ async fn connection_churn_plateaus_instead_of_growing() {
         }
         // Every client is dropped by now; give the server a moment to see the closes.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        samples.push(rss_kib(binary.pid()));
+        samples.push(support::binary::rss_kib(binary.pid()));
     }
     let (warm, late) = samples.split_at(BURSTS / 2);
     let (warm, late) = (median(&warm[BURSTS / 4..]), median(late));
