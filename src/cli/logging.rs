@@ -25,9 +25,9 @@
 //! `tokengate_log_lines_dropped_total`). The [`LogGuard`] that `init` returns
 //! flushes the queue when the process is done with it.
 
+use std::fmt::Write as _;
 use std::io::Write as _;
 
-use serde_json::{Map, Value};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
@@ -56,9 +56,6 @@ pub enum LogFormat {
 pub struct AuditLayer<W> {
     writer: W,
 }
-
-/// Collects an event's recorded fields into a JSON map.
-struct JsonFields<'a>(&'a mut Map<String, Value>);
 
 /// Keeps the log writer's thread; dropping it writes out what is still
 /// queued (waiting at most a second), so hold it until the process is done.
@@ -110,6 +107,10 @@ pub fn init_traced(
         }
     })
     .delimited(" ");
+    if tracer.is_some() {
+        // The pipeline records its spans' outcome fields only for an exporter.
+        crate::telemetry::set_exporting();
+    }
     let traces = tracer.map(|tracer| {
         tracing_opentelemetry::layer()
             .with_tracer(tracer)
@@ -190,46 +191,119 @@ where
         if metadata.target() != AUDIT_TARGET {
             return;
         }
-        let mut fields = Map::new();
-        fields.insert("target".into(), Value::from(AUDIT_TARGET));
-        fields.insert("level".into(), Value::from(metadata.level().as_str()));
-        for field in metadata.fields() {
-            fields.insert(field.name().into(), Value::Null);
+        // Written straight into one line, in the schema's declared order:
+        // building a map of owned keys and values first cost more than the
+        // rest of the audit path (issue 13's profile).
+        let fields = metadata.fields();
+        let mut recorded = JsonValues {
+            text: String::with_capacity(512),
+            slots: vec![None; fields.len()],
+        };
+        event.record(&mut recorded);
+        let mut line = String::with_capacity(recorded.text.len() + 32 * fields.len() + 48);
+        line.push_str("{\"target\":");
+        push_json_str(&mut line, AUDIT_TARGET);
+        line.push_str(",\"level\":");
+        push_json_str(&mut line, metadata.level().as_str());
+        for field in fields {
+            line.push(',');
+            push_json_str(&mut line, field.name());
+            line.push(':');
+            match recorded.slots.get(field.index()).copied().flatten() {
+                Some((from, to)) => line.push_str(&recorded.text[from..to]),
+                None => line.push_str("null"),
+            }
         }
-        event.record(&mut JsonFields(&mut fields));
-        let mut line = Value::Object(fields).to_string();
-        line.push('\n');
+        line.push_str("}\n");
         // One write per line, so concurrent events never interleave mid-line.
         let _ = self.writer.make_writer().write_all(line.as_bytes());
     }
 }
 
-impl Visit for JsonFields<'_> {
+/// An event's recorded values, each as JSON text in `text`, found by field index in `slots`.
+struct JsonValues {
+    text: String,
+    slots: Vec<Option<(usize, usize)>>,
+}
+
+impl JsonValues {
+    /// Writes one value with `write` and remembers where it is.
+    fn put(&mut self, field: &Field, write: impl FnOnce(&mut String)) {
+        let from = self.text.len();
+        write(&mut self.text);
+        if let Some(slot) = self.slots.get_mut(field.index()) {
+            *slot = Some((from, self.text.len()));
+        }
+    }
+}
+
+impl Visit for JsonValues {
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.0.insert(field.name().into(), Value::from(value));
+        self.put(field, |out| {
+            let _ = write!(out, "{value}");
+        });
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.0.insert(field.name().into(), Value::from(value));
+        self.put(field, |out| {
+            let _ = write!(out, "{value}");
+        });
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.0.insert(field.name().into(), Value::from(value));
+        self.put(field, |out| {
+            out.push_str(if value { "true" } else { "false" })
+        });
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().into(), Value::from(value));
+        self.put(field, |out| push_json_str(out, value));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0
-            .insert(field.name().into(), Value::from(format!("{value:?}")));
+        self.put(field, |out| {
+            out.push('"');
+            let _ = write!(JsonEscaped(out), "{value:?}");
+            out.push('"');
+        });
+    }
+}
+
+/// `text` as a JSON string literal.
+fn push_json_str(out: &mut String, text: &str) {
+    out.push('"');
+    let _ = JsonEscaped(out).write_str(text);
+    out.push('"');
+}
+
+/// Escapes what it is written as the inside of a JSON string (RFC 8259 §7):
+/// the quote, the backslash and every control character.
+struct JsonEscaped<'a>(&'a mut String);
+
+impl std::fmt::Write for JsonEscaped<'_> {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        for c in text.chars() {
+            match c {
+                '"' => self.0.push_str("\\\""),
+                '\\' => self.0.push_str("\\\\"),
+                '\n' => self.0.push_str("\\n"),
+                '\r' => self.0.push_str("\\r"),
+                '\t' => self.0.push_str("\\t"),
+                c if (c as u32) < 0x20 => {
+                    let _ = write!(self.0, "\\u{:04x}", c as u32);
+                }
+                c => self.0.push(c),
+            }
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
+
+    use serde_json::Value;
 
     use super::*;
 
@@ -282,5 +356,44 @@ mod tests {
         assert!(event.as_object().unwrap().contains_key("rule"));
         // Control characters are escaped by JSON, so no forged second line.
         assert_eq!(event["caller"], "a\nb");
+    }
+
+    #[test]
+    fn audit_values_of_every_kind_are_valid_json_in_declared_order() {
+        let buffer = Buffer::default();
+        let subscriber = tracing_subscriber::registry().with(AuditLayer::new(buffer.clone()));
+        let tricky = "q\"uote \\ back\u{1}\u{1f}\t\r\u{7f}é😀";
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(
+                target: "audit",
+                zed = u64::MAX,
+                neg = -5i64,
+                flag = false,
+                text = tricky,
+                shown = %tricky,
+                debugged = ?tricky,
+                absent = Option::<u64>::None,
+            );
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.matches('\n').count(), 1, "{text}");
+        let event: serde_json::Map<String, Value> = serde_json::from_str(text.trim_end()).unwrap();
+        assert_eq!(event["zed"], u64::MAX);
+        assert_eq!(event["neg"], -5);
+        assert_eq!(event["flag"], false);
+        assert_eq!(event["text"], tricky);
+        assert_eq!(event["shown"], tricky);
+        assert_eq!(event["debugged"], format!("{tricky:?}"));
+        assert_eq!(event["absent"], Value::Null);
+        // The schema's order, after target and level (serde_json's map sorts
+        // its keys, so the raw text is checked).
+        let keys = [
+            "target", "level", "zed", "neg", "flag", "text", "shown", "debugged", "absent",
+        ];
+        let positions: Vec<usize> = keys
+            .iter()
+            .map(|k| text.find(&format!("\"{k}\":")).unwrap())
+            .collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{text}");
     }
 }

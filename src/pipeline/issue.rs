@@ -7,6 +7,7 @@ use super::{Call, Flow, InvalidRequest, Outcome, Pipeline, Refusal};
 use crate::domain::Principal;
 use crate::gate::Issued;
 use crate::policy::Request;
+use crate::telemetry;
 
 impl Pipeline {
     /// Issues the token `request` asks for, if the caller may have it.
@@ -53,13 +54,13 @@ impl Pipeline {
             .map_err(Refusal::from);
         match &decided {
             Ok(grant) => {
-                decide.record("decision", "allow");
-                decide.record("rule", grant.rule());
+                telemetry::record(&decide, "decision", "allow");
+                telemetry::record(&decide, "rule", grant.rule());
             }
             Err(refusal) => {
-                decide.record("decision", refusal.decision());
+                telemetry::record(&decide, "decision", refusal.decision());
                 if let Some(rule) = refusal.rule() {
-                    decide.record("rule", rule);
+                    telemetry::record(&decide, "rule", rule);
                 }
             }
         }
@@ -68,7 +69,9 @@ impl Pipeline {
         let salt = Self::salt()?;
         let build = tracing::info_span!("build", project = grant.project(), services = Empty);
         let issued = build.in_scope(|| self.gate.build(grant, salt))?;
-        build.record("services", issued.services().join(","));
+        if telemetry::exporting() {
+            build.record("services", issued.services().join(","));
+        }
         Ok(issued)
     }
 }

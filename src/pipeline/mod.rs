@@ -261,7 +261,7 @@ impl Pipeline {
             Credential::One(value) => Some(value),
             Credential::Duplicated => {
                 let error = AuthError::Malformed("more than one credential header");
-                span.record("outcome", error.reason());
+                telemetry::record(&span, "outcome", error.reason());
                 return Err(error.into());
             }
         };
@@ -289,10 +289,10 @@ impl Pipeline {
             }
         }
         // The issuer's configured name, never the token or its claims.
-        span.record("issuer", issuer);
-        span.record("outcome", outcome);
+        telemetry::record(&span, "issuer", issuer);
+        telemetry::record(&span, "outcome", outcome);
         if let Some(result) = authentication.cache.label() {
-            span.record("cache", result);
+            telemetry::record(&span, "cache", result);
         }
         if let Err(error) = &verified {
             span.in_scope(|| tracing::debug!(reason = error.reason(), "authentication refused"));
@@ -316,7 +316,7 @@ impl Pipeline {
             Ok(value) => value.describe(&mut flow.event),
             Err(refusal) => {
                 if matches!(refusal, Refusal::Internal(_) | Refusal::Unavailable { .. }) {
-                    span.record("otel.status_code", "error");
+                    telemetry::record(&span, "otel.status_code", "error");
                 }
                 if let Refusal::Internal(detail) = refusal {
                     tracing::error!(
@@ -330,12 +330,12 @@ impl Pipeline {
             }
         }
         flow.event.latency_us = flow.started.elapsed_us();
-        span.record("decision", flow.event.decision);
+        telemetry::record(&span, "decision", flow.event.decision);
         if let Some(reason) = &flow.event.reason {
-            span.record("reason", reason.as_str());
+            telemetry::record(&span, "reason", reason.as_str());
         }
         if let Some(rule) = &flow.event.rule {
-            span.record("rule", rule.as_str());
+            telemetry::record(&span, "rule", rule.as_str());
         }
         flow.event.emit();
         if let Some(metrics) = &self.metrics {
