@@ -25,7 +25,6 @@
 //! `tokengate_log_lines_dropped_total`). The [`LogGuard`] that `init` returns
 //! flushes the queue when the process is done with it.
 
-use std::fmt::Write as _;
 use std::io::Write as _;
 
 use tracing::field::{Field, Visit};
@@ -193,44 +192,45 @@ where
         }
         // Written straight into one line, in the schema's declared order:
         // building a map of owned keys and values first cost more than the
-        // rest of the audit path (issue 13's profile).
+        // rest of the audit path (issue 13's profile). serde_json still
+        // writes (and escapes) every key and value.
         let fields = metadata.fields();
         let mut recorded = JsonValues {
-            text: String::with_capacity(512),
+            text: Vec::with_capacity(512),
             slots: vec![None; fields.len()],
         };
         event.record(&mut recorded);
-        let mut line = String::with_capacity(recorded.text.len() + 32 * fields.len() + 48);
-        line.push_str("{\"target\":");
-        push_json_str(&mut line, AUDIT_TARGET);
-        line.push_str(",\"level\":");
-        push_json_str(&mut line, metadata.level().as_str());
+        let mut line = Vec::with_capacity(recorded.text.len() + 32 * fields.len() + 48);
+        line.extend_from_slice(b"{\"target\":");
+        json(&mut line, AUDIT_TARGET);
+        line.extend_from_slice(b",\"level\":");
+        json(&mut line, metadata.level().as_str());
         for field in fields {
-            line.push(',');
-            push_json_str(&mut line, field.name());
-            line.push(':');
+            line.push(b',');
+            json(&mut line, field.name());
+            line.push(b':');
             match recorded.slots.get(field.index()).copied().flatten() {
-                Some((from, to)) => line.push_str(&recorded.text[from..to]),
-                None => line.push_str("null"),
+                Some((from, to)) => line.extend_from_slice(&recorded.text[from..to]),
+                None => line.extend_from_slice(b"null"),
             }
         }
-        line.push_str("}\n");
+        line.extend_from_slice(b"}\n");
         // One write per line, so concurrent events never interleave mid-line.
-        let _ = self.writer.make_writer().write_all(line.as_bytes());
+        let _ = self.writer.make_writer().write_all(&line);
     }
 }
 
 /// An event's recorded values, each as JSON text in `text`, found by field index in `slots`.
 struct JsonValues {
-    text: String,
+    text: Vec<u8>,
     slots: Vec<Option<(usize, usize)>>,
 }
 
 impl JsonValues {
-    /// Writes one value with `write` and remembers where it is.
-    fn put(&mut self, field: &Field, write: impl FnOnce(&mut String)) {
+    /// Writes `value` as JSON and remembers where it is.
+    fn put<T: serde::Serialize + ?Sized>(&mut self, field: &Field, value: &T) {
         let from = self.text.len();
-        write(&mut self.text);
+        json(&mut self.text, value);
         if let Some(slot) = self.slots.get_mut(field.index()) {
             *slot = Some((from, self.text.len()));
         }
@@ -239,64 +239,30 @@ impl JsonValues {
 
 impl Visit for JsonValues {
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.put(field, |out| {
-            let _ = write!(out, "{value}");
-        });
+        self.put(field, &value);
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.put(field, |out| {
-            let _ = write!(out, "{value}");
-        });
+        self.put(field, &value);
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.put(field, |out| {
-            out.push_str(if value { "true" } else { "false" })
-        });
+        self.put(field, &value);
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.put(field, |out| push_json_str(out, value));
+        self.put(field, value);
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.put(field, |out| {
-            out.push('"');
-            let _ = write!(JsonEscaped(out), "{value:?}");
-            out.push('"');
-        });
+        self.put(field, &format!("{value:?}"));
     }
 }
 
-/// `text` as a JSON string literal.
-fn push_json_str(out: &mut String, text: &str) {
-    out.push('"');
-    let _ = JsonEscaped(out).write_str(text);
-    out.push('"');
-}
-
-/// Escapes what it is written as the inside of a JSON string (RFC 8259 §7):
-/// the quote, the backslash and every control character.
-struct JsonEscaped<'a>(&'a mut String);
-
-impl std::fmt::Write for JsonEscaped<'_> {
-    fn write_str(&mut self, text: &str) -> std::fmt::Result {
-        for c in text.chars() {
-            match c {
-                '"' => self.0.push_str("\\\""),
-                '\\' => self.0.push_str("\\\\"),
-                '\n' => self.0.push_str("\\n"),
-                '\r' => self.0.push_str("\\r"),
-                '\t' => self.0.push_str("\\t"),
-                c if (c as u32) < 0x20 => {
-                    let _ = write!(self.0, "\\u{:04x}", c as u32);
-                }
-                c => self.0.push(c),
-            }
-        }
-        Ok(())
-    }
+/// Appends `value` as JSON. Writing into a `Vec` cannot fail, and these
+/// values (numbers, booleans, strings) always serialize.
+fn json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    let _ = serde_json::to_writer(out, value);
 }
 
 #[cfg(test)]
