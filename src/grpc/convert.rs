@@ -25,7 +25,7 @@ pub fn rtc_request(
 ) -> Result<Request, InvalidRequest> {
     let mut errors = InvalidRequest::default();
     let mut request = Request::new(Action::Issue(policy::Service::Rtc));
-    request.channel = channel(&msg.channel, &format!("{prefix}channel"), true, &mut errors);
+    request.channel = channel(&msg.channel, at(prefix, "channel"), true, &mut errors);
     request.identity = match &msg.identity {
         None => RequestedIdentity::FromJwt,
         Some(pb::issue_rtc_token_request::Identity::Uid(0)) => RequestedIdentity::AnyUid,
@@ -46,22 +46,21 @@ pub fn rtc_request(
             }
         }
     };
-    request.role = role(msg.role, &format!("{prefix}role"), &mut errors);
+    request.role = role(msg.role, at(prefix, "role"), &mut errors);
     if let Some(lifetimes) = &msg.lifetimes {
-        let path = format!("{prefix}lifetimes");
         request.token_lifetime = lifetime(
             lifetimes.token.as_ref(),
-            &format!("{path}.token"),
+            at(prefix, "lifetimes.token"),
             &mut errors,
         );
         request.join_lifetime = lifetime(
             lifetimes.join.as_ref(),
-            &format!("{path}.join"),
+            at(prefix, "lifetimes.join"),
             &mut errors,
         );
         request.publish_lifetime = lifetime(
             lifetimes.publish.as_ref(),
-            &format!("{path}.publish"),
+            at(prefix, "lifetimes.publish"),
             &mut errors,
         );
     }
@@ -77,19 +76,10 @@ pub fn rtm_request(
 ) -> Result<Request, InvalidRequest> {
     let mut errors = InvalidRequest::default();
     let mut request = Request::new(Action::Issue(policy::Service::Rtm));
-    request.identity = user_id(&msg.user_id, &format!("{prefix}user_id"), &mut errors);
-    request.join_lifetime = lifetime(
-        msg.lifetime.as_ref(),
-        &format!("{prefix}lifetime"),
-        &mut errors,
-    );
+    request.identity = user_id(&msg.user_id, at(prefix, "user_id"), &mut errors);
+    request.join_lifetime = lifetime(msg.lifetime.as_ref(), at(prefix, "lifetime"), &mut errors);
     request.token_lifetime = request.join_lifetime;
-    request.channel = channel(
-        &msg.channel,
-        &format!("{prefix}channel"),
-        false,
-        &mut errors,
-    );
+    request.channel = channel(&msg.channel, at(prefix, "channel"), false, &mut errors);
     request.project = project(&msg.project);
     errors.into_result().map(|()| request)
 }
@@ -107,13 +97,9 @@ pub fn chat_request(
         }
         RequestedIdentity::App
     } else {
-        user_id(&msg.user_id, &format!("{prefix}user_id"), &mut errors)
+        user_id(&msg.user_id, at(prefix, "user_id"), &mut errors)
     };
-    request.join_lifetime = lifetime(
-        msg.lifetime.as_ref(),
-        &format!("{prefix}lifetime"),
-        &mut errors,
-    );
+    request.join_lifetime = lifetime(msg.lifetime.as_ref(), at(prefix, "lifetime"), &mut errors);
     request.token_lifetime = request.join_lifetime;
     request.project = project(&msg.project);
     errors.into_result().map(|()| request)
@@ -126,12 +112,12 @@ pub fn renew_request(msg: &pb::RenewTokenRequest) -> Result<RenewRequest, Invali
     let lifetimes = match &msg.lifetimes {
         None => gate::Lifetimes::default(),
         Some(l) => gate::Lifetimes {
-            token: lifetime(l.token.as_ref(), "lifetimes.token", &mut errors),
-            join: lifetime(l.join.as_ref(), "lifetimes.join", &mut errors),
-            publish: lifetime(l.publish.as_ref(), "lifetimes.publish", &mut errors),
+            token: lifetime(l.token.as_ref(), at("", "lifetimes.token"), &mut errors),
+            join: lifetime(l.join.as_ref(), at("", "lifetimes.join"), &mut errors),
+            publish: lifetime(l.publish.as_ref(), at("", "lifetimes.publish"), &mut errors),
         },
     };
-    let channel = channel(&msg.channel, "channel", false, &mut errors);
+    let channel = channel(&msg.channel, at("", "channel"), false, &mut errors);
     errors.into_result().map(|()| RenewRequest {
         token: msg.token.clone(),
         channel,
@@ -157,13 +143,14 @@ pub fn expectation(msg: &pb::InspectTokenRequest) -> gate::Expectation {
     }
 }
 
-/// The reply for an issued token.
-pub fn issued(issued: &Issued) -> pb::IssuedToken {
+/// The reply for an issued token, which it consumes: the token, the App ID
+/// and the project name move into the reply instead of being copied.
+pub fn issued(issued: Issued) -> pb::IssuedToken {
     let grant = &issued.grant;
     pb::IssuedToken {
-        token: issued.token.clone(),
-        app_id: issued.app_id.clone(),
-        project: issued.project.clone(),
+        token: issued.token,
+        app_id: issued.app_id,
+        project: issued.project,
         channel: grant
             .channel()
             .map(|c| c.as_str().to_owned())
@@ -293,7 +280,7 @@ pub fn describe_grant(grant: &Grant) -> String {
 
 fn channel(
     text: &str,
-    path: &str,
+    path: Field<'_>,
     required: bool,
     errors: &mut InvalidRequest,
 ) -> Option<ChannelScope> {
@@ -306,35 +293,35 @@ fn channel(
     match ChannelName::parse(text) {
         Ok(name) => Some(ChannelScope::Named(name)),
         Err(e) => {
-            errors.push(path, e.to_string());
+            errors.push(path.path(), e.to_string());
             None
         }
     }
 }
 
-fn user_id(text: &str, path: &str, errors: &mut InvalidRequest) -> RequestedIdentity {
+fn user_id(text: &str, path: Field<'_>, errors: &mut InvalidRequest) -> RequestedIdentity {
     if text.is_empty() {
         return RequestedIdentity::FromJwt;
     }
     match RtmUserId::parse(text) {
         Ok(user) => RequestedIdentity::Account(user.as_str().to_owned()),
         Err(e) => {
-            errors.push(path, e.to_string());
+            errors.push(path.path(), e.to_string());
             RequestedIdentity::FromJwt
         }
     }
 }
 
-fn role(value: i32, path: &str, errors: &mut InvalidRequest) -> Option<Role> {
+fn role(value: i32, path: Field<'_>, errors: &mut InvalidRequest) -> Option<Role> {
     match pb::Role::try_from(value) {
         Ok(pb::Role::Publisher) => Some(Role::Publisher),
         Ok(pb::Role::Subscriber) => Some(Role::Subscriber),
         Ok(pb::Role::Unspecified) => {
-            errors.push(path, "required: ROLE_PUBLISHER or ROLE_SUBSCRIBER");
+            errors.push(path.path(), "required: ROLE_PUBLISHER or ROLE_SUBSCRIBER");
             None
         }
         Err(_) => {
-            errors.push(path, format!("{value} is not a known role"));
+            errors.push(path.path(), format!("{value} is not a known role"));
             None
         }
     }
@@ -343,12 +330,12 @@ fn role(value: i32, path: &str, errors: &mut InvalidRequest) -> Option<Role> {
 /// A lifetime of 1 s to 24 h in whole seconds; unset means "the rule's default".
 fn lifetime(
     value: Option<&Duration>,
-    path: &str,
+    path: Field<'_>,
     errors: &mut InvalidRequest,
 ) -> Option<NonZeroU32> {
     let duration = value?;
     if duration.nanos != 0 {
-        errors.push(path, "must be whole seconds");
+        errors.push(path.path(), "must be whole seconds");
         return None;
     }
     match u64::try_from(duration.seconds)
@@ -358,7 +345,7 @@ fn lifetime(
         Ok(lifetime) => NonZeroU32::new(lifetime.secs()),
         Err(()) => {
             errors.push(
-                path,
+                path.path(),
                 format!(
                     "{}s is outside 1s..=86400s (Agora caps lifetimes at 24 hours)",
                     duration.seconds
@@ -366,6 +353,24 @@ fn lifetime(
             );
             None
         }
+    }
+}
+
+/// A request field's path (`prefix` + `name`), formatted only when a
+/// violation names it, so a valid request allocates nothing for field names.
+#[derive(Debug, Clone, Copy)]
+struct Field<'a> {
+    prefix: &'a str,
+    name: &'a str,
+}
+
+fn at<'a>(prefix: &'a str, name: &'a str) -> Field<'a> {
+    Field { prefix, name }
+}
+
+impl Field<'_> {
+    fn path(self) -> String {
+        format!("{}{}", self.prefix, self.name)
     }
 }
 

@@ -99,7 +99,7 @@ impl TokenService for Api {
             .issue(call(&request, Rpc::IssueRtcToken), wanted)
             .await;
         reply(outcome, |issued| pb::IssueRtcTokenResponse {
-            issued: Some(convert::issued(&issued)),
+            issued: Some(convert::issued(issued)),
         })
     }
 
@@ -113,7 +113,7 @@ impl TokenService for Api {
             .issue(call(&request, Rpc::IssueRtmToken), wanted)
             .await;
         reply(outcome, |issued| pb::IssueRtmTokenResponse {
-            issued: Some(convert::issued(&issued)),
+            issued: Some(convert::issued(issued)),
         })
     }
 
@@ -127,7 +127,7 @@ impl TokenService for Api {
             .issue(call(&request, Rpc::IssueChatToken), wanted)
             .await;
         reply(outcome, |issued| pb::IssueChatTokenResponse {
-            issued: Some(convert::issued(&issued)),
+            issued: Some(convert::issued(issued)),
         })
     }
 
@@ -141,7 +141,7 @@ impl TokenService for Api {
             .renew(call(&request, Rpc::RenewToken), wanted)
             .await;
         reply(outcome, |issued| pb::RenewTokenResponse {
-            issued: Some(convert::issued(&issued)),
+            issued: Some(convert::issued(issued)),
         })
     }
 

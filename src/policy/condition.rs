@@ -38,6 +38,27 @@ const MAX_CLAIM_DEPTH: usize = 16;
 pub(crate) struct Condition {
     source: String,
     program: Program,
+    reads: Reads,
+}
+
+/// Which of the costly variables (the ones built from a map per call) a
+/// condition reads. An activation builds only those that some condition of
+/// the policy reads: `caller` and `request` are some twenty boxed values
+/// and two hash maps per call, wasted for a policy whose conditions only
+/// look at `claims`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Reads {
+    claims: bool,
+    caller: bool,
+    request: bool,
+}
+
+impl std::ops::BitOrAssign for Reads {
+    fn bitor_assign(&mut self, other: Self) {
+        self.claims |= other.claims;
+        self.caller |= other.caller;
+        self.request |= other.request;
+    }
 }
 
 /// The variables every condition of one evaluation sees.
@@ -72,10 +93,22 @@ impl Condition {
         let program = env
             .compile(source)
             .map_err(|e| format!("does not compile: {}", first_line(&e.to_string())))?;
+        let references = program.references();
+        let reads = Reads {
+            claims: references.has_variable("claims"),
+            caller: references.has_variable("caller"),
+            request: references.has_variable("request"),
+        };
         Ok(Self {
             source: source.to_owned(),
             program,
+            reads,
         })
+    }
+
+    /// The costly variables the expression reads.
+    pub(crate) fn reads(&self) -> Reads {
+        self.reads
     }
 
     /// The expression as written.
@@ -110,18 +143,27 @@ impl Condition {
 }
 
 impl<'a> Activation<'a> {
-    /// Builds `claims`, `caller`, `request`, `channel`, `now` and an empty
-    /// `captures`. Fails only when the claims nest too deeply.
+    /// Builds `channel`, `now`, an empty `captures`, and those of `claims`,
+    /// `caller` and `request` that `reads` names (the policy's conditions
+    /// read no other, so none can miss one). Fails only when the claims nest
+    /// too deeply.
     pub(crate) fn new(
         env: &Arc<Env>,
+        reads: Reads,
         principal: &'a Principal,
         request: &'a Request,
         now: u64,
     ) -> Result<Self, String> {
         let mut root = Context::with_env(Arc::clone(env));
-        root.add_variable_as_val("claims", claims_val(&principal.claims, 0)?);
-        root.add_variable_as_val("caller", Box::new(caller_map(principal)));
-        root.add_variable_as_val("request", Box::new(request_map(request)));
+        if reads.claims {
+            root.add_variable_as_val("claims", claims_val(&principal.claims, 0)?);
+        }
+        if reads.caller {
+            root.add_variable_as_val("caller", Box::new(caller_map(principal)));
+        }
+        if reads.request {
+            root.add_variable_as_val("request", Box::new(request_map(request)));
+        }
         let channel = request.channel.as_ref().map_or("", ChannelScope::as_str);
         root.add_variable_as_val("channel", Box::new(CelString::from(channel)));
         root.add_variable_as_val("captures", Box::new(CelMap::from(HashMap::new())));
@@ -374,5 +416,48 @@ fn truncate(message: &str) -> String {
     match line.char_indices().nth(MAX) {
         Some((cut, _)) => format!("{}…", &line[..cut]),
         None => line.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reads(source: &str) -> Reads {
+        let env = Env::stdlib();
+        Condition::compile(&env, source).unwrap().reads()
+    }
+
+    #[test]
+    fn reads_names_every_costly_variable_an_expression_touches() {
+        let none = Reads::default();
+        assert_eq!(reads("now > 0u && channel != \"\""), none);
+        assert_eq!(reads("captures.team == \"blue\""), none);
+        let claims = Reads {
+            claims: true,
+            ..none
+        };
+        assert_eq!(reads("has(claims.suspended)"), claims);
+        assert_eq!(reads("claims.teams.exists(t, t == \"blue\")"), claims);
+        assert_eq!(reads("[1, 2].all(x, x < size(claims))"), claims);
+        assert_eq!(reads("{\"a\": claims.a}.a == 1"), claims);
+        assert_eq!(
+            reads("request.role == \"publisher\" || caller.subject == \"x\""),
+            Reads {
+                caller: true,
+                request: true,
+                ..none
+            }
+        );
+        let mut all = claims;
+        all |= reads("caller.issuer == request.project");
+        assert_eq!(
+            all,
+            Reads {
+                claims: true,
+                caller: true,
+                request: true
+            }
+        );
     }
 }

@@ -221,8 +221,8 @@ impl Policy {
         let Some(condition) = &rule.condition else {
             return Match::Yes(captures);
         };
-        let activation =
-            activation.get_or_insert_with(|| Activation::new(&self.env, principal, request, now));
+        let activation = activation
+            .get_or_insert_with(|| Activation::new(&self.env, self.reads, principal, request, now));
         let result = match activation {
             Ok(activation) => condition.evaluate(activation, &captures),
             Err(e) => Err(ConditionFailure::Error(e.clone())),

@@ -32,6 +32,7 @@ use cel::Env;
 use std::collections::BTreeMap;
 
 use compile::{Rule, compile_rule};
+use condition::Reads;
 
 pub use compile::Issuer;
 
@@ -52,6 +53,8 @@ pub struct Policy {
     /// The configured issuers' names by `iss`, for `identity_prefix`.
     issuer_names: BTreeMap<String, String>,
     env: Arc<Env>,
+    /// What the rules' conditions read, so an activation builds only that.
+    reads: Reads,
 }
 
 /// A problem that does not stop loading but that an operator should see.
@@ -152,6 +155,10 @@ impl Policy {
         }
         let mut warnings = shadowing(&compiled);
         warnings.extend(ambiguity(&compiled));
+        let mut reads = Reads::default();
+        for condition in compiled.iter().filter_map(|rule| rule.condition.as_ref()) {
+            reads |= condition.reads();
+        }
         Ok((
             Policy {
                 rules: compiled,
@@ -161,6 +168,7 @@ impl Policy {
                     .flat_map(|i| i.iss.iter().map(|iss| (iss.clone(), i.name.clone())))
                     .collect(),
                 env,
+                reads,
             },
             warnings,
         ))
