@@ -27,7 +27,7 @@ pub struct LogSettings {
 impl Default for LogSettings {
     fn default() -> Self {
         Self::resolve(&LoggingSection::default()).unwrap_or(Self {
-            queue_lines: 65_536,
+            queue_lines: 8_192,
             drop_when_full: false,
         })
     }
@@ -68,7 +68,7 @@ mod tests {
         let settings = LogSettings::default();
         assert_eq!(
             (settings.queue_lines(), settings.drop_when_full()),
-            (65_536, false)
+            (8_192, false)
         );
         for lines in [0, MAX_QUEUE_LINES + 1] {
             let section = LoggingSection {
