@@ -382,7 +382,7 @@ async fn every_call_writes_exactly_one_audit_event_with_the_whole_schema() {
         let mut keys: Vec<String> = keys.into_iter().map(str::to_owned).collect();
         keys.sort_unstable();
         assert_eq!(keys, schema, "every field in every event: {event}");
-        assert_eq!(event["schema"], 1);
+        assert_eq!(event["schema"], 2);
         assert!(event["latency_us"].is_u64(), "{event}");
     }
     // The gRPC events carry the request ids the replies returned.
