@@ -45,3 +45,4 @@ mod token_invalid;
 mod token_npm;
 mod token_props;
 mod token_vectors;
+mod workload_identity;
