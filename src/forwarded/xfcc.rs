@@ -1,7 +1,9 @@
 //! The `x-forwarded-client-cert` header (XFCC) as Envoy writes it: elements
 //! separated by `,`, one per proxy hop that saw a client certificate, each
-//! `key=value` pairs separated by `;`. A value is bare text, or double-quoted
-//! (then `,`, `;` and `=` are literal and `\` escapes the next character).
+//! `key=value` pairs separated by `;`. A value is bare text (no `,`, `;`,
+//! `"` or `\`; Envoy writes `URI=` and `DNS=` bare, and a URI may hold a
+//! `=`), or double-quoted (then `,` and `;` are literal and `\` escapes the
+//! next character).
 //!
 //! ```text
 //! By=spiffe://corp.example/ns/edge/sa/envoy;Hash=1f..;Subject="CN=api,O=Corp";URI=spiffe://corp.example/ns/backend/sa/api;DNS=api.backend.svc
@@ -179,13 +181,15 @@ impl Parser<'_> {
         }
     }
 
-    /// A bare value: up to `;`, `,` or the end, trailing spaces trimmed.
+    /// A bare value: up to `;`, `,` or the end, trailing spaces trimmed. A
+    /// quote or backslash in it means the writer meant a quoted value and
+    /// got it wrong, so it is refused rather than read some way.
     fn bare(&mut self) -> Result<String, XfccSyntaxError> {
         let start = self.at;
         while let Some(c) = self.peek() {
             match c {
                 ';' | ',' => break,
-                '"' | '\\' | '=' => {
+                '"' | '\\' => {
                     return Err(error(
                         format!("has {c:?} in a bare value; such values must be quoted"),
                         self.at,
@@ -278,7 +282,6 @@ mod tests {
             "URI=\"a\"b",
             "URI=\"a\" b",
             "URI=a\"b\"",
-            "URI=a=b",
             "URI=a\\b",
             "URI=a\nDNS=b",
             "URI=a\u{0}",
@@ -291,6 +294,15 @@ mod tests {
             assert!(parse(case).is_err(), "{case:?} parsed: {:?}", parse(case));
         }
         assert!(parse(&format!("URI={}", "a".repeat(MAX_XFCC_BYTES))).is_err());
+    }
+
+    #[test]
+    fn a_bare_uri_may_hold_an_equals_sign() {
+        let elements = parse("URI=https://a.example/x?y=1;DNS=a").unwrap();
+        assert_eq!(
+            pairs(&elements[0]),
+            [("URI", "https://a.example/x?y=1"), ("DNS", "a")]
+        );
     }
 
     #[test]
