@@ -909,6 +909,12 @@ fn the_cel_environment_exposes_every_documented_variable() {
             true,
         ),
         ("now == 1800000000", true),
+        // A JWT caller with no transport identity: `peer` is there, empty.
+        (
+            "peer.spiffe_id == '' && size(peer.dns_names) == 0 && peer.address == ''",
+            true,
+        ),
+        ("request.authenticated_by == 'jwt'", true),
         ("claims.org.tier == 'silver'", false),
     ];
     for (condition, expected) in table {

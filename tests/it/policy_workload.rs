@@ -540,3 +540,63 @@ authenticate = "jwt+mtls"
     // `users` (jwt) covers every jwt+mtls caller.
     assert_eq!(shadowed, ["one backend", "users with certificates"]);
 }
+
+proptest::proptest! {
+    /// Whatever the rules, an allow comes only from a rule whose
+    /// `authenticate` accepts how the caller authenticated: a workload
+    /// without a JWT only from `mtls`, a JWT caller without one never from
+    /// `mtls` or `jwt+mtls`.
+    #[test]
+    fn an_allow_comes_only_from_a_rule_that_accepts_the_callers_authentication(
+        modes in proptest::collection::vec((0usize..3, proptest::bool::ANY), 1..6),
+        kind in 0usize..3,
+    ) {
+        const MODES: [&str; 3] = ["jwt", "mtls", "jwt+mtls"];
+        let text: String = modes
+            .iter()
+            .enumerate()
+            .map(|(i, (mode, fits))| {
+                let channel = if *fits { "room-*" } else { "other-*" };
+                format!(
+                    "[[rules]]\nname = \"r{i}\"\nactions = [\"rtc\"]\nchannel = \"{channel}\"\nauthenticate = \"{}\"\nproject = \"main\"\ncaller_chooses_identity = true\n",
+                    MODES[*mode]
+                )
+            })
+            .collect();
+        let (p, _) = Policy::from_toml(&text, &["main"]).unwrap();
+        let user = principal();
+        let backend = workload(BACKEND);
+        let none = Peer::default();
+        let caller = match kind {
+            0 => Caller { principal: Some(&user), peer: &none },
+            1 => Caller { principal: None, peer: &backend },
+            _ => Caller { principal: Some(&user), peer: &backend },
+        };
+        let decision = p.evaluate(caller, &rtc_for("room-1", 5), NOW);
+        if let Some(rule) = decision.grant().map(|g| g.rule().to_owned()) {
+            let index: usize = rule.trim_start_matches('r').parse().unwrap();
+            let mode = MODES[modes[index].0];
+            let accepted = match kind {
+                0 => mode == "jwt",
+                1 => mode == "mtls",
+                _ => true,
+            };
+            proptest::prop_assert!(accepted, "{rule} ({mode}) allowed caller kind {kind}");
+            // And it is the first rule that fits and accepts.
+            let first = modes.iter().position(|(m, fits)| {
+                *fits && match kind {
+                    0 => MODES[*m] == "jwt",
+                    1 => MODES[*m] == "mtls",
+                    _ => true,
+                }
+            });
+            proptest::prop_assert_eq!(first, Some(index));
+        } else {
+            proptest::prop_assert!(modes.iter().all(|(m, fits)| !*fits || match kind {
+                0 => MODES[*m] != "jwt",
+                1 => MODES[*m] != "mtls",
+                _ => false,
+            }), "{decision:?}");
+        }
+    }
+}
