@@ -224,6 +224,29 @@ impl Cidr {
     }
 }
 
+impl std::fmt::Display for TrustedProxies {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cidrs: Vec<String> = self.cidrs.iter().map(ToString::to_string).collect();
+        let ids: Vec<&str> = self
+            .spiffe_ids
+            .iter()
+            .map(SpiffeIdPattern::as_str)
+            .collect();
+        write!(
+            f,
+            "cidrs [{}], spiffe_ids [{}]",
+            cidrs.join(", "),
+            ids.join(", ")
+        )
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
 /// 32 or 128.
 fn max_prefix(address: IpAddr) -> u8 {
     match address {

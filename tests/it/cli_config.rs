@@ -652,6 +652,29 @@ fn serve_with_a_bad_config_exits_64_without_binding() {
 }
 
 #[test]
+fn check_config_prints_the_trusted_proxies() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxies.toml");
+    std::fs::write(
+        &path,
+        base_config() + "\n[server.trusted_proxy]\ncidrs = [\"127.0.0.1\", \"10.0.0.0/8\"]\n",
+    )
+    .unwrap();
+    let output = run(&["check-config", path.to_str().unwrap()], &EXAMPLE_ENV[..1]);
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("trusted proxies: cidrs [127.0.0.1/32, 10.0.0.0/8], spiffe_ids []"),
+        "{stdout}"
+    );
+    let path = dir.path().join("none.toml");
+    std::fs::write(&path, base_config()).unwrap();
+    let output = run(&["check-config", path.to_str().unwrap()], &EXAMPLE_ENV[..1]);
+    let (stdout, _) = text(&output);
+    assert!(stdout.contains("trusted proxies: none"), "{stdout}");
+}
+
+#[test]
 fn serve_refuses_a_bad_trusted_proxy_before_binding() {
     let held = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = held.local_addr().unwrap().port();
