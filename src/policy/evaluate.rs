@@ -108,9 +108,7 @@ impl Policy {
     /// Without one, a call with no JWT is refused as unauthenticated before
     /// the rules, whatever its transport identity.
     pub fn admits_workloads(&self) -> bool {
-        self.rules
-            .iter()
-            .any(|r| r.effect == Effect::Allow && r.authenticate == Authenticate::Mtls)
+        self.admits_workloads
     }
 
     /// The shared walk; records into `trace` when given one.

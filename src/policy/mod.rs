@@ -55,6 +55,9 @@ pub struct Policy {
     projects: BTreeSet<String>,
     /// The configured issuers' names by `iss`, for `identity_prefix`.
     issuer_names: BTreeMap<String, String>,
+    /// Whether an allow rule says `authenticate = "mtls"` (computed once:
+    /// the pipeline asks on every call without a JWT).
+    admits_workloads: bool,
     env: Arc<Env>,
 }
 
@@ -156,8 +159,12 @@ impl Policy {
         }
         let mut warnings = shadowing(&compiled);
         warnings.extend(ambiguity(&compiled));
+        let admits_workloads = compiled
+            .iter()
+            .any(|r| r.effect == Effect::Allow && r.authenticate == compile::Authenticate::Mtls);
         Ok((
             Policy {
+                admits_workloads,
                 rules: compiled,
                 projects,
                 issuer_names: issuers
