@@ -198,6 +198,17 @@ pub fn summary(config: &Config) -> String {
             let _ = writeln!(out, "tls: off (plaintext gRPC)");
         }
     }
+    match config.trusted_proxy() {
+        Some(trusted) => {
+            let _ = writeln!(out, "trusted proxies: {trusted}");
+        }
+        None => {
+            let _ = writeln!(
+                out,
+                "trusted proxies: none (forwarded client identities ignored)"
+            );
+        }
+    }
     let logging = config.logging();
     let _ = writeln!(
         out,

@@ -132,6 +132,20 @@ pub(crate) struct ServerSection {
     pub grace_period: HumanDuration,
     /// TLS (and mTLS) on the gRPC port; plaintext without it.
     pub tls: Option<TlsSection>,
+    /// The proxies whose forwarded client identity is believed; none without it.
+    pub trusted_proxy: Option<TrustedProxySection>,
+}
+
+/// `[server.trusted_proxy]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TrustedProxySection {
+    /// Direct peers in these networks are proxies (`10.0.0.0/8`, `127.0.0.1/32`).
+    #[serde(default)]
+    pub cidrs: Vec<String>,
+    /// Direct peers whose own mTLS SPIFFE ID fits one of these are proxies.
+    #[serde(default)]
+    pub spiffe_ids: Vec<String>,
 }
 
 /// `[server.tls]`.
@@ -311,6 +325,7 @@ impl Default for ServerSection {
             admin_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
             grace_period: HumanDuration(Duration::from_secs(10)),
             tls: None,
+            trusted_proxy: None,
         }
     }
 }

@@ -35,6 +35,7 @@ use self::file::{
 };
 use self::secret::SecretSource;
 use crate::domain::Fingerprint;
+use crate::forwarded::{ForwardedError, TrustedProxies};
 use crate::gate::Project;
 use crate::identity::{
     IdentityConfigError, IssuerSettings, VerifiedCacheSettings, validate_issuers,
@@ -92,6 +93,7 @@ pub struct Config {
     telemetry: Option<TelemetrySettings>,
     logging: LogSettings,
     tls: Option<(TlsSettings, Material)>,
+    trusted_proxy: Option<TrustedProxies>,
 }
 
 /// A [`Config`] taken apart, for the code that starts the service and needs ownership.
@@ -122,6 +124,8 @@ pub struct ConfigParts {
     pub telemetry: Option<TelemetrySettings>,
     /// TLS on the gRPC port, with the files as loaded and checked.
     pub tls: Option<(TlsSettings, Material)>,
+    /// `[server.trusted_proxy]`: the proxies whose forwarded identity counts.
+    pub trusted_proxy: Option<TrustedProxies>,
 }
 
 /// Listen addresses and shutdown behaviour.
@@ -229,6 +233,12 @@ impl Config {
             .map(|(settings, material)| (settings, material))
     }
 
+    /// `[server.trusted_proxy]`: the proxies whose forwarded client identity
+    /// counts; `None` believes no forwarded identity.
+    pub fn trusted_proxy(&self) -> Option<&TrustedProxies> {
+        self.trusted_proxy.as_ref()
+    }
+
     /// Every part, by value.
     pub fn into_parts(self) -> ConfigParts {
         ConfigParts {
@@ -244,6 +254,7 @@ impl Config {
             ext_authz: self.ext_authz,
             telemetry: self.telemetry,
             tls: self.tls,
+            trusted_proxy: self.trusted_proxy,
         }
     }
 }
@@ -440,6 +451,7 @@ fn resolve(
     let telemetry = telemetry::resolve(&file.telemetry, env)?;
     let logging = LogSettings::resolve(&file.logging)?;
     let tls = file.server.tls.as_ref().map(resolve_tls).transpose()?;
+    let trusted_proxy = resolve_trusted_proxy(&file.server)?;
     if file.projects.is_empty() {
         return Err(invalid("projects", "at least one project is required"));
     }
@@ -501,7 +513,34 @@ fn resolve(
         telemetry,
         logging,
         tls,
+        trusted_proxy,
     })
+}
+
+/// `[server.trusted_proxy]`: valid networks and SPIFFE ID patterns, and
+/// mTLS on the port when a proxy is to be known by its SPIFFE ID.
+fn resolve_trusted_proxy(server: &ServerSection) -> Result<Option<TrustedProxies>, ConfigError> {
+    let Some(section) = &server.trusted_proxy else {
+        return Ok(None);
+    };
+    let trusted =
+        TrustedProxies::new(&section.cidrs, &section.spiffe_ids).map_err(|e| match e {
+            ForwardedError::Config { key, reason } => {
+                invalid(&format!("server.trusted_proxy.{key}"), &reason)
+            }
+            other => invalid("server.trusted_proxy", &other.to_string()),
+        })?;
+    let verifies_clients = server
+        .tls
+        .as_ref()
+        .is_some_and(|tls| tls.client_ca_file.is_some());
+    if trusted.names_spiffe_ids() && !verifies_clients {
+        return Err(invalid(
+            "server.trusted_proxy.spiffe_ids",
+            "needs server.tls.client_ca_file: a proxy's SPIFFE ID is read from its verified client certificate (or trust it by cidrs)",
+        ));
+    }
+    Ok(Some(trusted))
 }
 
 /// `[jwt_cache]` over the defaults; an error's key is `jwt_cache.<field>`.

@@ -3,8 +3,7 @@
 //! 109/110 diagnosis).
 
 use super::{Gate, GateError};
-use crate::domain::Principal;
-use crate::policy::Action;
+use crate::policy::{Action, Caller};
 use crate::token::inspect::{self, Expectation, Inspection, Keyring};
 
 impl Gate {
@@ -12,12 +11,12 @@ impl Gate {
     /// and lists what would make Agora refuse it at `now`.
     pub fn inspect(
         &self,
-        principal: &Principal,
+        caller: Caller<'_>,
         token: &str,
         expected: &Expectation,
         now: u64,
     ) -> Result<Inspection, GateError> {
-        self.authorize(principal, Action::Inspect, now)?;
+        self.authorize(caller, Action::Inspect, now)?;
         let keyrings: Vec<Keyring<'_>> = self
             .projects
             .values()

@@ -2,8 +2,8 @@
 //! the typed official builder of the grant's kind, and read the privileges back.
 
 use super::{Gate, GateError, PrivilegeExpiry, privilege_expiries};
-use crate::domain::{Fingerprint, Principal, Role, RtcIdentity};
-use crate::policy::{self, BoundIdentity, Decision, Grant, Request};
+use crate::domain::{Fingerprint, Role, RtcIdentity};
+use crate::policy::{self, BoundIdentity, Caller, Decision, Grant, Request};
 use crate::token::builders::{self, Issue, RtcPrivileges};
 use crate::token::services::Rtm2Permissions;
 use crate::token::{TokenError, v007};
@@ -59,27 +59,27 @@ impl Issued {
 }
 
 impl Gate {
-    /// Decides `request` for `principal` at `now` and, if allowed, builds the token with `salt`.
+    /// Decides `request` for `caller` at `now` and, if allowed, builds the token with `salt`.
     pub fn issue(
         &self,
-        principal: &Principal,
+        caller: Caller<'_>,
         request: &Request,
         now: u64,
         salt: u32,
     ) -> Result<Issued, GateError> {
-        self.build(self.decide(principal, request, now)?, salt)
+        self.build(self.decide(caller, request, now)?, salt)
     }
 
     /// The first half of [`Gate::issue`]: the grant the rules give
-    /// `principal` for `request` at `now`, or why there is none. (The
+    /// `caller` for `request` at `now`, or why there is none. (The
     /// pipeline calls the halves one by one, so each has its own span.)
     pub fn decide(
         &self,
-        principal: &Principal,
+        caller: Caller<'_>,
         request: &Request,
         now: u64,
     ) -> Result<Grant, GateError> {
-        match self.policy.evaluate(principal, request, now) {
+        match self.policy.evaluate(caller, request, now) {
             Decision::Allow(grant) => Ok(grant),
             Decision::Permit(permit) => Err(GateError::NothingToIssue(permit.action)),
             Decision::Deny(denial) => Err(GateError::Denied(denial)),
@@ -231,8 +231,8 @@ pub fn bound_identity_text(identity: &BoundIdentity) -> String {
 mod tests {
     use super::*;
     use crate::domain::{
-        Account, ChannelName, ChannelScope, Lifetime, Rtm2PermissionType, Rtm2ResourceType,
-        RtmUserId, Uid,
+        Account, ChannelName, ChannelScope, Lifetime, Principal, Rtm2PermissionType,
+        Rtm2ResourceType, RtmUserId, Uid,
     };
     use crate::gate::Project;
     use crate::policy::{
@@ -462,14 +462,18 @@ mod tests {
             token_fingerprint: Fingerprint::of(b"jwt"),
         };
         let inspect = Request::new(Action::Inspect);
-        let result = gate.issue(&principal, &inspect, u64::from(ISSUE_TS), SALT);
+        let result = gate.issue(Caller::jwt(&principal), &inspect, u64::from(ISSUE_TS), SALT);
         assert!(
             matches!(result, Err(GateError::NothingToIssue(Action::Inspect))),
             "{result:?}"
         );
         assert!(
-            gate.authorize(&principal, Action::Inspect, u64::from(ISSUE_TS))
-                .is_ok()
+            gate.authorize(
+                Caller::jwt(&principal),
+                Action::Inspect,
+                u64::from(ISSUE_TS)
+            )
+            .is_ok()
         );
     }
 }

@@ -9,8 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::domain::Principal;
-use crate::policy::{Action, Decision, Denial, Policy, Request};
+use crate::policy::{Action, Caller, Decision, Denial, Policy, Request};
 use crate::token::inspect::privilege_expiries;
 use crate::token::{AppCertificate, AppId, TokenError, v007};
 
@@ -131,14 +130,15 @@ impl Gate {
         self.projects.keys().map(String::as_str)
     }
 
-    /// Checks that `principal` may use `action` (inspect or explain), which issue nothing.
-    pub fn authorize(
-        &self,
-        principal: &Principal,
-        action: Action,
-        now: u64,
-    ) -> Result<(), GateError> {
-        match self.policy.evaluate(principal, &Request::new(action), now) {
+    /// Whether some rule admits a verified workload without a JWT
+    /// (`authenticate = "mtls"`); see [`Policy::admits_workloads`].
+    pub fn admits_workloads(&self) -> bool {
+        self.policy.admits_workloads()
+    }
+
+    /// Checks that `caller` may use `action` (inspect or explain), which issue nothing.
+    pub fn authorize(&self, caller: Caller<'_>, action: Action, now: u64) -> Result<(), GateError> {
+        match self.policy.evaluate(caller, &Request::new(action), now) {
             Decision::Allow(_) | Decision::Permit(_) => Ok(()),
             Decision::Deny(denial) => Err(GateError::Denied(denial)),
         }

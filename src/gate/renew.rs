@@ -3,8 +3,8 @@
 //! the rules are re-run, so a renewal can never widen a grant.
 
 use super::{Gate, GateError};
-use crate::domain::{Principal, Uid};
-use crate::policy::{self, Action, ChannelScope, Request, RequestedIdentity};
+use crate::domain::Uid;
+use crate::policy::{self, Action, Caller, ChannelScope, Request, RequestedIdentity};
 use crate::token::builders::{RTC_PUBLISH_AUDIO, RTC_PUBLISH_DATA, RTC_PUBLISH_VIDEO};
 use crate::token::services::{SERVICE_RTM, ServiceKind};
 use crate::token::v007;
@@ -17,7 +17,7 @@ impl Gate {
     /// identity, role and services, so the new token never exceeds today's grant.
     pub fn renew(
         &self,
-        principal: &Principal,
+        caller: Caller<'_>,
         token: &str,
         channel: Option<ChannelScope>,
         lifetimes: Lifetimes,
@@ -25,7 +25,7 @@ impl Gate {
         salt: u32,
     ) -> Result<Issued, GateError> {
         let request = self.renewal(token, channel, lifetimes)?;
-        self.issue(principal, &request, now, salt)
+        self.issue(caller, &request, now, salt)
     }
 
     /// The request that renewing `token` amounts to, once it verifies

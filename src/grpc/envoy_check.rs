@@ -21,6 +21,7 @@ use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest as
 use tonic::{Request, Response, Status};
 
 use crate::domain::RtcIdentity;
+use crate::forwarded::Forwarded;
 use crate::gate::Issued;
 use crate::pipeline::{
     Call, Checked, Credential, HttpRequest, InvalidRequest, Pipeline, Refusal, Rpc,
@@ -134,6 +135,7 @@ impl Authorization for EnvoyCheck {
             peer: request.remote_addr(),
             peer_identity: super::service::peer_identity(&request),
             authorization: Credential::Absent,
+            forwarded: check_source(request.get_ref()),
             trace: super::service::trace_headers(request.metadata()),
         };
         let outcome = self.pipeline.check(call, http).await;
@@ -159,6 +161,25 @@ fn deny(refusal: &Refusal, request_id: &str) -> CheckResponse {
     let mut response = CheckResponse::with_status(render::status(refusal, request_id));
     response.set_http_response(denied);
     response
+}
+
+/// What Envoy says of the checked request's client (`attributes.source`:
+/// its principal and address), which the pipeline believes only when this
+/// Envoy is a trusted proxy.
+fn check_source(request: &CheckRequest) -> Forwarded<'_> {
+    let source = request.attributes.as_ref().and_then(|a| a.source.as_ref());
+    let principal = source.map_or("", |s| s.principal.as_str());
+    let address = source
+        .and_then(|s| s.address.as_ref())
+        .and_then(|a| a.address.as_ref())
+        .and_then(|a| match a {
+            envoy_types::pb::envoy::config::core::v3::address::Address::SocketAddress(socket) => {
+                Some(socket.address.as_str())
+            }
+            _ => None,
+        })
+        .unwrap_or("");
+    Forwarded::CheckSource { principal, address }
 }
 
 /// Method, path and headers from `attributes.request.http` (`headers`, or

@@ -12,6 +12,7 @@ use super::convert;
 use super::pb;
 use super::pb::token_service_server::TokenService;
 use crate::domain::PeerIdentity;
+use crate::forwarded::{Forwarded, XFCC_HEADER};
 use crate::pipeline::{
     Call, Credential, InspectRequest, InvalidRequest, Outcome, Pipeline, Rpc, TraceHeaders,
 };
@@ -31,7 +32,7 @@ impl Api {
 }
 
 /// What the transport knows about a call: its peer, its `authorization`
-/// metadata and its W3C trace context.
+/// and `x-forwarded-client-cert` metadata and its W3C trace context.
 fn call<T>(request: &Request<T>, rpc: Rpc) -> Call<'_> {
     let mut values = request.metadata().get_all("authorization").iter();
     let authorization = match (values.next(), values.next()) {
@@ -46,7 +47,21 @@ fn call<T>(request: &Request<T>, rpc: Rpc) -> Call<'_> {
         peer: request.remote_addr(),
         peer_identity: peer_identity(request),
         authorization,
+        forwarded: forwarded_client_cert(request.metadata()),
         trace: trace_headers(request.metadata()),
+    }
+}
+
+/// The `x-forwarded-client-cert` metadata, for the pipeline to read if the
+/// peer is a trusted proxy and to ignore otherwise.
+fn forwarded_client_cert(metadata: &MetadataMap) -> Forwarded<'_> {
+    let mut values = metadata.get_all(XFCC_HEADER).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Forwarded::Nothing,
+        // A value that is not visible ASCII is refused by the parser, which
+        // takes no key that starts with the replacement character.
+        (Some(value), None) => Forwarded::ClientCert(value.to_str().unwrap_or("\u{fffd}")),
+        (Some(_), Some(_)) => Forwarded::ClientCertRepeated,
     }
 }
 

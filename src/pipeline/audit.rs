@@ -17,8 +17,12 @@ use crate::metrics::CallRecord;
 
 /// The tracing target of audit events, so operators can route them.
 pub const AUDIT_TARGET: &str = "audit";
-/// The audit schema's version, the `schema` field of every event.
-pub const SCHEMA_VERSION: u64 = 1;
+/// The audit schema's version, the `schema` field of every event. Version 2
+/// added `authenticated_by` and `peer_identity_source`, and made
+/// `peer_identity` the caller's workload identity (a trusted proxy's
+/// forwarded one, not the proxy's own; none for an ext_authz `Check`
+/// unless Envoy is a trusted proxy).
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// One call's audit record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,9 +35,15 @@ pub struct AuditEvent {
     pub rpc: &'static str,
     /// The direct peer.
     pub peer: Option<SocketAddr>,
-    /// The direct peer's verified client certificate (mTLS): its SPIFFE ID,
-    /// else its subject, else its first DNS name.
+    /// The caller's verified workload identity (see `peer_identity_source`):
+    /// its SPIFFE ID, else its subject, else its first DNS name.
     pub peer_identity: Option<String>,
+    /// Where `peer_identity` came from: `tls` (the caller's own mTLS
+    /// connection), `xfcc` (a trusted proxy's `x-forwarded-client-cert`)
+    /// or `ext_authz` (a trusted Envoy's `attributes.source`).
+    pub peer_identity_source: Option<&'static str>,
+    /// How the caller authenticated: `jwt`, `mtls` (a workload, no JWT) or `jwt+mtls`.
+    pub authenticated_by: Option<&'static str>,
     /// The verified caller's `iss`.
     pub caller_issuer: Option<String>,
     /// The verified caller's `sub`.
@@ -85,6 +95,8 @@ impl AuditEvent {
             rpc: rpc.as_str(),
             peer,
             peer_identity: None,
+            peer_identity_source: None,
+            authenticated_by: None,
             caller_issuer: None,
             caller: None,
             jwt: None,
@@ -166,6 +178,8 @@ impl AuditEvent {
             rpc = self.rpc,
             peer = self.peer.map(display),
             peer_identity = self.peer_identity.as_deref(),
+            peer_identity_source = self.peer_identity_source,
+            authenticated_by = self.authenticated_by,
             caller_issuer = self.caller_issuer.as_deref(),
             caller = self.caller.as_deref(),
             jwt = self.jwt.as_ref().map(display),
@@ -246,6 +260,8 @@ mod tests {
             "rpc",
             "peer",
             "peer_identity",
+            "peer_identity_source",
+            "authenticated_by",
             "caller_issuer",
             "caller",
             "jwt",

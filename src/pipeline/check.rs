@@ -95,12 +95,12 @@ impl Pipeline {
                 (1, Some(value)) if !value.contains(',') => Credential::One(value),
                 _ => Credential::Duplicated,
             };
-            let principal = self.authenticate(&mut flow, credential).await?;
+            let who = self.authenticate(&mut flow, &call, credential).await?;
             let lookup = |name: &str| http.header(name).map(Cow::into_owned);
             let request = routes
                 .request(&matched, &lookup)
                 .map_err(|bad| Refusal::field(bad.field, bad.message))?;
-            let issued = self.decide_and_build(&mut flow, &principal, &request)?;
+            let issued = self.decide_and_build(&mut flow, who.caller(), &request)?;
             Ok(Checked::Allowed {
                 issued: Box::new(issued),
                 route,

@@ -25,10 +25,12 @@ impl Pipeline {
         let mut flow = self.begin(&call, call.trace);
         let span = flow.span.clone();
         let result = async {
-            let principal = self.authenticate(&mut flow, call.authorization).await?;
+            let who = self
+                .authenticate(&mut flow, &call, call.authorization)
+                .await?;
             let request = request?;
             flow.event.channel = request.channel.as_ref().map(|c| c.as_str().to_owned());
-            let (decision, trace) = self.gate.explain(&principal, &request, flow.now)?;
+            let (decision, trace) = self.gate.explain(who.caller(), &request, flow.now)?;
             Ok(Explanation { decision, trace })
         }
         .instrument(span)

@@ -25,12 +25,14 @@ impl Pipeline {
         let mut flow = self.begin(&call, call.trace);
         let span = flow.span.clone();
         let result = async {
-            let principal = self.authenticate(&mut flow, call.authorization).await?;
+            let who = self
+                .authenticate(&mut flow, &call, call.authorization)
+                .await?;
             let request = request?;
             flow.event.channel = request.expected.channel.clone();
             Ok(self
                 .gate
-                .inspect(&principal, &request.token, &request.expected, flow.now)?)
+                .inspect(who.caller(), &request.token, &request.expected, flow.now)?)
         }
         .instrument(span)
         .await;

@@ -4,9 +4,8 @@ use tracing::Instrument as _;
 use tracing::field::Empty;
 
 use super::{Call, Flow, InvalidRequest, Outcome, Pipeline, Refusal};
-use crate::domain::Principal;
 use crate::gate::Issued;
-use crate::policy::Request;
+use crate::policy::{Caller, Request};
 use crate::telemetry;
 
 impl Pipeline {
@@ -19,9 +18,11 @@ impl Pipeline {
         let mut flow = self.begin(&call, call.trace);
         let span = flow.span.clone();
         let result = async {
-            let principal = self.authenticate(&mut flow, call.authorization).await?;
+            let who = self
+                .authenticate(&mut flow, &call, call.authorization)
+                .await?;
             let request = request?;
-            self.decide_and_build(&mut flow, &principal, &request)
+            self.decide_and_build(&mut flow, who.caller(), &request)
         }
         .instrument(span)
         .await;
@@ -33,11 +34,11 @@ impl Pipeline {
     pub(super) fn decide_and_build(
         &self,
         flow: &mut Flow,
-        principal: &Principal,
+        caller: Caller<'_>,
         request: &Request,
     ) -> Result<Issued, Refusal> {
         flow.event.channel = request.channel.as_ref().map(|c| c.as_str().to_owned());
-        self.decide_then_build(flow, principal, request)
+        self.decide_then_build(flow, caller, request)
     }
 
     /// The rules, then the build, each in its own span: `decide` records the
@@ -45,12 +46,12 @@ impl Pipeline {
     pub(super) fn decide_then_build(
         &self,
         flow: &Flow,
-        principal: &Principal,
+        caller: Caller<'_>,
         request: &Request,
     ) -> Result<Issued, Refusal> {
         let decide = tracing::info_span!("decide", decision = Empty, rule = Empty);
         let decided = decide
-            .in_scope(|| self.gate.decide(principal, request, flow.now))
+            .in_scope(|| self.gate.decide(caller, request, flow.now))
             .map_err(Refusal::from);
         match &decided {
             Ok(grant) => {

@@ -17,6 +17,12 @@
 //! the decision and reason at the end. Authentication, the decision and the
 //! build are its child spans. No span field ever holds a JWT, a certificate
 //! or a token; a fingerprint at most.
+//!
+//! Authentication decides who the caller is: its transport identity first
+//! (`forwarded`: its own mTLS certificate, or what a trusted proxy forwards),
+//! then its JWT. A call with no JWT is refused as unauthenticated unless it
+//! has a verified workload identity and some rule admits workloads without a
+//! JWT (`authenticate = "mtls"`); then it is decided for that workload alone.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,9 +32,11 @@ use tracing::field::Empty;
 
 use crate::domain::{PeerIdentity, Principal};
 use crate::entropy;
+use crate::forwarded::{self, Direct, Forwarded, ForwardedError, TrustedProxies};
 use crate::gate::Gate;
 use crate::identity::{AuthError, Authenticator};
 use crate::metrics::Metrics;
+use crate::policy::{AuthenticatedBy, Caller, Peer};
 use crate::routes::Routes;
 use crate::telemetry;
 
@@ -54,6 +62,8 @@ pub struct Pipeline {
     authenticator: Arc<Authenticator>,
     routes: Option<Arc<Routes>>,
     metrics: Option<Arc<Metrics>>,
+    /// `[server.trusted_proxy]`: the peers whose forwarded identity counts.
+    trusted_proxies: Option<Arc<TrustedProxies>>,
 }
 
 /// Which entry point a call came through; audit events name it.
@@ -87,6 +97,9 @@ pub struct Call<'a> {
     /// The `authorization` metadata, for the gRPC API (ext_authz reads the
     /// route's JWT header from the HTTP request instead).
     pub authorization: Credential<'a>,
+    /// What the direct peer says about the caller (`x-forwarded-client-cert`,
+    /// ext_authz's `attributes.source`): believed only from a trusted proxy.
+    pub forwarded: Forwarded<'a>,
     /// The caller's W3C trace context, from the gRPC metadata.
     pub trace: TraceHeaders<'a>,
 }
@@ -121,6 +134,25 @@ pub struct Outcome<T> {
     pub request_id: String,
     /// What the call produced, or why it was refused.
     pub result: Result<T, Refusal>,
+}
+
+/// The caller of one call as authentication established it.
+#[derive(Debug)]
+pub(super) struct Authenticated {
+    /// The verified JWT's caller; `None` for a workload admitted without one.
+    principal: Option<Arc<Principal>>,
+    /// The transport identity the rules see.
+    peer: Peer,
+}
+
+impl Authenticated {
+    /// The caller as the rules see it.
+    pub(super) fn caller(&self) -> Caller<'_> {
+        Caller {
+            principal: self.principal.as_deref(),
+            peer: &self.peer,
+        }
+    }
 }
 
 /// The per-call state between `begin` and `finish`.
@@ -195,7 +227,15 @@ impl Pipeline {
             authenticator,
             routes,
             metrics: None,
+            trusted_proxies: None,
         }
+    }
+
+    /// The same pipeline, believing the identity that `trusted` proxies
+    /// forward (`[server.trusted_proxy]`); `None` trusts no proxy.
+    pub fn with_trusted_proxies(mut self, trusted: Option<TrustedProxies>) -> Self {
+        self.trusted_proxies = trusted.map(Arc::new);
+        self
     }
 
     /// The same pipeline, counting every call and JWT verification into `metrics`.
@@ -213,11 +253,7 @@ impl Pipeline {
     /// the call's span opened under the caller's trace, if `trace` names one.
     fn begin(&self, call: &Call<'_>, trace: TraceHeaders<'_>) -> Flow {
         let now = entropy::unix_now();
-        let mut event = AuditEvent::new(call.rpc, entropy::request_id(), call.peer, now);
-        event.peer_identity = call
-            .peer_identity
-            .and_then(PeerIdentity::audit_name)
-            .map(str::to_owned);
+        let event = AuditEvent::new(call.rpc, entropy::request_id(), call.peer, now);
         let span = tracing::info_span!(
             "call",
             otel.name = call.rpc.span_name(),
@@ -243,9 +279,66 @@ impl Pipeline {
         }
     }
 
-    /// The caller's verified identity, recorded in the audit event; shared
-    /// with the verified-JWT cache when it answered.
+    /// The caller's transport identity (see `forwarded`), recorded in the
+    /// audit event. A trusted proxy's malformed forwarded identity is the
+    /// caller's fault: INVALID_ARGUMENT naming the header or field.
+    fn transport_identity(&self, flow: &mut Flow, call: &Call<'_>) -> Result<Peer, Refusal> {
+        let direct = Direct {
+            address: call.peer.map(|a| a.ip()),
+            identity: call.peer_identity,
+        };
+        let resolved = forwarded::resolve(self.trusted_proxies.as_deref(), direct, call.forwarded)
+            .map_err(|error| match error {
+                ForwardedError::Malformed { field, reason } => Refusal::field(field, reason),
+                other => Refusal::Internal(other.to_string()),
+            })?;
+        flow.event.peer_identity = resolved
+            .identity
+            .as_ref()
+            .and_then(PeerIdentity::audit_name)
+            .map(str::to_owned);
+        flow.event.peer_identity_source = resolved.source.map(forwarded::IdentitySource::as_str);
+        Ok(Peer {
+            address: resolved.address.map(|a| a.to_string()),
+            workload: resolved.identity,
+        })
+    }
+
+    /// Who the caller is: its transport identity, then its JWT (shared with
+    /// the verified-JWT cache when it answered), both recorded in the audit
+    /// event. Without a JWT, a verified workload is the caller when a rule
+    /// admits workloads; anyone else is unauthenticated, as ever.
     async fn authenticate(
+        &self,
+        flow: &mut Flow,
+        call: &Call<'_>,
+        credential: Credential<'_>,
+    ) -> Result<Authenticated, Refusal> {
+        let peer = self.transport_identity(flow, call)?;
+        if credential == Credential::Absent
+            && peer.workload.is_some()
+            && self.gate.admits_workloads()
+        {
+            flow.event.authenticated_by = Some(AuthenticatedBy::Mtls.as_str());
+            return Ok(Authenticated {
+                principal: None,
+                peer,
+            });
+        }
+        let principal = self.verify_jwt(flow, credential).await?;
+        let by = match peer.workload {
+            Some(_) => AuthenticatedBy::JwtAndMtls,
+            None => AuthenticatedBy::Jwt,
+        };
+        flow.event.authenticated_by = Some(by.as_str());
+        Ok(Authenticated {
+            principal: Some(principal),
+            peer,
+        })
+    }
+
+    /// The caller's verified JWT, recorded in the audit event.
+    async fn verify_jwt(
         &self,
         flow: &mut Flow,
         credential: Credential<'_>,

@@ -28,13 +28,15 @@ impl Pipeline {
         let mut flow = self.begin(&call, call.trace);
         let span = flow.span.clone();
         let result = async {
-            let principal = self.authenticate(&mut flow, call.authorization).await?;
+            let who = self
+                .authenticate(&mut flow, &call, call.authorization)
+                .await?;
             let request = request?;
             flow.event.channel = request.channel.as_ref().map(|c| c.as_str().to_owned());
             let renewal = self
                 .gate
                 .renewal(&request.token, request.channel, request.lifetimes)?;
-            self.decide_then_build(&flow, &principal, &renewal)
+            self.decide_then_build(&flow, who.caller(), &renewal)
         }
         .instrument(span)
         .await;

@@ -15,7 +15,8 @@ use super::PolicyError;
 use super::condition::Condition;
 use super::config::{Effect, Rtm2PermissionConfig, RuleConfig};
 use super::pattern::{ChannelPattern, Template};
-use super::request::{Action, Service};
+use super::request::{Action, AuthenticatedBy, Service};
+use super::spiffe::SpiffeIdPattern;
 
 /// The token lifetime when a rule names none.
 const DEFAULT_TTL_SECS: u64 = 3600;
@@ -28,6 +29,8 @@ pub(crate) struct Rule {
     pub(crate) actions: Vec<Action>,
     pub(crate) issuer: Option<String>,
     pub(crate) channel: Option<ChannelPattern>,
+    pub(crate) peer_spiffe_id: Option<SpiffeIdPattern>,
+    pub(crate) authenticate: Authenticate,
     pub(crate) condition: Option<Condition>,
     pub(crate) project: Option<String>,
     pub(crate) max_role: Role,
@@ -38,6 +41,20 @@ pub(crate) struct Rule {
     pub(crate) lifetimes: Lifetimes,
     pub(crate) identity_prefix: IdentityPrefix,
     pub(crate) rtm_permissions: Vec<PermissionTemplate>,
+}
+
+/// Which callers a rule accepts, by how they authenticated (`authenticate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Authenticate {
+    /// `jwt`, the default of allow rules: a verified JWT (over mTLS or not).
+    Jwt,
+    /// `mtls`: a verified workload identity; a JWT is not needed, and the
+    /// rule cannot read one.
+    Mtls,
+    /// `jwt+mtls`: both.
+    JwtAndMtls,
+    /// A deny rule without `authenticate`: every caller.
+    Any,
 }
 
 /// What a claim-bound account is prefixed with.
@@ -134,10 +151,12 @@ pub(crate) fn compile_rule(
         Some(p) => Some(ChannelPattern::parse(p).map_err(|e| site.error("channel", e))?),
         None => None,
     };
+    let peer_spiffe_id = compile_peer_pattern(&site, config, channel.as_ref())?;
     let condition = match &config.condition {
         Some(c) => Some(Condition::compile(env, c).map_err(|e| site.error("condition", e))?),
         None => None,
     };
+    let authenticate = compile_authenticate(&site, config, condition.as_ref())?;
     if let Some(issuer) = &config.issuer
         && issuer.is_empty()
     {
@@ -157,7 +176,12 @@ pub(crate) fn compile_rule(
         ));
     }
     let identity_prefix = compile_namespace(&site, config, &binding, issuers)?;
-    let rtm_permissions = compile_permissions(&site, &config.rtm_permissions, channel.as_ref())?;
+    let rtm_permissions = compile_permissions(
+        &site,
+        &config.rtm_permissions,
+        channel.as_ref(),
+        peer_spiffe_id.as_ref(),
+    )?;
     if !rtm_permissions.is_empty() && !actions.contains(&Action::Issue(Service::Rtm)) {
         return Err(site.error(
             "rtm_permissions",
@@ -170,6 +194,8 @@ pub(crate) fn compile_rule(
         actions,
         issuer: config.issuer.clone(),
         channel,
+        peer_spiffe_id,
+        authenticate,
         condition,
         project,
         max_role,
@@ -181,6 +207,82 @@ pub(crate) fn compile_rule(
         identity_prefix,
         rtm_permissions,
     })
+}
+
+/// `peer_spiffe_id`: a SPIFFE ID pattern whose captures do not clash with the channel's.
+fn compile_peer_pattern(
+    site: &Site<'_>,
+    config: &RuleConfig,
+    channel: Option<&ChannelPattern>,
+) -> Result<Option<SpiffeIdPattern>, PolicyError> {
+    let Some(text) = &config.peer_spiffe_id else {
+        return Ok(None);
+    };
+    let pattern = SpiffeIdPattern::parse(text).map_err(|e| site.error("peer_spiffe_id", e))?;
+    if let Some(clash) = pattern
+        .capture_names()
+        .find(|name| channel.is_some_and(|c| c.has_capture(name)))
+    {
+        return Err(site.error(
+            "peer_spiffe_id",
+            format!(
+                "capture {{{clash}}} is also a capture of the channel pattern, so `captures.{clash}` would be two things; rename one of them"
+            ),
+        ));
+    }
+    Ok(Some(pattern))
+}
+
+/// `authenticate`: `jwt` (the default of allow rules), `mtls` or `jwt+mtls`;
+/// unset on a deny rule, every caller. A rule that admits callers without a
+/// JWT (`mtls`) cannot read one: a key or a condition that would is refused,
+/// rather than left to fail (or, in a deny rule, to fail closed) at run time.
+fn compile_authenticate(
+    site: &Site<'_>,
+    config: &RuleConfig,
+    condition: Option<&Condition>,
+) -> Result<Authenticate, PolicyError> {
+    let authenticate = match config.authenticate.as_deref() {
+        None if config.effect == Effect::Deny => Authenticate::Any,
+        None => Authenticate::Jwt,
+        Some(text) => match AuthenticatedBy::parse(text) {
+            Some(AuthenticatedBy::Jwt) => Authenticate::Jwt,
+            Some(AuthenticatedBy::Mtls) => Authenticate::Mtls,
+            Some(AuthenticatedBy::JwtAndMtls) => Authenticate::JwtAndMtls,
+            None => {
+                return Err(site.error(
+                    "authenticate",
+                    format!("{text:?} is not one of \"jwt\", \"mtls\", \"jwt+mtls\""),
+                ));
+            }
+        },
+    };
+    if authenticate != Authenticate::Mtls {
+        return Ok(authenticate);
+    }
+    let jwt_keys: [(&str, bool); 6] = [
+        ("issuer", config.issuer.is_some()),
+        ("uid_claim", config.uid_claim.is_some()),
+        ("account_claim", config.account_claim.is_some()),
+        ("cap_to_jwt_expiry", config.cap_to_jwt_expiry),
+        ("identity_prefix", config.identity_prefix.is_some()),
+        ("shared_identity", config.shared_identity),
+    ];
+    if let Some((key, _)) = jwt_keys.iter().find(|(_, set)| *set) {
+        return Err(site.error(
+            *key,
+            "the rule says authenticate = \"mtls\", so its callers may have no JWT, and it cannot read one; use caller_chooses_identity (the workload names the user), or authenticate = \"jwt+mtls\" to require both",
+        ));
+    }
+    if let Some(variable) = condition.and_then(|c| c.reads_any(&["claims", "caller"])) {
+        return Err(site.error(
+            "condition",
+            format!(
+                "reads `{variable}`, which comes from the JWT, and the rule says authenticate = \"mtls\", so its callers may have none; read `peer` instead, or say authenticate = \"jwt+mtls\""
+            ),
+        ));
+    }
+    Ok(authenticate)
 }
 
 /// `identity_prefix` and `shared_identity`: when the rule binds the identity
@@ -448,6 +550,7 @@ fn compile_permissions(
     site: &Site<'_>,
     configs: &[Rtm2PermissionConfig],
     channel: Option<&ChannelPattern>,
+    peer: Option<&SpiffeIdPattern>,
 ) -> Result<Vec<PermissionTemplate>, PolicyError> {
     let mut out = Vec::with_capacity(configs.len());
     for (i, config) in configs.iter().enumerate() {
@@ -474,7 +577,10 @@ fn compile_permissions(
         }
         let mut resources = Vec::with_capacity(config.resources.len());
         for (j, text) in config.resources.iter().enumerate() {
-            let known = |name: &str| channel.is_some_and(|p| p.has_capture(name));
+            let known = |name: &str| {
+                channel.is_some_and(|p| p.has_capture(name))
+                    || peer.is_some_and(|p| p.has_capture(name))
+            };
             let template = Template::parse(text, known)
                 .map_err(|e| site.error(format!("{key}.resources[{j}]"), e))?;
             // The channel itself (a star-free pattern written again) is the
@@ -511,10 +617,52 @@ impl Rule {
             && self.actions.iter().all(|a| earlier.actions.contains(a))
             && (earlier.issuer.is_none() || earlier.issuer == self.issuer)
             && (earlier.project.is_none() || earlier.project == self.project)
+            && earlier.authenticate.covers(self.authenticate)
             && match (&earlier.channel, &self.channel) {
                 (None, _) => true,
                 (Some(_), None) => false,
                 (Some(wide), Some(narrow)) => narrow.is_covered_by(wide),
             }
+            && match (&earlier.peer_spiffe_id, &self.peer_spiffe_id) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(wide), Some(narrow)) => narrow.is_covered_by(wide),
+            }
+    }
+}
+
+impl Authenticate {
+    /// The way of authenticating each caller kind, for [`Authenticate::covers`].
+    const CALLERS: [AuthenticatedBy; 3] = [
+        AuthenticatedBy::Jwt,
+        AuthenticatedBy::Mtls,
+        AuthenticatedBy::JwtAndMtls,
+    ];
+
+    /// Whether a caller who authenticated `by` this way may match the rule.
+    pub(crate) fn accepts(self, by: AuthenticatedBy) -> bool {
+        match self {
+            Authenticate::Any => true,
+            Authenticate::Jwt => matches!(by, AuthenticatedBy::Jwt | AuthenticatedBy::JwtAndMtls),
+            Authenticate::Mtls => matches!(by, AuthenticatedBy::Mtls | AuthenticatedBy::JwtAndMtls),
+            Authenticate::JwtAndMtls => by == AuthenticatedBy::JwtAndMtls,
+        }
+    }
+
+    /// Whether every caller `narrower` accepts, this accepts too.
+    fn covers(self, narrower: Authenticate) -> bool {
+        Self::CALLERS
+            .iter()
+            .all(|by| !narrower.accepts(*by) || self.accepts(*by))
+    }
+
+    /// The name as written (`any` for a deny rule without `authenticate`).
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Authenticate::Jwt => "jwt",
+            Authenticate::Mtls => "mtls",
+            Authenticate::JwtAndMtls => "jwt+mtls",
+            Authenticate::Any => "any",
+        }
     }
 }

@@ -4,6 +4,11 @@
 //! The activation borrows the principal's strings instead of copying them, and
 //! only the per-rule `captures` map is added in a child scope, so a request
 //! that reaches the 25th rule pays for one claims conversion, not 25.
+//!
+//! A caller without a JWT (a workload admitted by mTLS) has an empty
+//! `claims` and `caller`: a condition that reads them fails (and a deny
+//! rule's then denies), as for a JWT without the claim read. `peer` is there
+//! for every caller, with `""` and `[]` for what the transport did not verify.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,7 +23,7 @@ use cel::{Context, Env, Program, Value};
 use crate::domain::{ClaimValue, Principal};
 
 use super::pattern::Captures;
-use super::request::{ChannelScope, Request, RequestedIdentity};
+use super::request::{Caller, ChannelScope, Peer, Request, RequestedIdentity};
 
 /// The longest condition accepted, in bytes.
 const MAX_CONDITION_BYTES: usize = 2048;
@@ -43,13 +48,14 @@ pub(crate) struct Condition {
 
 /// Which of the costly variables (the ones built from a map per call) a
 /// condition reads. An activation builds only those that some condition of
-/// the policy reads: `caller` and `request` are some twenty boxed values
-/// and two hash maps per call, wasted for a policy whose conditions only
-/// look at `claims`.
+/// the policy reads: `caller`, `peer` and `request` are some twenty-five
+/// boxed values and three hash maps per call, wasted for a policy whose
+/// conditions only look at `claims`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Reads {
     claims: bool,
     caller: bool,
+    peer: bool,
     request: bool,
 }
 
@@ -57,6 +63,7 @@ impl std::ops::BitOrAssign for Reads {
     fn bitor_assign(&mut self, other: Self) {
         self.claims |= other.claims;
         self.caller |= other.caller;
+        self.peer |= other.peer;
         self.request |= other.request;
     }
 }
@@ -97,6 +104,7 @@ impl Condition {
         let reads = Reads {
             claims: references.has_variable("claims"),
             caller: references.has_variable("caller"),
+            peer: references.has_variable("peer"),
             request: references.has_variable("request"),
         };
         Ok(Self {
@@ -114,6 +122,15 @@ impl Condition {
     /// The expression as written.
     pub(crate) fn as_str(&self) -> &str {
         &self.source
+    }
+
+    /// The first of `variables` the expression reads, if any.
+    pub(crate) fn reads_any<'v>(&self, variables: &[&'v str]) -> Option<&'v str> {
+        let references = self.program.references();
+        variables
+            .iter()
+            .copied()
+            .find(|v| references.has_variable(v))
     }
 
     /// Evaluates the condition with `captures` added to `activation`.
@@ -144,25 +161,41 @@ impl Condition {
 
 impl<'a> Activation<'a> {
     /// Builds `channel`, `now`, an empty `captures`, and those of `claims`,
-    /// `caller` and `request` that `reads` names (the policy's conditions
-    /// read no other, so none can miss one). Fails only when the claims nest
-    /// too deeply.
+    /// `caller`, `peer` and `request` that `reads` names (the policy's
+    /// conditions read no other, so none can miss one). Fails only when the
+    /// claims nest too deeply.
     pub(crate) fn new(
         env: &Arc<Env>,
         reads: Reads,
-        principal: &'a Principal,
+        caller: Caller<'a>,
         request: &'a Request,
         now: u64,
     ) -> Result<Self, String> {
         let mut root = Context::with_env(Arc::clone(env));
-        if reads.claims {
-            root.add_variable_as_val("claims", claims_val(&principal.claims, 0)?);
+        match caller.principal {
+            Some(principal) => {
+                if reads.claims {
+                    root.add_variable_as_val("claims", claims_val(&principal.claims, 0)?);
+                }
+                if reads.caller {
+                    root.add_variable_as_val("caller", Box::new(caller_map(principal)));
+                }
+            }
+            None => {
+                if reads.claims {
+                    root.add_variable_as_val("claims", Box::new(CelMap::from(HashMap::new())));
+                }
+                if reads.caller {
+                    root.add_variable_as_val("caller", Box::new(CelMap::from(HashMap::new())));
+                }
+            }
         }
-        if reads.caller {
-            root.add_variable_as_val("caller", Box::new(caller_map(principal)));
+        if reads.peer {
+            root.add_variable_as_val("peer", Box::new(peer_map(caller.peer)));
         }
         if reads.request {
-            root.add_variable_as_val("request", Box::new(request_map(request)));
+            let authenticated_by = caller.authenticated_by().map_or("", |a| a.as_str());
+            root.add_variable_as_val("request", Box::new(request_map(request, authenticated_by)));
         }
         let channel = request.channel.as_ref().map_or("", ChannelScope::as_str);
         root.add_variable_as_val("channel", Box::new(CelString::from(channel)));
@@ -318,9 +351,27 @@ fn caller_map(principal: &Principal) -> CelMap<'_> {
     CelMap::from(map)
 }
 
-/// `request`: action, role, identity, uid, account, lifetimes, project, also_rtm.
-fn request_map(request: &Request) -> CelMap<'_> {
-    let mut map: HashMap<CelMapKey<'_>, Box<dyn Val + '_>> = HashMap::with_capacity(10);
+/// `peer`: spiffe_id (`""` when none), dns_names, address (`""` when unknown).
+fn peer_map(peer: &Peer) -> CelMap<'_> {
+    let mut map: HashMap<CelMapKey<'_>, Box<dyn Val + '_>> = HashMap::with_capacity(3);
+    let workload = peer.workload.as_ref();
+    let spiffe_id = workload.and_then(|w| w.spiffe_id.as_deref()).unwrap_or("");
+    map.insert("spiffe_id".into(), Box::new(CelString::from(spiffe_id)));
+    let dns_names: &[String] = workload.map_or(&[], |w| w.dns_names.as_slice());
+    map.insert("dns_names".into(), Box::new(string_list(dns_names)));
+    let address = peer.address.as_deref().unwrap_or("");
+    map.insert("address".into(), Box::new(CelString::from(address)));
+    CelMap::from(map)
+}
+
+/// `request`: action, role, identity, uid, account, lifetimes, project,
+/// also_rtm, authenticated_by.
+fn request_map<'a>(request: &'a Request, authenticated_by: &'static str) -> CelMap<'a> {
+    let mut map: HashMap<CelMapKey<'_>, Box<dyn Val + '_>> = HashMap::with_capacity(11);
+    map.insert(
+        "authenticated_by".into(),
+        Box::new(CelString::from(authenticated_by)),
+    );
     map.insert(
         "action".into(),
         Box::new(CelString::from(request.action.as_str())),
@@ -442,6 +493,10 @@ mod tests {
         assert_eq!(reads("[1, 2].all(x, x < size(claims))"), claims);
         assert_eq!(reads("{\"a\": claims.a}.a == 1"), claims);
         assert_eq!(
+            reads("peer.spiffe_id.startsWith(\"spiffe://\")"),
+            Reads { peer: true, ..none }
+        );
+        assert_eq!(
             reads("request.role == \"publisher\" || caller.subject == \"x\""),
             Reads {
                 caller: true,
@@ -456,6 +511,7 @@ mod tests {
             Reads {
                 claims: true,
                 caller: true,
+                peer: false,
                 request: true
             }
         );

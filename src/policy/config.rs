@@ -36,6 +36,15 @@ pub struct RuleConfig {
     /// Match only requests whose channel fits this pattern (`team-{team}-*`).
     #[serde(default)]
     pub channel: Option<String>,
+    /// Match only callers whose verified workload SPIFFE ID fits this
+    /// pattern (`spiffe://corp.example/ns/{ns}/sa/*`).
+    #[serde(default)]
+    pub peer_spiffe_id: Option<String>,
+    /// How the caller must have authenticated: `jwt` (the default for allow
+    /// rules), `mtls` (a verified workload, no JWT needed) or `jwt+mtls`.
+    /// Unset on a deny rule, it applies to every caller.
+    #[serde(default)]
+    pub authenticate: Option<String>,
     /// A CEL expression that must evaluate to `true` for the rule to match.
     #[serde(default)]
     pub condition: Option<String>,

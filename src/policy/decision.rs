@@ -195,6 +195,10 @@ pub enum DenyReason {
     /// The rule caps the token at the caller's JWT expiry (`cap_to_jwt_expiry`)
     /// and the JWT has no whole second left (it is inside the leeway) or no readable `exp`.
     JwtExpiresTooSoon,
+    /// A rule fits the request but not the way the caller authenticated
+    /// (`authenticate`: a workload without a JWT, or a JWT without the
+    /// required client certificate), and no other rule decided.
+    AuthenticationNotAccepted,
 }
 
 impl Decision {
@@ -314,7 +318,7 @@ impl RtcGrant {
 
 impl DenyReason {
     /// Every reason, for documentation and exhaustive tests.
-    pub const ALL: [DenyReason; 18] = [
+    pub const ALL: [DenyReason; 19] = [
         DenyReason::NoMatchingRule,
         DenyReason::DeniedByRule,
         DenyReason::ConditionError,
@@ -333,6 +337,7 @@ impl DenyReason {
         DenyReason::TtlTooLong,
         DenyReason::AmbiguousChannel,
         DenyReason::JwtExpiresTooSoon,
+        DenyReason::AuthenticationNotAccepted,
     ];
 
     /// The stable snake_case code (`google.rpc.ErrorInfo.reason`, logs, metrics).
@@ -356,6 +361,7 @@ impl DenyReason {
             DenyReason::TtlTooLong => "ttl_too_long",
             DenyReason::AmbiguousChannel => "ambiguous_channel",
             DenyReason::JwtExpiresTooSoon => "jwt_expires_too_soon",
+            DenyReason::AuthenticationNotAccepted => "authentication_not_accepted",
         }
     }
 }

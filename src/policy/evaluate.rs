@@ -2,17 +2,20 @@
 //! rule's grant is built within its limits by [`super::grant`].
 //!
 //! Nothing here reads the clock: `now` is an argument and only stamps the grant.
-
-use crate::domain::Principal;
+//!
+//! A rule's keys are checked in this order: action, `authenticate`, issuer,
+//! project, channel, `peer_spiffe_id`, condition. `authenticate` comes
+//! before anything that reads the JWT, so a workload without one never
+//! reaches a `jwt` rule's issuer or condition.
 
 use super::Policy;
-use super::compile::Rule;
+use super::compile::{Authenticate, Rule};
 use super::condition::{Activation, ConditionFailure};
 use super::config::Effect;
 use super::decision::{Decision, Denial, DenyReason};
-use super::grant::Caller;
+use super::grant::Who;
 use super::pattern::{Captures, Split};
-use super::request::{ChannelScope, Request};
+use super::request::{Caller, ChannelScope, Request};
 use super::trace::{RuleOutcome, RuleTrace, Trace};
 
 /// The result of matching one rule.
@@ -41,6 +44,15 @@ struct Ambiguity<'a> {
 enum Miss<'a> {
     /// See [`RuleOutcome::ActionNotListed`].
     Action,
+    /// See [`RuleOutcome::AuthenticationNotAccepted`].
+    Authentication {
+        required: &'static str,
+        presented: &'static str,
+    },
+    /// See [`RuleOutcome::NoPeerSpiffeId`].
+    NoPeerSpiffeId,
+    /// See [`RuleOutcome::PeerSpiffeIdMismatch`].
+    PeerSpiffeId(&'a str),
     /// See [`RuleOutcome::IssuerMismatch`].
     Issuer,
     /// See [`RuleOutcome::ProjectMismatch`].
@@ -57,24 +69,52 @@ enum Miss<'a> {
     ConditionFailed(&'a str, String),
 }
 
+/// An allow rule that did not apply although the request fits its pattern:
+/// if no later rule decides, it names the denial.
+#[derive(Clone, Copy)]
+enum Skipped<'a> {
+    /// The channel splits the rule's pattern more than one way.
+    Ambiguous(&'a Rule, Ambiguity<'a>),
+    /// The caller did not authenticate as the rule says.
+    Authentication(&'a Rule, &'static str, &'static str),
+}
+
 impl Policy {
-    /// Decides `request` for `principal` at `now` (unix seconds).
-    pub fn evaluate(&self, principal: &Principal, request: &Request, now: u64) -> Decision {
-        self.decide(principal, request, now, None)
+    /// Decides `request` for `caller` (a [`Caller`], or a `&Principal` for a
+    /// JWT caller with no transport identity) at `now` (unix seconds).
+    pub fn evaluate<'c>(
+        &self,
+        caller: impl Into<Caller<'c>>,
+        request: &Request,
+        now: u64,
+    ) -> Decision {
+        self.decide(caller.into(), request, now, None)
     }
 
     /// Decides like [`Policy::evaluate`] and explains how.
-    pub fn explain(&self, principal: &Principal, request: &Request, now: u64) -> (Decision, Trace) {
+    pub fn explain<'c>(
+        &self,
+        caller: impl Into<Caller<'c>>,
+        request: &Request,
+        now: u64,
+    ) -> (Decision, Trace) {
         let mut trace = Trace::new();
-        let decision = self.decide(principal, request, now, Some(&mut trace));
+        let decision = self.decide(caller.into(), request, now, Some(&mut trace));
         trace.decision = Some(decision.clone());
         (decision, trace)
+    }
+
+    /// Whether some rule admits callers without a JWT (`authenticate = "mtls"`).
+    /// Without one, a call with no JWT is refused as unauthenticated before
+    /// the rules, whatever its transport identity.
+    pub fn admits_workloads(&self) -> bool {
+        self.admits_workloads
     }
 
     /// The shared walk; records into `trace` when given one.
     fn decide(
         &self,
-        principal: &Principal,
+        caller: Caller<'_>,
         request: &Request,
         now: u64,
         mut trace: Option<&mut Trace>,
@@ -85,16 +125,34 @@ impl Policy {
         // Built on first use: most requests are decided by pattern or action
         // before any condition runs, and a failed build fails every condition.
         let mut activation: Option<Result<Activation<'_>, String>> = None;
-        // The first allow rule skipped because the channel splits its pattern
-        // more than one way: if no later rule decides, it names the denial.
-        let mut skipped: Option<(&Rule, Ambiguity<'_>)> = None;
+        // The first allow rule skipped although the request fits it (its
+        // channel splits two ways, or the caller authenticated otherwise):
+        // if no later rule decides, it names the denial.
+        let mut skipped: Option<Skipped<'_>> = None;
         for (index, rule) in self.rules.iter().enumerate() {
-            match self.match_rule(rule, principal, request, now, &mut activation) {
+            match self.match_rule(rule, caller, request, now, &mut activation) {
                 Match::No(Miss::Ambiguous(ambiguity)) => {
                     note(&mut trace, index, rule, || {
                         Miss::Ambiguous(ambiguity).into_outcome()
                     });
-                    skipped.get_or_insert((rule, ambiguity));
+                    skipped.get_or_insert(Skipped::Ambiguous(rule, ambiguity));
+                }
+                Match::No(Miss::Authentication {
+                    required,
+                    presented,
+                }) => {
+                    note(&mut trace, index, rule, || {
+                        RuleOutcome::AuthenticationNotAccepted {
+                            required: required.to_owned(),
+                            presented: presented.to_owned(),
+                        }
+                    });
+                    if skipped.is_none()
+                        && rule.effect == Effect::Allow
+                        && fits_but_for_authentication(rule, caller, request)
+                    {
+                        skipped = Some(Skipped::Authentication(rule, required, presented));
+                    }
                 }
                 Match::No(why) => note(&mut trace, index, rule, || why.into_outcome()),
                 Match::Ambiguous(ambiguity) => {
@@ -128,25 +186,33 @@ impl Policy {
                             deny(DenyReason::DeniedByRule, Some(rule), detail)
                         }
                         Effect::Allow => {
-                            let caller = Caller {
-                                principal,
-                                issuer_name: self
-                                    .issuer_names
-                                    .get(&principal.issuer)
-                                    .map(String::as_str),
+                            let who = Who {
+                                principal: caller.principal,
+                                issuer_name: caller.principal.and_then(|p| {
+                                    self.issuer_names.get(&p.issuer).map(String::as_str)
+                                }),
                             };
-                            grant(rule, caller, request, &captures, now)
+                            grant(rule, who, request, &captures, now)
                         }
                     };
                 }
             }
         }
-        if let Some((rule, ambiguity)) = skipped {
-            let detail = format!(
-                "the channel fits the rule's pattern {:?} with more than one value of {{{}}}, so the rule does not apply, and no later rule matched",
-                ambiguity.pattern, ambiguity.capture
-            );
-            return deny(DenyReason::AmbiguousChannel, Some(rule), detail);
+        match skipped {
+            Some(Skipped::Ambiguous(rule, ambiguity)) => {
+                let detail = format!(
+                    "the channel fits the rule's pattern {:?} with more than one value of {{{}}}, so the rule does not apply, and no later rule matched",
+                    ambiguity.pattern, ambiguity.capture
+                );
+                return deny(DenyReason::AmbiguousChannel, Some(rule), detail);
+            }
+            Some(Skipped::Authentication(rule, required, presented)) => {
+                let detail = format!(
+                    "the rule fits the request but needs authenticate = {required:?}, and the caller authenticated by {presented}; no later rule matched"
+                );
+                return deny(DenyReason::AuthenticationNotAccepted, Some(rule), detail);
+            }
+            None => {}
         }
         let detail = "no rule matched the request".to_owned();
         deny(DenyReason::NoMatchingRule, None, detail)
@@ -165,12 +231,12 @@ impl Policy {
         Some(deny(DenyReason::UnknownProject, None, detail))
     }
 
-    /// Whether `rule` matches: action, issuer, project, channel (one split
-    /// only), then condition.
+    /// Whether `rule` matches: action, authentication, issuer, project,
+    /// channel (one split only), peer SPIFFE ID, then condition.
     fn match_rule<'a>(
         &self,
         rule: &'a Rule,
-        principal: &'a Principal,
+        caller: Caller<'a>,
         request: &'a Request,
         now: u64,
         activation: &mut Option<Result<Activation<'a>, String>>,
@@ -178,10 +244,13 @@ impl Policy {
         if !rule.actions.contains(&request.action) {
             return Match::No(Miss::Action);
         }
-        if rule
-            .issuer
-            .as_ref()
-            .is_some_and(|iss| *iss != principal.issuer)
+        if let Some(miss) = check_authentication(rule, caller) {
+            return Match::No(miss);
+        }
+        // A caller without a JWT has no issuer, so a rule that names one
+        // never applies to it.
+        if let Some(iss) = &rule.issuer
+            && caller.principal.is_none_or(|p| p.issuer != *iss)
         {
             return Match::No(Miss::Issuer);
         }
@@ -190,7 +259,7 @@ impl Policy {
         {
             return Match::No(Miss::Project);
         }
-        let captures = match (&rule.channel, &request.channel) {
+        let mut captures = match (&rule.channel, &request.channel) {
             (None, _) => Vec::new(),
             (Some(_), None) => return Match::No(Miss::NoChannel),
             (Some(p), Some(ChannelScope::Wildcard)) if p.is_star() => Vec::new(),
@@ -218,11 +287,17 @@ impl Policy {
             },
             (Some(p), Some(ChannelScope::Wildcard)) => return Match::No(Miss::Channel(p.as_str())),
         };
+        if let Some(pattern) = &rule.peer_spiffe_id {
+            match peer_captures(pattern, caller) {
+                Ok(found) => captures.extend(found),
+                Err(miss) => return Match::No(miss),
+            }
+        }
         let Some(condition) = &rule.condition else {
             return Match::Yes(captures);
         };
         let activation = activation
-            .get_or_insert_with(|| Activation::new(&self.env, self.reads, principal, request, now));
+            .get_or_insert_with(|| Activation::new(&self.env, self.reads, caller, request, now));
         let result = match activation {
             Ok(activation) => condition.evaluate(activation, &captures),
             Err(e) => Err(ConditionFailure::Error(e.clone())),
@@ -239,6 +314,68 @@ impl Policy {
             )),
         }
     }
+}
+
+/// `None` when `caller` authenticated as `rule` accepts, else the miss.
+fn check_authentication(rule: &Rule, caller: Caller<'_>) -> Option<Miss<'static>> {
+    let by = caller.authenticated_by();
+    let accepted = match by {
+        Some(by) => rule.authenticate.accepts(by),
+        None => rule.authenticate == Authenticate::Any,
+    };
+    (!accepted).then(|| Miss::Authentication {
+        required: rule.authenticate.as_str(),
+        presented: by.map_or("nothing", |b| b.as_str()),
+    })
+}
+
+/// The captures of the caller's SPIFFE ID under `pattern`, or the miss.
+fn peer_captures<'a>(
+    pattern: &'a super::spiffe::SpiffeIdPattern,
+    caller: Caller<'a>,
+) -> Result<Captures<'a>, Miss<'a>> {
+    let id = caller
+        .peer
+        .workload
+        .as_ref()
+        .and_then(|w| w.spiffe_id.as_deref())
+        .ok_or(Miss::NoPeerSpiffeId)?;
+    pattern
+        .split(id)
+        .ok_or(Miss::PeerSpiffeId(pattern.as_str()))
+}
+
+/// Whether the keys of `rule` that do not depend on the JWT (project,
+/// channel, peer SPIFFE ID) hold: then a mismatch of `authenticate` alone
+/// kept it from applying, and the denial says so.
+fn fits_but_for_authentication(rule: &Rule, caller: Caller<'_>, request: &Request) -> bool {
+    let project = match (&request.project, &rule.project) {
+        (Some(wanted), Some(own)) => wanted == own,
+        _ => true,
+    };
+    let channel = match (&rule.channel, &request.channel) {
+        (None, _) => true,
+        (Some(p), Some(ChannelScope::Wildcard)) => p.is_star(),
+        (Some(p), Some(ChannelScope::Named(name))) => {
+            matches!(p.split(name.as_str()), Split::One(_))
+        }
+        (Some(_), None) => false,
+    };
+    let peer = match &rule.peer_spiffe_id {
+        None => true,
+        // A workload-less caller of an mtls rule: only the missing
+        // identity is in the way.
+        Some(pattern) => match caller
+            .peer
+            .workload
+            .as_ref()
+            .and_then(|w| w.spiffe_id.as_deref())
+        {
+            Some(id) => pattern.matches(id),
+            None => true,
+        },
+    };
+    project && channel && peer
 }
 
 /// Records a rule's outcome when tracing; `outcome` runs only then, so
@@ -263,6 +400,17 @@ impl Miss<'_> {
     fn into_outcome(self) -> RuleOutcome {
         match self {
             Miss::Action => RuleOutcome::ActionNotListed,
+            Miss::Authentication {
+                required,
+                presented,
+            } => RuleOutcome::AuthenticationNotAccepted {
+                required: required.to_owned(),
+                presented: presented.to_owned(),
+            },
+            Miss::NoPeerSpiffeId => RuleOutcome::NoPeerSpiffeId,
+            Miss::PeerSpiffeId(pattern) => RuleOutcome::PeerSpiffeIdMismatch {
+                pattern: pattern.to_owned(),
+            },
             Miss::Issuer => RuleOutcome::IssuerMismatch,
             Miss::Project => RuleOutcome::ProjectMismatch,
             Miss::NoChannel => RuleOutcome::NoChannel,
@@ -297,7 +445,7 @@ fn deny(reason: DenyReason, rule: Option<&Rule>, detail: String) -> Decision {
 /// The grant or permit of the allow rule that matched, or the denial of its limits.
 fn grant(
     rule: &Rule,
-    caller: Caller<'_>,
+    caller: Who<'_>,
     request: &Request,
     captures: &Captures<'_>,
     now: u64,

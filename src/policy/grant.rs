@@ -136,9 +136,10 @@ impl Identity for ChatUser {
 
 /// Who is asking: the verified principal and its issuer's configured name.
 #[derive(Clone, Copy)]
-pub(super) struct Caller<'a> {
-    /// The verified principal.
-    pub(super) principal: &'a Principal,
+pub(super) struct Who<'a> {
+    /// The verified principal; `None` for a workload admitted without a JWT
+    /// (only by `mtls` rules, which `compile` keeps from reading claims).
+    pub(super) principal: Option<&'a Principal>,
     /// The configured name of the issuer whose `iss` the principal has, if known.
     pub(super) issuer_name: Option<&'a str>,
 }
@@ -147,7 +148,7 @@ pub(super) struct Caller<'a> {
 /// its limits, or the denial of the first limit broken.
 pub(super) fn decide(
     rule: &Rule,
-    caller: Caller<'_>,
+    caller: Who<'_>,
     request: &Request,
     captures: &Captures<'_>,
     now: u64,
@@ -205,7 +206,7 @@ pub(super) fn decide(
 /// optional RTM login, then the lifetimes.
 fn rtc(
     rule: &Rule,
-    caller: Caller<'_>,
+    caller: Who<'_>,
     request: &Request,
     channel: Option<ChannelScope>,
     now: u64,
@@ -277,7 +278,7 @@ fn check_role(rule: &Rule, request: &Request) -> Result<Role, Refusal> {
 /// identity type `I` of the requested service.
 fn bind_identity<I: Identity>(
     rule: &Rule,
-    caller: Caller<'_>,
+    caller: Who<'_>,
     request: &Request,
 ) -> Result<I, Refusal> {
     let principal = caller.principal;
@@ -303,8 +304,12 @@ fn bind_identity<I: Identity>(
     };
     let bound = match &rule.binding {
         Binding::CallerChooses | Binding::Unbound => None,
-        Binding::UidClaim(claim) => Some(shape(uid_claim(principal, claim)?, Origin::Claim)?),
+        Binding::UidClaim(claim) => {
+            let principal = principal.ok_or_else(|| no_jwt(claim))?;
+            Some(shape(uid_claim(principal, claim)?, Origin::Claim)?)
+        }
         Binding::AccountClaim(claim) => {
+            let principal = principal.ok_or_else(|| no_jwt(claim))?;
             let candidate = account_claim(principal, claim)?;
             match (rule.identity_prefix, candidate) {
                 (IdentityPrefix::IssuerName, Candidate::Text(text)) => {
@@ -345,6 +350,15 @@ fn check_fpa_identity(requested: &RequestedIdentity) -> Result<(), Refusal> {
             "fpa tokens admit no user; do not name an identity".to_owned(),
         )),
     }
+}
+
+/// The refusal of a claim binding for a caller with no JWT (unreachable:
+/// `compile` refuses claim bindings on the only rules such callers match).
+fn no_jwt(claim: &str) -> Refusal {
+    (
+        DenyReason::MissingIdentityClaim,
+        format!("the rule binds claim {claim:?} and the caller sent no JWT"),
+    )
 }
 
 /// Reads a uid claim: an integer in 1..=4294967295, never truncated, never from a string.
@@ -515,7 +529,7 @@ fn grant_lifetimes(limits: &Lifetimes, request: &Request, role: Role) -> Result<
 /// grant clamped; a JWT with no whole second left is refused.
 fn cap_to_jwt(
     limits: &Lifetimes,
-    principal: &Principal,
+    principal: Option<&Principal>,
     now: u64,
     granted: Granted,
 ) -> Result<Granted, Refusal> {
@@ -528,6 +542,8 @@ fn cap_to_jwt(
             format!("cap_to_jwt_expiry: the caller's JWT {why}, so no token can end before it"),
         )
     };
+    // `compile` refuses cap_to_jwt_expiry on the rules a caller without a JWT matches.
+    let principal = principal.ok_or_else(|| exhausted("is absent (the caller sent none)"))?;
     let exp = jwt_expiry(principal).ok_or_else(|| exhausted("has no readable exp claim"))?;
     let left = exp.saturating_sub(now);
     let cap = Lifetime::from_secs(left.min(u64::from(Lifetime::MAX.secs())))

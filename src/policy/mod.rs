@@ -6,8 +6,10 @@
 //!
 //! An ordered list of rules; the first whose match holds decides, and when
 //! none does the answer is deny (`no_matching_rule`). A rule matches on the
-//! action, the caller's issuer, the requested project, a channel pattern with
-//! captures and a CEL condition; an allow rule then decides the grant (role,
+//! action, how the caller authenticated (`authenticate`: a JWT, a verified
+//! workload, or both), the caller's issuer, the requested project, a channel
+//! pattern with captures, the caller's workload SPIFFE ID (a pattern with
+//! captures too) and a CEL condition; an allow rule then decides the grant (role,
 //! identity, lifetimes, project, RTM 2 permissions), or for `inspect` and
 //! `explain`, which issue nothing, a [`Permit`]; or it denies with a stable
 //! [`DenyReason`]. The syntax is documented in the README ("Policy rules") and
@@ -21,6 +23,7 @@ mod evaluate;
 mod grant;
 mod pattern;
 mod request;
+mod spiffe;
 mod trace;
 
 use std::collections::BTreeSet;
@@ -43,7 +46,8 @@ pub use decision::{
     BoundIdentity, ChatGrant, Decision, Denial, DenyReason, FpaGrant, Grant, Permit, RtcGrant,
     Rtm2Permission, RtmGrant, Terms,
 };
-pub use request::{Action, Request, RequestedIdentity, Service};
+pub use request::{Action, AuthenticatedBy, Caller, Peer, Request, RequestedIdentity, Service};
+pub use spiffe::{MAX_SPIFFE_ID_BYTES, SpiffeIdPattern, is_spiffe_id};
 pub use trace::{RuleOutcome, RuleTrace, Trace};
 
 /// A compiled policy: immutable, cheap to share behind an `Arc`.
@@ -52,6 +56,9 @@ pub struct Policy {
     projects: BTreeSet<String>,
     /// The configured issuers' names by `iss`, for `identity_prefix`.
     issuer_names: BTreeMap<String, String>,
+    /// Whether an allow rule says `authenticate = "mtls"` (computed once:
+    /// the pipeline asks on every call without a JWT).
+    admits_workloads: bool,
     env: Arc<Env>,
     /// What the rules' conditions read, so an activation builds only that.
     reads: Reads,
@@ -159,8 +166,12 @@ impl Policy {
         for condition in compiled.iter().filter_map(|rule| rule.condition.as_ref()) {
             reads |= condition.reads();
         }
+        let admits_workloads = compiled
+            .iter()
+            .any(|r| r.effect == Effect::Allow && r.authenticate == compile::Authenticate::Mtls);
         Ok((
             Policy {
+                admits_workloads,
                 rules: compiled,
                 projects,
                 issuer_names: issuers

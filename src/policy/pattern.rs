@@ -99,6 +99,25 @@ impl ChannelPattern {
                 "a channel pattern is at most {MAX_PATTERN_BYTES} bytes"
             ));
         }
+        Self::parse_with(
+            source,
+            is_agora_char,
+            "an Agora channel character, so no channel",
+        )
+    }
+
+    /// Compiles one `/`-free segment of a SPIFFE ID pattern, whose literal
+    /// characters must be `allowed` (`what` completes "is not ... could match it").
+    pub(crate) fn parse_segment(
+        source: &str,
+        allowed: fn(char) -> bool,
+        what: &str,
+    ) -> Result<Self, String> {
+        Self::parse_with(source, allowed, what)
+    }
+
+    /// The shared syntax: `*`, `{name}` captures (each name once) and literals.
+    fn parse_with(source: &str, allowed: fn(char) -> bool, what: &str) -> Result<Self, String> {
         let mut parts = Vec::new();
         let mut names: Vec<&str> = Vec::new();
         for token in tokens(source) {
@@ -111,17 +130,23 @@ impl ChannelPattern {
                     parts.push(Part::Capture(name.to_owned()));
                 }
                 Token::Char('*') => parts.push(Part::Star),
-                Token::Char(c) if is_agora_char(c) => parts.push(Part::Char(c)),
+                Token::Char(c) if allowed(c) => parts.push(Part::Char(c)),
                 Token::Char(c) => {
-                    return Err(format!(
-                        "{c:?} is not an Agora channel character, so no channel could match it"
-                    ));
+                    return Err(format!("{c:?} is not {what} could match it"));
                 }
             }
         }
         Ok(Self {
             source: source.to_owned(),
             parts,
+        })
+    }
+
+    /// The capture names, in pattern order.
+    pub(crate) fn capture_names(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Capture(name) => Some(name.as_str()),
+            _ => None,
         })
     }
 

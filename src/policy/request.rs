@@ -1,12 +1,15 @@
-//! What a caller asks for: the action, the channel, the identity, role and lifetimes.
+//! What a caller asks for (the action, the channel, the identity, role and
+//! lifetimes) and who is asking ([`Caller`]: the verified JWT, if any, and
+//! the transport identity, [`Peer`]).
 //!
-//! These are plain domain values; the gRPC layer converts its messages into them.
+//! These are plain domain values; the gRPC layer converts its messages into
+//! them, and the pipeline builds the caller once it has authenticated it.
 
 use std::fmt;
 use std::num::NonZeroU32;
 
 pub(crate) use crate::domain::ChannelScope;
-use crate::domain::{ChannelName, Role, Uid};
+use crate::domain::{ChannelName, PeerIdentity, Principal, Role, Uid};
 
 /// One request to decide.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +77,108 @@ pub enum RequestedIdentity {
     AnyUid,
     /// An app-level token with no user (Chat). Needs `allow_app_token = true`.
     App,
+}
+
+/// Who is asking, as the pipeline authenticated it: the verified JWT's
+/// principal when the caller sent one, and its transport identity.
+///
+/// There is no principal for a workload that sent no JWT: nothing stands in
+/// for an issuer or a subject, so no rule can mistake a workload for a JWT
+/// caller. Such a caller is only ever matched by `authenticate = "mtls"`
+/// rules (and by deny rules that do not narrow `authenticate`).
+#[derive(Debug, Clone, Copy)]
+pub struct Caller<'a> {
+    /// The verified JWT's caller, if the call carried a JWT.
+    pub principal: Option<&'a Principal>,
+    /// Where the call came from and which workload made it, if verified.
+    pub peer: &'a Peer,
+}
+
+/// The caller's transport identity, as the rules see it (`peer` in CEL).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Peer {
+    /// The caller's IP address in text (`127.0.0.1`, `::1`), when known:
+    /// the direct peer's, or the one a trusted proxy reported; `None` behind
+    /// a trusted proxy that reported none.
+    pub address: Option<String>,
+    /// The verified workload: the client certificate of an mTLS connection,
+    /// or the identity a trusted proxy forwarded. `None` for a plaintext or
+    /// TLS-only caller, and for any identity an untrusted peer claims.
+    pub workload: Option<PeerIdentity>,
+}
+
+/// How a caller proved who it is: the `authenticate` of a rule, and the
+/// `authenticated_by` of the audit event and of `request` in CEL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AuthenticatedBy {
+    /// A verified JWT, over a connection with no verified workload identity.
+    Jwt,
+    /// A verified workload identity (mTLS or a trusted proxy) and no JWT.
+    Mtls,
+    /// Both a verified JWT and a verified workload identity.
+    JwtAndMtls,
+}
+
+/// A caller with no transport identity, for callers known only by their JWT.
+static NO_PEER: Peer = Peer {
+    address: None,
+    workload: None,
+};
+
+impl<'a> Caller<'a> {
+    /// A JWT caller with no transport identity (tests, tools, in-process use).
+    pub fn jwt(principal: &'a Principal) -> Self {
+        Self {
+            principal: Some(principal),
+            peer: &NO_PEER,
+        }
+    }
+
+    /// How this caller authenticated; `None` if it has neither a JWT nor a
+    /// verified workload identity (the pipeline never asks the rules about
+    /// such a caller, and no rule matches it).
+    pub fn authenticated_by(&self) -> Option<AuthenticatedBy> {
+        match (self.principal.is_some(), self.peer.workload.is_some()) {
+            (true, false) => Some(AuthenticatedBy::Jwt),
+            (false, true) => Some(AuthenticatedBy::Mtls),
+            (true, true) => Some(AuthenticatedBy::JwtAndMtls),
+            (false, false) => None,
+        }
+    }
+}
+
+impl<'a> From<&'a Principal> for Caller<'a> {
+    fn from(principal: &'a Principal) -> Self {
+        Caller::jwt(principal)
+    }
+}
+
+impl AuthenticatedBy {
+    /// The name in rules (`authenticate`), CEL and audit events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthenticatedBy::Jwt => "jwt",
+            AuthenticatedBy::Mtls => "mtls",
+            AuthenticatedBy::JwtAndMtls => "jwt+mtls",
+        }
+    }
+
+    /// Parses a name as written in a rule's `authenticate`.
+    pub fn parse(name: &str) -> Option<Self> {
+        [
+            AuthenticatedBy::Jwt,
+            AuthenticatedBy::Mtls,
+            AuthenticatedBy::JwtAndMtls,
+        ]
+        .into_iter()
+        .find(|a| a.as_str() == name)
+    }
+}
+
+impl fmt::Display for AuthenticatedBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Request {

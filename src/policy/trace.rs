@@ -32,6 +32,22 @@ pub struct RuleTrace {
 pub enum RuleOutcome {
     /// The rule does not list the requested action.
     ActionNotListed,
+    /// The caller did not authenticate as the rule's `authenticate` says
+    /// (a workload without a JWT and a `jwt` rule, a JWT caller and an
+    /// `mtls` or `jwt+mtls` rule without a verified workload).
+    AuthenticationNotAccepted {
+        /// The rule's `authenticate`.
+        required: String,
+        /// How the caller authenticated (`jwt`, `mtls`, `jwt+mtls`).
+        presented: String,
+    },
+    /// The rule has `peer_spiffe_id` and the caller has no verified SPIFFE ID.
+    NoPeerSpiffeId,
+    /// The caller's SPIFFE ID does not fit the rule's `peer_spiffe_id`.
+    PeerSpiffeIdMismatch {
+        /// The rule's pattern.
+        pattern: String,
+    },
     /// The caller's issuer is not the rule's `issuer`.
     IssuerMismatch,
     /// The request names a project other than the rule's `project`.
@@ -68,7 +84,7 @@ pub enum RuleOutcome {
     },
     /// Every match key held: this rule decided.
     Matched {
-        /// The captures of the channel pattern, in pattern order.
+        /// The captures of the channel pattern, then of `peer_spiffe_id`, in pattern order.
         captures: Vec<(String, String)>,
     },
 }
@@ -88,6 +104,17 @@ impl fmt::Display for RuleOutcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RuleOutcome::ActionNotListed => f.write_str("action not listed in `actions`"),
+            RuleOutcome::AuthenticationNotAccepted {
+                required,
+                presented,
+            } => write!(
+                f,
+                "authentication_not_accepted: the rule needs authenticate = {required:?} and the caller authenticated by {presented}"
+            ),
+            RuleOutcome::NoPeerSpiffeId => f.write_str("caller has no verified SPIFFE ID"),
+            RuleOutcome::PeerSpiffeIdMismatch { pattern } => {
+                write!(f, "caller's SPIFFE ID does not match {pattern:?}")
+            }
             RuleOutcome::IssuerMismatch => f.write_str("caller's issuer is not `issuer`"),
             RuleOutcome::ProjectMismatch => f.write_str("requested project is not `project`"),
             RuleOutcome::NoChannel => f.write_str("request names no channel"),

@@ -531,7 +531,8 @@ pub async fn serve(
     let routes_config = config.ext_authz.map(Arc::new);
     let pipeline = Arc::new(
         crate::pipeline::Pipeline::new(gate, Arc::clone(&authenticator), routes_config.clone())
-            .with_metrics(Arc::clone(&metrics)),
+            .with_metrics(Arc::clone(&metrics))
+            .with_trusted_proxies(config.trusted_proxy),
     );
     let api = crate::grpc::service::Api::new(Arc::clone(&pipeline));
     let mut routes = Routes::new(

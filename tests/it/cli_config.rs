@@ -434,6 +434,66 @@ fn bad_configs() -> Vec<BadConfig> {
             env.clone(),
             "issuers[0].verified_cache",
         ),
+        (
+            "a trusted proxy CIDR with host bits set",
+            base_config()
+                + "\n[server.trusted_proxy]\ncidrs = [\"127.0.0.1/32\", \"10.0.0.1/8\"]\n",
+            env.clone(),
+            "server.trusted_proxy.cidrs[1]",
+        ),
+        (
+            "a trusted proxy CIDR that is not one",
+            base_config() + "\n[server.trusted_proxy]\ncidrs = [\"the-lan\"]\n",
+            env.clone(),
+            "server.trusted_proxy.cidrs[0]",
+        ),
+        (
+            "a trusted proxy section that trusts nobody",
+            base_config() + "\n[server.trusted_proxy]\n",
+            env.clone(),
+            "server.trusted_proxy.cidrs",
+        ),
+        (
+            "a trusted proxy SPIFFE ID with a capture",
+            base_config()
+                + "\n[server.trusted_proxy]\ncidrs = [\"10.0.0.0/8\"]\nspiffe_ids = [\"spiffe://corp.example/ns/{ns}/sa/envoy\"]\n",
+            env.clone(),
+            "server.trusted_proxy.spiffe_ids[0]",
+        ),
+        (
+            "trusted proxies by SPIFFE ID without client certificates",
+            base_config()
+                + "\n[server.trusted_proxy]\nspiffe_ids = [\"spiffe://corp.example/ns/edge/sa/envoy\"]\n",
+            env.clone(),
+            "server.trusted_proxy.spiffe_ids",
+        ),
+        (
+            "an mtls rule that binds a claim",
+            edit(
+                "channel = \"lobby-*\"",
+                "channel = \"lobby-*\"\nauthenticate = \"mtls\"",
+            ),
+            env.clone(),
+            "rules[0].account_claim",
+        ),
+        (
+            "an unknown authenticate",
+            edit(
+                "channel = \"lobby-*\"",
+                "channel = \"lobby-*\"\nauthenticate = \"spiffe\"",
+            ),
+            env.clone(),
+            "rules[0].authenticate",
+        ),
+        (
+            "a peer_spiffe_id that is not a SPIFFE ID pattern",
+            edit(
+                "channel = \"lobby-*\"",
+                "channel = \"lobby-*\"\npeer_spiffe_id = \"corp.example/ns/x\"",
+            ),
+            env.clone(),
+            "rules[0].peer_spiffe_id",
+        ),
         ("not TOML", "[server\n".to_owned(), env, "(file)"),
     ]
 }
@@ -588,6 +648,51 @@ fn serve_with_a_bad_config_exits_64_without_binding() {
     let (_, stderr) = text(&output);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("cannot listen"), "{stderr}");
+    drop(held);
+}
+
+#[test]
+fn check_config_prints_the_trusted_proxies() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxies.toml");
+    std::fs::write(
+        &path,
+        base_config() + "\n[server.trusted_proxy]\ncidrs = [\"127.0.0.1\", \"10.0.0.0/8\"]\n",
+    )
+    .unwrap();
+    let output = run(&["check-config", path.to_str().unwrap()], &EXAMPLE_ENV[..1]);
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("trusted proxies: cidrs [127.0.0.1/32, 10.0.0.0/8], spiffe_ids []"),
+        "{stdout}"
+    );
+    let path = dir.path().join("none.toml");
+    std::fs::write(&path, base_config()).unwrap();
+    let output = run(&["check-config", path.to_str().unwrap()], &EXAMPLE_ENV[..1]);
+    let (stdout, _) = text(&output);
+    assert!(stdout.contains("trusted proxies: none"), "{stdout}");
+}
+
+#[test]
+fn serve_refuses_a_bad_trusted_proxy_before_binding() {
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    let config = edit(
+        "grpc_listen = \"127.0.0.1:0\"",
+        &format!("grpc_listen = \"127.0.0.1:{port}\""),
+    ) + "\n[server.trusted_proxy]\ncidrs = [\"10.0.0.0/33\"]\n";
+    std::fs::write(&path, config).unwrap();
+    let output = serve(&path);
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(64), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("server.trusted_proxy.cidrs[0]:"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("cannot listen"), "{stderr}");
     drop(held);
 }
 

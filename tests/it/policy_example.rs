@@ -5,10 +5,11 @@ use std::num::NonZeroU32;
 
 use serde_json::json;
 use tokengate::domain::{
-    Account, ChannelName, ClaimValue, Fingerprint, Principal, Role, RtcIdentity, Uid,
+    Account, ChannelName, ClaimValue, Fingerprint, PeerIdentity, Principal, Role, RtcIdentity, Uid,
 };
 use tokengate::policy::{
-    Action, BoundIdentity, Decision, DenyReason, Grant, Policy, Request, RequestedIdentity, Service,
+    Action, BoundIdentity, Caller, Decision, DenyReason, Grant, Peer, Policy, Request,
+    RequestedIdentity, Service,
 };
 
 const NOW: u64 = 1_800_000_000;
@@ -290,6 +291,60 @@ fn the_backend_chooses_identities_for_its_users() {
         p.evaluate(&unscoped, &for_user, NOW),
         DenyReason::NoMatchingRule,
         None,
+    );
+}
+
+#[test]
+fn the_support_backend_mints_by_its_mesh_identity() {
+    let p = example();
+    let workload = |spiffe_id: &str| Peer {
+        address: Some("10.0.3.4".into()),
+        workload: Some(PeerIdentity {
+            spiffe_id: Some(spiffe_id.to_owned()),
+            ..PeerIdentity::default()
+        }),
+    };
+    let support = workload("spiffe://corp.example/ns/support/sa/support-api");
+    let mut for_user = rtc("support-1234", Role::Subscriber);
+    for_user.identity = RequestedIdentity::Uid(Uid::new(555).unwrap());
+    let no_jwt = |peer| Caller {
+        principal: None,
+        peer,
+    };
+    let grant = allowed(
+        p.evaluate(no_jwt(&support), &for_user, NOW),
+        "support backend by mesh identity",
+    );
+    assert_eq!(
+        grant.identity(),
+        BoundIdentity::Rtc(RtcIdentity::Uid(Uid::new(555).unwrap()))
+    );
+    // Another namespace's workload: no. The denial names the first rule the
+    // request fits but for authentication: the JWT backend's rule.
+    let billing = workload("spiffe://corp.example/ns/billing/sa/support-api");
+    denied(
+        p.evaluate(no_jwt(&billing), &for_user, NOW),
+        DenyReason::AuthenticationNotAccepted,
+        Some("backend acts for users"),
+    );
+    // A user's JWT, without the workload: no.
+    let user = person(LOGIN, "alice", &[], json!({"agora_uid": 555}));
+    denied(
+        p.evaluate(&user, &for_user, NOW),
+        DenyReason::AuthenticationNotAccepted,
+        Some("support backend by mesh identity"),
+    );
+    // The workload reaches no rule meant for JWT callers.
+    let (decision, trace) = p.explain(no_jwt(&support), &rtc("team-blue", Role::Subscriber), NOW);
+    denied(
+        decision,
+        DenyReason::AuthenticationNotAccepted,
+        Some("backend acts for users"),
+    );
+    let team = trace.rules.iter().find(|r| r.name == "team rooms").unwrap();
+    assert_eq!(
+        team.outcome.to_string(),
+        "authentication_not_accepted: the rule needs authenticate = \"jwt\" and the caller authenticated by mtls"
     );
 }
 

@@ -216,6 +216,12 @@ actions = ["inspect"]
 channel = "team-{team}-*"
 
 [[rules]]
+name = "mesh inspect"
+actions = ["inspect"]
+channel = "mesh-*"
+authenticate = "jwt+mtls"
+
+[[rules]]
 name = "capped"
 actions = ["chat"]
 channel = "capped-{x}"
@@ -329,6 +335,13 @@ uid_claim = "agora_uid"
     cases.push((ok.clone(), ambiguous, "deny ambiguous_channel rule=teams"));
     let capped = service(Service::Chat).with_channel(ChannelName::parse("capped-1").unwrap());
     cases.push((ok.clone(), capped, "deny jwt_expires_too_soon rule=capped"));
+    // A JWT caller with no client certificate, and a rule that needs both.
+    let mesh = Request::new(Action::Inspect).with_channel(ChannelName::parse("mesh-1").unwrap());
+    cases.push((
+        ok.clone(),
+        mesh,
+        "deny authentication_not_accepted rule=mesh inspect",
+    ));
 
     let mut seen = std::collections::BTreeSet::new();
     for (who, request, expected) in &cases {
@@ -363,6 +376,7 @@ fn deny_reason_codes_are_stable() {
             "ttl_too_long",
             "ambiguous_channel",
             "jwt_expires_too_soon",
+            "authentication_not_accepted",
         ]
     );
 }
@@ -895,6 +909,12 @@ fn the_cel_environment_exposes_every_documented_variable() {
             true,
         ),
         ("now == 1800000000", true),
+        // A JWT caller with no transport identity: `peer` is there, empty.
+        (
+            "peer.spiffe_id == '' && size(peer.dns_names) == 0 && peer.address == ''",
+            true,
+        ),
+        ("request.authenticated_by == 'jwt'", true),
         ("claims.org.tier == 'silver'", false),
     ];
     for (condition, expected) in table {

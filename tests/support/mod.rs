@@ -12,6 +12,7 @@
 
 pub mod authz;
 pub mod binary;
+pub mod certs;
 pub mod fixtures;
 pub mod jwks_server;
 pub mod keys;
