@@ -28,7 +28,7 @@ impl Pipeline {
             let principal = self.authenticate(&mut flow, call.authorization).await?;
             let request = request?;
             flow.event.channel = request.channel.as_ref().map(|c| c.as_str().to_owned());
-            let (decision, trace) = self.gate.explain(&principal, &request, flow.now)?;
+            let (decision, trace) = flow.live.gate.explain(&principal, &request, flow.now)?;
             Ok(Explanation { decision, trace })
         }
         .instrument(span)

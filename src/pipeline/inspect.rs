@@ -28,7 +28,8 @@ impl Pipeline {
             let principal = self.authenticate(&mut flow, call.authorization).await?;
             let request = request?;
             flow.event.channel = request.expected.channel.clone();
-            Ok(self
+            Ok(flow
+                .live
                 .gate
                 .inspect(&principal, &request.token, &request.expected, flow.now)?)
         }

@@ -17,9 +17,18 @@
 //! the decision and reason at the end. Authentication, the decision and the
 //! build are its child spans. No span field ever holds a JWT, a certificate
 //! or a token; a fingerprint at most.
+//!
+//! The state a call runs on (the gate, the authenticator, the ext_authz
+//! routes) is one [`Live`] snapshot behind an `ArcSwap`, loaded once in
+//! `begin` and carried in the call's `Flow`: a config reload
+//! (`server::reload`) swaps the whole snapshot in one store, so a call in
+//! flight finishes on the state it started with, every later call sees the
+//! new one, and no call ever sees a mix of the two.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use tracing::Instrument as _;
 use tracing::field::Empty;
@@ -50,10 +59,19 @@ pub use renew::RenewRequest;
 
 /// The use cases of the service over the identity, the rules and the projects.
 pub struct Pipeline {
-    gate: Arc<Gate>,
-    authenticator: Arc<Authenticator>,
-    routes: Option<Arc<Routes>>,
+    live: Arc<ArcSwap<Live>>,
     metrics: Option<Arc<Metrics>>,
+}
+
+/// The state the request path runs on, swapped as a whole by a reload.
+#[derive(Debug)]
+pub struct Live {
+    /// The projects, their certificates and the compiled rules.
+    pub gate: Arc<Gate>,
+    /// The issuers and their key refreshers.
+    pub authenticator: Arc<Authenticator>,
+    /// The ext_authz routes, when enabled.
+    pub routes: Option<Arc<Routes>>,
 }
 
 /// Which entry point a call came through; audit events name it.
@@ -125,6 +143,8 @@ pub struct Outcome<T> {
 
 /// The per-call state between `begin` and `finish`.
 struct Flow {
+    /// The snapshot this call runs on, from start to finish.
+    live: Arc<Live>,
     started: entropy::Stopwatch,
     now: u64,
     event: AuditEvent,
@@ -134,9 +154,10 @@ struct Flow {
 
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let live = self.live.load();
         f.debug_struct("Pipeline")
-            .field("gate", &self.gate)
-            .field("routes", &self.routes.is_some())
+            .field("gate", &live.gate)
+            .field("routes", &live.routes.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -190,10 +211,18 @@ impl Pipeline {
         authenticator: Arc<Authenticator>,
         routes: Option<Arc<Routes>>,
     ) -> Self {
-        Self {
+        Self::over(Arc::new(ArcSwap::from_pointee(Live {
             gate,
             authenticator,
             routes,
+        })))
+    }
+
+    /// A pipeline over the snapshot `live` holds at each call's start; the
+    /// owner of `live` may swap in a new one at any time (a reload).
+    pub fn over(live: Arc<ArcSwap<Live>>) -> Self {
+        Self {
+            live,
             metrics: None,
         }
     }
@@ -204,14 +233,12 @@ impl Pipeline {
         self
     }
 
-    /// The ext_authz routes, when enabled.
-    pub fn routes(&self) -> Option<&Routes> {
-        self.routes.as_deref()
-    }
-
     /// Starts a call: the clock is read once, here, a request id drawn, and
     /// the call's span opened under the caller's trace, if `trace` names one.
+    /// The live snapshot is loaded once, here, too.
     fn begin(&self, call: &Call<'_>, trace: TraceHeaders<'_>) -> Flow {
+        // Owned rather than a guard: the call holds it across awaits.
+        let live = self.live.load_full();
         let now = entropy::unix_now();
         let mut event = AuditEvent::new(call.rpc, entropy::request_id(), call.peer, now);
         event.peer_identity = call
@@ -236,6 +263,7 @@ impl Pipeline {
             span.record("trace_id", trace_id);
         }
         Flow {
+            live,
             started: entropy::Stopwatch::start(),
             now,
             event,
@@ -266,7 +294,8 @@ impl Pipeline {
             }
         };
         let timer = entropy::Stopwatch::start();
-        let authentication = self
+        let authentication = flow
+            .live
             .authenticator
             .authenticate_call(header, flow.now)
             .instrument(span.clone())

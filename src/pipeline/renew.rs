@@ -31,9 +31,10 @@ impl Pipeline {
             let principal = self.authenticate(&mut flow, call.authorization).await?;
             let request = request?;
             flow.event.channel = request.channel.as_ref().map(|c| c.as_str().to_owned());
-            let renewal = self
-                .gate
-                .renewal(&request.token, request.channel, request.lifetimes)?;
+            let renewal =
+                flow.live
+                    .gate
+                    .renewal(&request.token, request.channel, request.lifetimes)?;
             self.decide_then_build(&flow, &principal, &renewal)
         }
         .instrument(span)
