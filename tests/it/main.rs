@@ -29,6 +29,7 @@ mod pipeline;
 mod policy_example;
 mod policy_props;
 mod policy_rules;
+mod reload;
 mod server_api;
 mod server_churn;
 mod server_fds;
