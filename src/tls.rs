@@ -427,6 +427,8 @@ pub struct Acceptor {
     shared: Arc<Mutex<Shared>>,
     /// Wakes the reloader task when a config reload hands it new settings.
     wake: Arc<tokio::sync::Notify>,
+    /// Where a reload's new files are counted, as the reloader task counts its own.
+    metrics: Option<Arc<Metrics>>,
 }
 
 /// The files in force and a config reload's hand-over to the reloader task.
@@ -479,12 +481,13 @@ impl Acceptor {
             Arc::clone(&shared),
             Arc::clone(&wake),
             Arc::downgrade(&current),
-            metrics,
+            metrics.clone(),
         ));
         Self {
             current,
             shared,
             wake,
+            metrics,
         }
     }
 
@@ -499,6 +502,12 @@ impl Acceptor {
             settings: shared.settings != settings,
         };
         if applied.files {
+            // Whichever of the poll and the reload sees new contents first
+            // counts them; the other finds them served already.
+            if let Some(metrics) = &self.metrics {
+                metrics.tls_reloaded(true);
+                metrics.tls_loaded(material.not_after);
+            }
             tracing::info!(
                 serial = %material.serial,
                 subject = %material.subject,
