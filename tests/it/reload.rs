@@ -2,8 +2,8 @@
 //! App Certificate rotated in three reloads, a rule changed and an invalid
 //! config written while a client calls without pause; SIGHUP and a file
 //! change each trigger a reload; an unchanged issuer keeps its refresher and
-//! a changed one restarts; a changed listen address is reported as needing a
-//! restart.
+//! a changed one restarts, and a removed one's stops; a changed listen
+//! address is reported as needing a restart.
 
 use crate::support;
 
@@ -596,4 +596,67 @@ async fn a_changed_listen_address_needs_a_restart_and_the_rest_applies() {
         .await
         .unwrap_err();
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_issuers_refresher_stops() {
+    let es256 = TestKey::generate(Algorithm::ES256, "es-1");
+    let jwks = JwksServer::start(&[&es256]).await;
+    // An issuer whose IdP keeps failing: its refresher retries every 200 ms
+    // at most, so a refresher left running after its removal shows at once.
+    let failing = JwksServer::start(&[]).await;
+    failing.fail_next(1_000_000, 500);
+    let certs = Certificates::new();
+    let old = certs.path("old");
+    let gone = format!(
+        r#"
+[[issuers]]
+name = "gone-idp"
+issuer = "https://gone.test.example"
+audiences = ["{AUDIENCE}"]
+jwks_url = "{}"
+required_for_readiness = false
+[issuers.refresh]
+backoff_initial = "100ms"
+backoff_max = "200ms"
+"#,
+        failing.jwks_url()
+    );
+    let idp = issuer(&jwks.jwks_url());
+    let shared = rules("vip-*").replace(
+        "max_ttl = \"8h\"\n",
+        "max_ttl = \"8h\"\nshared_identity = true\n",
+    );
+    let first = config(&[("old", &old)], "old", &format!("{idp}{gone}"), &shared);
+    let server = Running::start_config(&first);
+    server.wait_ready().await;
+    for _ in 0..200 {
+        if failing.jwks_fetches() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        failing.jwks_fetches() >= 3,
+        "the failing issuer is not retrying"
+    );
+
+    let second = config(&[("old", &old)], "old", &idp, &rules("vip-*"));
+    replace(server.config_path(), &second);
+    let line = reloaded(&server, &second).await;
+    assert_eq!(line["issuers_removed"], "[\"gone-idp\"]", "{line}");
+    assert_eq!(line["issuers_kept"], "[\"test-idp\"]", "{line}");
+    // A fetch already under way may still land; none starts after it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = failing.jwks_fetches();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        failing.jwks_fetches(),
+        after,
+        "the removed issuer's refresher still fetches"
+    );
+    assert_eq!(
+        metric(&server, "tokengate_jwks_loaded{issuer=\"gone-idp\"}").await,
+        None
+    );
 }
