@@ -179,7 +179,7 @@ fn bench_service(c: &mut Criterion) {
         let pipeline = std::sync::Arc::new(tokengate::pipeline::Pipeline::new(
             std::sync::Arc::clone(&gate),
             std::sync::Arc::clone(&authenticator),
-            Some(std::sync::Arc::clone(&routes)),
+            Some(routes),
         ));
         // The same pipeline counting into a registry, as `serve` runs it.
         let metrics = tokengate::metrics::Metrics::new(
@@ -197,7 +197,7 @@ fn bench_service(c: &mut Criterion) {
         let cached = std::sync::Arc::new(tokengate::pipeline::Pipeline::new(gate, cached, None));
         (
             Api::new(std::sync::Arc::clone(&pipeline)),
-            EnvoyCheck::new(pipeline, routes),
+            EnvoyCheck::new(pipeline),
             Api::new(metered),
             Api::new(cached),
         )

@@ -26,7 +26,7 @@
 //! cache, so no session resumed after a rotation skips the new CA.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -423,6 +423,35 @@ pub fn peer_identity(der: &[u8]) -> Option<PeerIdentity> {
 #[derive(Debug, Clone)]
 pub struct Acceptor {
     current: Arc<ArcSwap<ServerConfig>>,
+    /// What the reloader task and a config reload ([`Acceptor::apply`]) share.
+    shared: Arc<Mutex<Shared>>,
+    /// Wakes the reloader task when a config reload hands it new settings.
+    wake: Arc<tokio::sync::Notify>,
+    /// Where a reload's new files are counted, as the reloader task counts its own.
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// The files in force and a config reload's hand-over to the reloader task.
+///
+/// Every store into `current` happens under this lock, so a poll of the
+/// old files that finishes after a reload cannot overwrite the reload's set.
+#[derive(Debug)]
+struct Shared {
+    /// The settings the files are read through.
+    settings: TlsSettings,
+    /// The SHA-256 of the contents being served.
+    served: [u8; 32],
+    /// Settings a reload applied, for the task to poll with from now on.
+    pending: Option<TlsSettings>,
+}
+
+/// What [`Acceptor::apply`] changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// The files' contents differ from those served: new handshakes use the new set.
+    pub files: bool,
+    /// The settings (paths, client CA, `client_auth`, `reload_interval`) differ.
+    pub settings: bool,
 }
 
 impl Acceptor {
@@ -442,13 +471,58 @@ impl Acceptor {
             "serving TLS on the gRPC port"
         );
         warn_expiry(&material);
-        tokio::spawn(reload(
+        let shared = Arc::new(Mutex::new(Shared {
             settings,
-            material.digest,
+            served: material.digest,
+            pending: None,
+        }));
+        let wake = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(reload(
+            Arc::clone(&shared),
+            Arc::clone(&wake),
             Arc::downgrade(&current),
-            metrics,
+            metrics.clone(),
         ));
-        Self { current }
+        Self {
+            current,
+            shared,
+            wake,
+            metrics,
+        }
+    }
+
+    /// Serves `material` (loaded and checked by a config reload through
+    /// `settings`) from the next handshake on, and re-reads the files
+    /// through `settings` from now on: new paths, a new client CA or
+    /// `client_auth` and a new `reload_interval` all apply without a restart.
+    pub fn apply(&self, settings: TlsSettings, material: Material) -> Applied {
+        let mut shared = lock(&self.shared);
+        let applied = Applied {
+            files: shared.served != material.digest,
+            settings: shared.settings != settings,
+        };
+        if applied.files {
+            // Whichever of the poll and the reload sees new contents first
+            // counts them; the other finds them served already.
+            if let Some(metrics) = &self.metrics {
+                metrics.tls_reloaded(true);
+                metrics.tls_loaded(material.not_after);
+            }
+            tracing::info!(
+                serial = %material.serial,
+                subject = %material.subject,
+                not_after = material.not_after,
+                "TLS files re-read on a config reload; new handshakes use this certificate"
+            );
+            warn_expiry(&material);
+        }
+        self.current.store(Arc::clone(&material.config));
+        shared.served = material.digest;
+        shared.settings = settings.clone();
+        shared.pending = Some(settings);
+        drop(shared);
+        self.wake.notify_one();
+        applied
     }
 
     /// The TLS handshake on `stream` with the current config, and the
@@ -518,22 +592,57 @@ fn warn_expiry(material: &Material) {
     }
 }
 
+/// The shared state, even after a panic elsewhere held the lock: it holds
+/// plain values that stay consistent.
+fn lock(shared: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    shared
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A fresh interval timer whose first tick is one `period` away.
+fn interval(period: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick would be at once; the files were just read.
+    tick.reset();
+    tick
+}
+
 /// Polls the files every interval; swaps in a new set that loads, and
-/// keeps the old one (logged once per distinct content, counted) when it does not.
+/// keeps the old one (logged once per distinct content, counted) when it
+/// does not. A config reload's new settings wake it and take effect at once.
 async fn reload(
-    settings: TlsSettings,
-    mut seen: [u8; 32],
+    shared: Arc<Mutex<Shared>>,
+    wake: Arc<tokio::sync::Notify>,
     current: Weak<ArcSwap<ServerConfig>>,
     metrics: Option<Arc<Metrics>>,
 ) {
-    let mut tick = tokio::time::interval(settings.reload_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
+    let (mut settings, mut seen) = {
+        let shared = lock(&shared);
+        (shared.settings.clone(), shared.served)
+    };
+    let mut tick = interval(settings.reload_interval);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = wake.notified() => {}
+        }
         let Some(current) = current.upgrade() else {
             return;
         };
+        {
+            let mut state = lock(&shared);
+            if let Some(applied) = state.pending.take() {
+                if applied.reload_interval != settings.reload_interval {
+                    tick = interval(applied.reload_interval);
+                }
+                settings = applied;
+                seen = state.served;
+                // The reload has just loaded these files; the next tick polls them.
+                continue;
+            }
+        }
         let checked = settings.clone();
         let last = seen;
         // File reads and key parsing stay off the runtime's workers.
@@ -548,8 +657,17 @@ async fn reload(
                 failed(&metrics, &error, &mut seen, Some(digest));
             }
             Ok(Poll::Loaded(material)) => {
+                let mut state = lock(&shared);
+                if state.pending.is_some() {
+                    // A config reload came in during the poll: its set
+                    // wins, and the next round polls its settings.
+                    wake.notify_one();
+                    continue;
+                }
                 seen = material.digest;
+                state.served = material.digest;
                 current.store(Arc::clone(&material.config));
+                drop(state);
                 if let Some(metrics) = &metrics {
                     metrics.tls_reloaded(true);
                     metrics.tls_loaded(material.not_after);

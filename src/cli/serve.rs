@@ -33,7 +33,8 @@ pub struct CheckConfigArgs {
     pub config: PathBuf,
 }
 
-/// Runs the service until SIGTERM or SIGINT; exits 0 after draining, once
+/// Runs the service until SIGTERM or SIGINT, reloading the config on SIGHUP
+/// and when one of its files changes; exits 0 after draining, once
 /// the spans still queued for export (when tracing is on) are flushed.
 pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     // The config comes first: whether spans are exported decides how the
@@ -72,7 +73,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
             "exporting traces over OTLP/gRPC"
         );
     }
-    let code = run(&runtime, config);
+    let code = run(&runtime, config, &args.config);
     // After the drain, while the runtime that carries the exports still runs.
     if let Some(tracing) = tracing {
         tracing.shutdown();
@@ -82,14 +83,23 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     code
 }
 
-/// Binds and serves `config` on `runtime` until the shutdown signal.
-fn run(runtime: &tokio::runtime::Runtime, config: Config) -> anyhow::Result<ExitCode> {
+/// Binds and serves `config` on `runtime` until the shutdown signal,
+/// reloading it from `path` on SIGHUP and when its files change.
+fn run(
+    runtime: &tokio::runtime::Runtime,
+    config: Config,
+    path: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    let source = server::ReloadSource {
+        path: path.to_path_buf(),
+        env: std::sync::Arc::new(process_env),
+    };
     runtime.block_on(async move {
         let (grpc, admin) = match server::bind(&config).await {
             Ok(listeners) => listeners,
             Err(e) => return Ok(report(&e)),
         };
-        match server::serve(config, grpc, admin, super::shutdown_signal()).await {
+        match server::serve_reloading(config, source, grpc, admin, super::shutdown_signal()).await {
             Ok(()) => {
                 tracing::info!("drained; exiting");
                 Ok(ExitCode::SUCCESS)

@@ -27,7 +27,7 @@ mod telemetry;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use self::file::{
@@ -94,6 +94,21 @@ pub struct Config {
     logging: LogSettings,
     tls: Option<(TlsSettings, Material)>,
     trusted_proxy: Option<TrustedProxies>,
+    files: Vec<PathBuf>,
+    parts: PartFingerprints,
+}
+
+/// Fingerprints of the parts of a config that a reload reports by name
+/// (projects are fingerprinted from their certificates by the reload itself).
+/// Nothing here is secret: rules, routes and public key sets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartFingerprints {
+    /// Each rule's name and the fingerprint of its settings, in order.
+    pub rules: Vec<(String, Fingerprint)>,
+    /// The `[ext_authz]` section, enabled or not.
+    pub ext_authz: Fingerprint,
+    /// Each `jwks_file` issuer's name and the fingerprint of the file's contents.
+    pub jwks_files: Vec<(String, Fingerprint)>,
 }
 
 /// A [`Config`] taken apart, for the code that starts the service and needs ownership.
@@ -126,6 +141,12 @@ pub struct ConfigParts {
     pub tls: Option<(TlsSettings, Material)>,
     /// `[server.trusted_proxy]`: the proxies whose forwarded identity counts.
     pub trusted_proxy: Option<TrustedProxies>,
+    /// Every file the config was read from (see [`Config::files`]).
+    pub files: Vec<PathBuf>,
+    /// The parts a reload compares by name.
+    pub parts: PartFingerprints,
+    /// The log writer's queue.
+    pub logging: LogSettings,
 }
 
 /// Listen addresses and shutdown behaviour.
@@ -239,6 +260,19 @@ impl Config {
         self.trusted_proxy.as_ref()
     }
 
+    /// Every file the config was read from, as the config names them: the
+    /// config file itself (when loaded from one), the rules file, App
+    /// Certificate and HS secret files, JWKS files and the TLS PEM files.
+    /// A change to any of them is what a reload watches for.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    /// The parts a reload compares by name.
+    pub fn parts(&self) -> &PartFingerprints {
+        &self.parts
+    }
+
     /// Every part, by value.
     pub fn into_parts(self) -> ConfigParts {
         ConfigParts {
@@ -255,6 +289,9 @@ impl Config {
             telemetry: self.telemetry,
             tls: self.tls,
             trusted_proxy: self.trusted_proxy,
+            files: self.files,
+            parts: self.parts,
+            logging: self.logging,
         }
     }
 }
@@ -423,7 +460,9 @@ pub fn load_file(path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Co
     let bytes = files::read_bounded(path, files::MAX_DOCUMENT_BYTES).map_err(read_error)?;
     let text = String::from_utf8(bytes).map_err(|_| read_error("is not UTF-8".into()))?;
     let base = path.parent().unwrap_or(Path::new("."));
-    resolve(parse_toml(&text)?, &text, base, env)
+    let mut config = resolve(parse_toml(&text)?, &text, base, env)?;
+    config.files.insert(0, path.to_path_buf());
+    Ok(config)
 }
 
 /// Parses `text` and resolves it (a `rules_file` is relative to the current directory).
@@ -440,8 +479,11 @@ fn resolve(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigError> {
     let mut hashed = text.as_bytes().to_vec();
+    let mut files = named_files(&file);
     if let Some(rules_file) = file.rules_file.take() {
-        let (rules, rules_text) = read_rules_file(&base.join(rules_file), !file.rules.is_empty())?;
+        let rules_file = base.join(rules_file);
+        files.insert(0, rules_file.clone());
+        let (rules, rules_text) = read_rules_file(&rules_file, !file.rules.is_empty())?;
         file.rules = rules;
         hashed.extend_from_slice(rules_text.as_bytes());
     }
@@ -473,7 +515,7 @@ fn resolve(
             base,
         ));
     }
-    check_jwks_files(&file)?;
+    let jwks_files = check_jwks_files(&file)?;
     if file.issuers.is_empty() {
         return Err(invalid("issuers", "at least one issuer is required"));
     }
@@ -495,6 +537,15 @@ fn resolve(
         .collect();
     let (policy, warnings) =
         Policy::compile_with_issuers(&file.rules, &names, &issuer_names).map_err(policy_error)?;
+    let parts = PartFingerprints {
+        rules: file
+            .rules
+            .iter()
+            .map(|rule| (rule.name.clone(), debug_fingerprint(rule)))
+            .collect(),
+        ext_authz: debug_fingerprint(&file.ext_authz),
+        jwks_files,
+    };
     let mesh = Routes::compile(&file.ext_authz, &names).map_err(|e| ConfigError::Invalid {
         key: e.key,
         message: e.message,
@@ -514,6 +565,8 @@ fn resolve(
         logging,
         tls,
         trusted_proxy,
+        files,
+        parts,
     })
 }
 
@@ -541,6 +594,36 @@ fn resolve_trusted_proxy(server: &ServerSection) -> Result<Option<TrustedProxies
         ));
     }
     Ok(Some(trusted))
+}
+
+/// The fingerprint of a parsed value's `Debug` form: two loads of the same
+/// settings in one process print the same, which is all a reload compares.
+fn debug_fingerprint(value: &impl std::fmt::Debug) -> Fingerprint {
+    Fingerprint::of(format!("{value:?}").as_bytes())
+}
+
+/// The files the config's sections name, as they name them (the rules file
+/// is added by `resolve`, the config file by `load_file`).
+fn named_files(file: &ConfigFile) -> Vec<PathBuf> {
+    let certificates = file
+        .projects
+        .iter()
+        .flat_map(|p| p.certificates.iter().filter_map(|c| c.file.clone()));
+    let issuers = file.issuers.iter().flat_map(|issuer| {
+        [issuer.hs_secret_file.clone(), issuer.jwks_file.clone()]
+            .into_iter()
+            .flatten()
+    });
+    let tls = file.server.tls.iter().flat_map(|tls| {
+        [
+            Some(tls.cert_file.clone()),
+            Some(tls.key_file.clone()),
+            tls.client_ca_file.clone(),
+        ]
+        .into_iter()
+        .flatten()
+    });
+    certificates.chain(issuers).chain(tls).collect()
 }
 
 /// `[jwt_cache]` over the defaults; an error's key is `jwt_cache.<field>`.
@@ -623,7 +706,8 @@ fn check_app_ids(projects: &[Project]) -> Result<(), ConfigError> {
 
 /// A `jwks_file` must hold a JWKS now, not only at the first refresh: a
 /// certificate or a key in PEM given by mistake is refused at load.
-fn check_jwks_files(file: &ConfigFile) -> Result<(), ConfigError> {
+fn check_jwks_files(file: &ConfigFile) -> Result<Vec<(String, Fingerprint)>, ConfigError> {
+    let mut read = Vec::new();
     for (i, issuer) in file.issuers.iter().enumerate() {
         let Some(path) = &issuer.jwks_file else {
             continue;
@@ -637,8 +721,9 @@ fn check_jwks_files(file: &ConfigFile) -> Result<(), ConfigError> {
                 &format!("{} is not a usable JWKS: {e}", path.display()),
             )
         })?;
+        read.push((issuer.name.clone(), Fingerprint::of(&bytes)));
     }
-    Ok(())
+    Ok(read)
 }
 
 /// Notices for every secret file the config names.

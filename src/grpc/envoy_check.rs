@@ -33,7 +33,6 @@ use crate::routes::Routes;
 /// The ext_authz service.
 pub struct EnvoyCheck {
     pipeline: Arc<Pipeline>,
-    routes: Arc<Routes>,
 }
 
 /// The HTTP request as Envoy describes it, borrowed from the `CheckRequest`:
@@ -45,20 +44,21 @@ struct HttpView<'a> {
 impl std::fmt::Debug for EnvoyCheck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EnvoyCheck")
-            .field("routes", &self.routes)
+            .field("pipeline", &self.pipeline)
             .finish_non_exhaustive()
     }
 }
 
 impl EnvoyCheck {
-    /// A check service over the pipeline, with `routes` naming the headers it sets.
-    pub fn new(pipeline: Arc<Pipeline>, routes: Arc<Routes>) -> Self {
-        Self { pipeline, routes }
+    /// A check service over the pipeline; the routes (and the header names
+    /// they set) are the ones each check ran on, which the outcome carries.
+    pub fn new(pipeline: Arc<Pipeline>) -> Self {
+        Self { pipeline }
     }
 
     /// An OK response that forwards the token and identity headers upstream.
-    fn allow(&self, issued: &Issued) -> CheckResponse {
-        let names = self.routes.response_headers();
+    fn allow(routes: &Routes, issued: &Issued) -> CheckResponse {
+        let names = routes.response_headers();
         let mut ok = OkHttpResponseBuilder::new();
         // Overwrite, never append: a client-supplied copy must not survive next to ours.
         let mut set = |name: &str, value: String| {
@@ -99,8 +99,8 @@ impl EnvoyCheck {
         if matches!(issued.grant.identity(), BoundIdentity::App) {
             ok.remove_header(names.account.as_str());
         }
-        if self.routes.remove_jwt_header() {
-            ok.remove_header(self.routes.jwt_header());
+        if routes.remove_jwt_header() {
+            ok.remove_header(routes.jwt_header());
         }
         let mut response = CheckResponse::with_status(render::allowed());
         response.set_http_response(ok);
@@ -108,9 +108,9 @@ impl EnvoyCheck {
     }
 
     /// An OK response for a pass-through route: no token, and every header we own removed.
-    fn pass_through(&self) -> CheckResponse {
+    fn pass_through(routes: &Routes) -> CheckResponse {
         let mut ok = OkHttpResponseBuilder::new();
-        for name in self.routes.response_headers().all() {
+        for name in routes.response_headers().all() {
             ok.remove_header(name);
         }
         let mut response = CheckResponse::with_status(render::allowed());
@@ -140,8 +140,8 @@ impl Authorization for EnvoyCheck {
         };
         let outcome = self.pipeline.check(call, http).await;
         Ok(Response::new(match outcome.result {
-            Ok(Checked::Allowed { issued, .. }) => self.allow(&issued),
-            Ok(Checked::PassThrough { .. }) => self.pass_through(),
+            Ok(Checked::Allowed { issued, routes, .. }) => Self::allow(&routes, &issued),
+            Ok(Checked::PassThrough { routes, .. }) => Self::pass_through(&routes),
             Err(refusal) => deny(&refusal, &outcome.request_id),
         }))
     }

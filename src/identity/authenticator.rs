@@ -41,16 +41,38 @@ use crate::domain::{ClaimValue, Fingerprint, Principal};
 
 /// Verifies bearer JWTs against the configured issuers.
 ///
-/// Dropping it stops the key refreshers.
+/// Dropping it stops the key refreshers it does not share with a newer
+/// authenticator (see [`Authenticator::restart`]).
 #[derive(Debug)]
 pub struct Authenticator {
     issuers: Vec<Issuer>,
     by_iss: HashMap<String, usize>,
     /// The largest per-issuer cap: applied before anything is decoded.
     max_token_size: usize,
-    tasks: Vec<AbortHandle>,
     /// The verified-JWT cache; `None` when it is off.
     verified: Option<VerifiedCache>,
+}
+
+/// One issuer's key refresher task; aborted when the last authenticator
+/// that uses it is dropped, so a refresher kept across a reload lives on
+/// and a removed issuer's stops with the old authenticator.
+#[derive(Debug)]
+struct RefresherTask(AbortHandle);
+
+/// The authenticator a restart follows, and which of its issuers to renew anyway.
+type Previous<'a> = (&'a Authenticator, &'a dyn Fn(&str) -> bool);
+
+/// What [`Authenticator::restart`] did with each issuer's refresher.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Restarted {
+    /// Issuers whose refresher (and loaded keys) were kept: same settings.
+    pub kept: Vec<String>,
+    /// Issuers whose refresher was started anew: changed settings, or asked to.
+    pub restarted: Vec<String>,
+    /// Issuers that are new.
+    pub added: Vec<String>,
+    /// Issuers that are gone; their refreshers stop with the old authenticator.
+    pub removed: Vec<String>,
 }
 
 /// One authentication, with what the metrics and the logs need to know about it.
@@ -180,6 +202,10 @@ struct Issuer {
     algorithms: Vec<Algorithm>,
     hs_secret: Option<HsSecret>,
     cache: Arc<KeyCache>,
+    /// The refresher publishing into `cache`.
+    refresher: Arc<RefresherTask>,
+    /// The settings it was compiled from, compared by a reload.
+    settings: IssuerSettings,
     /// Whether this issuer's verified tokens are cached.
     cached: bool,
     /// Moved by `Authenticator::invalidate_issuer`: entries stamped with an
@@ -240,6 +266,31 @@ impl Authenticator {
         settings: Vec<IssuerSettings>,
         cache: &VerifiedCacheSettings,
     ) -> Result<Self, IdentityConfigError> {
+        Self::build(settings, cache, None).map(|(authenticator, _)| authenticator)
+    }
+
+    /// A new authenticator for a reloaded config, next to this one (which
+    /// keeps serving the calls that hold it).
+    ///
+    /// An issuer whose settings equal its namesake's here, and that `renew`
+    /// does not name, keeps that issuer's refresher and its loaded keys (no
+    /// fetch, no moment without keys); any other gets a new refresher. The
+    /// verified-JWT cache always starts empty: no principal verified under
+    /// an old issuer setting can answer for the new one.
+    pub fn restart(
+        &self,
+        settings: Vec<IssuerSettings>,
+        cache: &VerifiedCacheSettings,
+        renew: &dyn Fn(&str) -> bool,
+    ) -> Result<(Self, Restarted), IdentityConfigError> {
+        Self::build(settings, cache, Some((self, renew)))
+    }
+
+    fn build(
+        settings: Vec<IssuerSettings>,
+        cache: &VerifiedCacheSettings,
+        previous: Option<Previous<'_>>,
+    ) -> Result<(Self, Restarted), IdentityConfigError> {
         // Idempotent; makes the backend explicit even if main forgot.
         super::install_crypto_provider();
         validate_issuers(&settings, "issuers")?;
@@ -254,8 +305,37 @@ impl Authenticator {
             .map_err(|e| IdentityConfigError::HttpClient(e.to_string()))?;
         let mut issuers = Vec::with_capacity(settings.len());
         let mut by_iss = HashMap::new();
-        let mut tasks = Vec::with_capacity(settings.len());
+        let mut restarted = Restarted::default();
+        if let Some((old, _)) = previous {
+            restarted.removed = old
+                .issuers
+                .iter()
+                .filter(|o| !settings.iter().any(|s| s.name() == o.name))
+                .map(|o| o.name.clone())
+                .collect();
+        }
         for (i, settings) in settings.into_iter().enumerate() {
+            for iss in settings.issuer() {
+                by_iss.insert(iss.clone(), i);
+            }
+            let namesake = previous.and_then(|(old, renew)| {
+                old.issuers
+                    .iter()
+                    .find(|o| o.name == settings.name())
+                    .map(|o| (o, renew))
+            });
+            match namesake {
+                Some((old, renew)) if old.settings == settings && !renew(settings.name()) => {
+                    restarted.kept.push(settings.name().to_owned());
+                    let cache = Arc::clone(&old.cache);
+                    let task = Arc::clone(&old.refresher);
+                    issuers.push(Issuer::compile(settings, cache, task));
+                    continue;
+                }
+                Some(_) => restarted.restarted.push(settings.name().to_owned()),
+                None if previous.is_some() => restarted.added.push(settings.name().to_owned()),
+                None => {}
+            }
             let source = settings.key_source().clone();
             let cache = Arc::new(KeyCache::new(
                 settings.name(),
@@ -263,9 +343,6 @@ impl Authenticator {
                 &source,
                 settings.unknown_kid_wait(),
             ));
-            for iss in settings.issuer() {
-                by_iss.insert(iss.clone(), i);
-            }
             let refresher = Refresher {
                 cache: Arc::clone(&cache),
                 source,
@@ -273,8 +350,8 @@ impl Authenticator {
                 refresh: settings.refresh().clone(),
                 client: client.clone(),
             };
-            tasks.push(runtime.spawn(refresher.run()).abort_handle());
-            issuers.push(Issuer::compile(settings, cache));
+            let task = Arc::new(RefresherTask(runtime.spawn(refresher.run()).abort_handle()));
+            issuers.push(Issuer::compile(settings, cache, task));
         }
         let max_token_size = issuers.iter().map(|i| i.max_token_size).max().unwrap_or(0);
         // With every issuer left out, a cache would only cost a hash per call.
@@ -283,13 +360,15 @@ impl Authenticator {
         } else {
             None
         };
-        Ok(Self {
-            issuers,
-            by_iss,
-            max_token_size,
-            tasks,
-            verified,
-        })
+        Ok((
+            Self {
+                issuers,
+                by_iss,
+                max_token_size,
+                verified,
+            },
+            restarted,
+        ))
     }
 
     /// Verifies the raw `authorization` value (`Bearer <jwt>`) at unix time `now`.
@@ -540,10 +619,11 @@ impl Authenticator {
             .map(|i| i.cache.watch())
     }
 
-    /// Stops the key refreshers; the last published keys stay usable.
+    /// Stops the key refreshers (shared ones too: this is for the end of
+    /// the process); the last published keys stay usable.
     pub fn shutdown(&self) {
-        for task in &self.tasks {
-            task.abort();
+        for issuer in &self.issuers {
+            issuer.refresher.0.abort();
         }
     }
 }
@@ -565,9 +645,9 @@ async fn any_change(receivers: &mut [tokio::sync::watch::Receiver<IssuerStatus>]
     .await
 }
 
-impl Drop for Authenticator {
+impl Drop for RefresherTask {
     fn drop(&mut self) {
-        self.shutdown();
+        self.0.abort();
     }
 }
 
@@ -610,7 +690,11 @@ impl AuthError {
 }
 
 impl Issuer {
-    fn compile(settings: IssuerSettings, cache: Arc<KeyCache>) -> Self {
+    fn compile(
+        settings: IssuerSettings,
+        cache: Arc<KeyCache>,
+        refresher: Arc<RefresherTask>,
+    ) -> Self {
         Self {
             name: settings.name().to_owned(),
             audiences: settings.audiences().to_vec(),
@@ -623,8 +707,10 @@ impl Issuer {
             algorithms: settings.algorithms().to_vec(),
             hs_secret: settings.hs_secret().cloned(),
             cache,
+            refresher,
             cached: settings.verified_cache(),
             epoch: AtomicU64::new(0),
+            settings,
         }
     }
 

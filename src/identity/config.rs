@@ -74,7 +74,7 @@ pub struct VerifiedCacheSettings {
 }
 
 /// One trusted identity provider, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct IssuerSettings {
     name: String,
     issuer: Vec<String>,
@@ -100,8 +100,11 @@ pub struct IssuerBuilder {
 }
 
 /// An HS256/384/512 shared secret, already read; its `Debug` never shows the bytes.
+///
+/// Two secrets are equal when their SHA-256 digests are (a reload compares
+/// issuers' settings without keeping the bytes twice).
 #[derive(Clone)]
-pub struct HsSecret(DecodingKey);
+pub struct HsSecret(DecodingKey, [u8; 32]);
 
 /// The key refresh schedule of one issuer; checked when its issuer is built.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,8 +200,9 @@ impl HsSecret {
         if let Some(reason) = looks_like_a_public_key(bytes) {
             return Err(IdentityConfigError::Secret(reason));
         }
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(bytes).into();
         DecodingKey::from_secret(bytes)
-            .map(Self)
+            .map(|key| Self(key, digest))
             .map_err(|_| IdentityConfigError::Secret("the secret is not usable"))
     }
 
@@ -250,6 +254,12 @@ fn is_der_public_key(der: &[u8]) -> bool {
         && KEY_OIDS
             .iter()
             .any(|oid| der.windows(oid.len()).any(|w| w == *oid))
+}
+
+impl PartialEq for HsSecret {
+    fn eq(&self, other: &Self) -> bool {
+        self.1 == other.1
+    }
 }
 
 impl std::fmt::Debug for HsSecret {

@@ -21,7 +21,9 @@ mod keys;
 mod refresh;
 mod verified;
 
-pub use authenticator::{AuthError, Authentication, Authenticator, CacheLookup, Readiness};
+pub use authenticator::{
+    AuthError, Authentication, Authenticator, CacheLookup, Readiness, Restarted,
+};
 pub use config::{
     BACKOFF_INITIAL_FLOOR, DEFAULT_ALGORITHMS, DEFAULT_CACHE_ENTRIES, DEFAULT_CACHE_MAX_AGE,
     DEFAULT_LEEWAY, DEFAULT_MAX_TOKEN_SIZE, DEFAULT_UNKNOWN_KID_WAIT, HsSecret,

@@ -92,6 +92,8 @@ pub struct Metrics {
     accept_errors: Family<Labels, Counter>,
     tls_reloads: Family<Labels, Counter>,
     tls_expiry: Family<Labels, Gauge>,
+    config_reloads: Family<Labels, Counter>,
+    config_reloaded: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -224,6 +226,23 @@ impl Metrics {
             let _ = tls_reloads.get_or_create(&vec![("result", Cow::Borrowed(result))]);
         }
         let _ = tls_expiry.get_or_create(&vec![("port", Cow::Borrowed("grpc"))]);
+        let config_reloads = Family::default();
+        registry.register(
+            "tokengate_config_reloads",
+            "Config reloads (SIGHUP or a watched file changed), by result (success: swapped in; failure: refused, the previous config kept)",
+            config_reloads.clone(),
+        );
+        // Both results exist from the start at 0, so an alert on failures
+        // works before the first reload.
+        for result in ["success", "failure"] {
+            let _ = config_reloads.get_or_create(&vec![("result", Cow::Borrowed(result))]);
+        }
+        let config_reloaded = Gauge::default();
+        registry.register(
+            "tokengate_config_last_reload_success_timestamp_seconds",
+            "When the last successful reload swapped in a config, unix seconds (0 before the first)",
+            config_reloaded.clone(),
+        );
         let build_info = Family::<Labels, Gauge>::default();
         build_info
             .get_or_create(&vec![
@@ -258,6 +277,8 @@ impl Metrics {
             accept_errors,
             tls_reloads,
             tls_expiry,
+            config_reloads,
+            config_reloaded,
         })
     }
 
@@ -352,6 +373,20 @@ impl Metrics {
         self.config_info
             .get_or_create(&vec![("fingerprint", label(fingerprint))])
             .set(1);
+    }
+
+    /// Records a config reload: a success (also recorded by `config_loaded`,
+    /// which the caller calls with the new fingerprint) moves the last-success
+    /// time; a failure only counts.
+    pub fn config_reloaded(&self, ok: bool, unix_secs: u64) {
+        let result = if ok { "success" } else { "failure" };
+        self.config_reloads
+            .get_or_create(&vec![("result", Cow::Borrowed(result))])
+            .inc();
+        if ok {
+            self.config_reloaded
+                .set(i64::try_from(unix_secs).unwrap_or(i64::MAX));
+        }
     }
 
     /// Records a connection refused over a port's cap (`grpc` or `admin`).

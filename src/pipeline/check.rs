@@ -4,12 +4,14 @@
 //! decide which.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use tracing::Instrument as _;
 
 use super::audit::{AuditEvent, Audited};
 use super::{Call, Credential, InvalidRequest, Outcome, Pipeline, Refusal, TraceHeaders};
 use crate::gate::Issued;
+use crate::routes::Routes;
 
 /// The HTTP request a proxy asks about, as the adapter reads it.
 pub trait HttpRequest: Sync {
@@ -32,11 +34,17 @@ pub enum Checked {
         issued: Box<Issued>,
         /// The route template that matched.
         route: String,
+        /// The routes the check ran on, whose header names the reply uses
+        /// (the ones in force when the call started, even if a reload has
+        /// swapped in others since).
+        routes: Arc<Routes>,
     },
     /// A pass-through route: no JWT needed, no token issued.
     PassThrough {
         /// The route template that matched.
         route: String,
+        /// The routes the check ran on (see `Allowed`).
+        routes: Arc<Routes>,
     },
 }
 
@@ -68,9 +76,10 @@ impl Pipeline {
         let span = flow.span.clone();
         let result = async {
             let http = http?;
-            let routes = self
+            let routes = flow
+                .live
                 .routes
-                .as_deref()
+                .clone()
                 .ok_or_else(|| Refusal::Internal("ext_authz is not configured".into()))?;
             crate::routes::check_path(http.path())
                 .map_err(|bad| Refusal::field(bad.field, bad.message))?;
@@ -84,7 +93,7 @@ impl Pipeline {
             let route = matched.template.to_owned();
             flow.event.route = Some(route.clone());
             if matched.pass_through {
-                return Ok(Checked::PassThrough { route });
+                return Ok(Checked::PassThrough { route, routes });
             }
             let jwt_header = http.header(routes.jwt_header());
             let bearer = jwt_header.as_deref().map(bearer);
@@ -104,6 +113,7 @@ impl Pipeline {
             Ok(Checked::Allowed {
                 issued: Box::new(issued),
                 route,
+                routes,
             })
         }
         .instrument(span)

@@ -30,7 +30,7 @@ impl Pipeline {
                 .await?;
             let request = request?;
             flow.event.channel = request.channel.as_ref().map(|c| c.as_str().to_owned());
-            let (decision, trace) = self.gate.explain(who.caller(), &request, flow.now)?;
+            let (decision, trace) = flow.live.gate.explain(who.caller(), &request, flow.now)?;
             Ok(Explanation { decision, trace })
         }
         .instrument(span)

@@ -30,7 +30,8 @@ impl Pipeline {
                 .await?;
             let request = request?;
             flow.event.channel = request.expected.channel.clone();
-            Ok(self
+            Ok(flow
+                .live
                 .gate
                 .inspect(who.caller(), &request.token, &request.expected, flow.now)?)
         }

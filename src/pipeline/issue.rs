@@ -51,7 +51,7 @@ impl Pipeline {
     ) -> Result<Issued, Refusal> {
         let decide = tracing::info_span!("decide", decision = Empty, rule = Empty);
         let decided = decide
-            .in_scope(|| self.gate.decide(caller, request, flow.now))
+            .in_scope(|| flow.live.gate.decide(caller, request, flow.now))
             .map_err(Refusal::from);
         match &decided {
             Ok(grant) => {
@@ -69,7 +69,7 @@ impl Pipeline {
         let grant = decided?;
         let salt = Self::salt()?;
         let build = tracing::info_span!("build", project = grant.project(), services = Empty);
-        let issued = build.in_scope(|| self.gate.build(grant, salt))?;
+        let issued = build.in_scope(|| flow.live.gate.build(grant, salt))?;
         if telemetry::exporting() {
             build.record("services", issued.services().join(","));
         }

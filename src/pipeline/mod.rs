@@ -23,9 +23,18 @@
 //! then its JWT. A call with no JWT is refused as unauthenticated unless it
 //! has a verified workload identity and some rule admits workloads without a
 //! JWT (`authenticate = "mtls"`); then it is decided for that workload alone.
+//!
+//! The state a call runs on (the gate, the authenticator, the ext_authz
+//! routes) is one [`Live`] snapshot behind an `ArcSwap`, loaded once in
+//! `begin` and carried in the call's `Flow`: a config reload
+//! (`server::reload`) swaps the whole snapshot in one store, so a call in
+//! flight finishes on the state it started with, every later call sees the
+//! new one, and no call ever sees a mix of the two.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use tracing::Instrument as _;
 use tracing::field::Empty;
@@ -58,12 +67,22 @@ pub use renew::RenewRequest;
 
 /// The use cases of the service over the identity, the rules and the projects.
 pub struct Pipeline {
-    gate: Arc<Gate>,
-    authenticator: Arc<Authenticator>,
-    routes: Option<Arc<Routes>>,
+    live: Arc<ArcSwap<Live>>,
     metrics: Option<Arc<Metrics>>,
-    /// `[server.trusted_proxy]`: the peers whose forwarded identity counts.
-    trusted_proxies: Option<Arc<TrustedProxies>>,
+}
+
+/// The state the request path runs on, swapped as a whole by a reload.
+#[derive(Debug)]
+pub struct Live {
+    /// The projects, their certificates and the compiled rules.
+    pub gate: Arc<Gate>,
+    /// The issuers and their key refreshers.
+    pub authenticator: Arc<Authenticator>,
+    /// The ext_authz routes, when enabled.
+    pub routes: Option<Arc<Routes>>,
+    /// `[server.trusted_proxy]`: the peers whose forwarded identity counts;
+    /// `None` trusts no proxy.
+    pub trusted_proxies: Option<Arc<TrustedProxies>>,
 }
 
 /// Which entry point a call came through; audit events name it.
@@ -157,6 +176,8 @@ impl Authenticated {
 
 /// The per-call state between `begin` and `finish`.
 struct Flow {
+    /// The snapshot this call runs on, from start to finish.
+    live: Arc<Live>,
     started: entropy::Stopwatch,
     now: u64,
     event: AuditEvent,
@@ -166,9 +187,10 @@ struct Flow {
 
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let live = self.live.load();
         f.debug_struct("Pipeline")
-            .field("gate", &self.gate)
-            .field("routes", &self.routes.is_some())
+            .field("gate", &live.gate)
+            .field("routes", &live.routes.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -222,20 +244,21 @@ impl Pipeline {
         authenticator: Arc<Authenticator>,
         routes: Option<Arc<Routes>>,
     ) -> Self {
-        Self {
+        Self::over(Arc::new(ArcSwap::from_pointee(Live {
             gate,
             authenticator,
             routes,
-            metrics: None,
             trusted_proxies: None,
-        }
+        })))
     }
 
-    /// The same pipeline, believing the identity that `trusted` proxies
-    /// forward (`[server.trusted_proxy]`); `None` trusts no proxy.
-    pub fn with_trusted_proxies(mut self, trusted: Option<TrustedProxies>) -> Self {
-        self.trusted_proxies = trusted.map(Arc::new);
-        self
+    /// A pipeline over the snapshot `live` holds at each call's start; the
+    /// owner of `live` may swap in a new one at any time (a reload).
+    pub fn over(live: Arc<ArcSwap<Live>>) -> Self {
+        Self {
+            live,
+            metrics: None,
+        }
     }
 
     /// The same pipeline, counting every call and JWT verification into `metrics`.
@@ -244,14 +267,12 @@ impl Pipeline {
         self
     }
 
-    /// The ext_authz routes, when enabled.
-    pub fn routes(&self) -> Option<&Routes> {
-        self.routes.as_deref()
-    }
-
     /// Starts a call: the clock is read once, here, a request id drawn, and
     /// the call's span opened under the caller's trace, if `trace` names one.
+    /// The live snapshot is loaded once, here, too.
     fn begin(&self, call: &Call<'_>, trace: TraceHeaders<'_>) -> Flow {
+        // Owned rather than a guard: the call holds it across awaits.
+        let live = self.live.load_full();
         let now = entropy::unix_now();
         let event = AuditEvent::new(call.rpc, entropy::request_id(), call.peer, now);
         let span = tracing::info_span!(
@@ -272,6 +293,7 @@ impl Pipeline {
             span.record("trace_id", trace_id);
         }
         Flow {
+            live,
             started: entropy::Stopwatch::start(),
             now,
             event,
@@ -287,11 +309,12 @@ impl Pipeline {
             address: call.peer.map(|a| a.ip()),
             identity: call.peer_identity,
         };
-        let resolved = forwarded::resolve(self.trusted_proxies.as_deref(), direct, call.forwarded)
-            .map_err(|error| match error {
-                ForwardedError::Malformed { field, reason } => Refusal::field(field, reason),
-                other => Refusal::Internal(other.to_string()),
-            })?;
+        let resolved =
+            forwarded::resolve(flow.live.trusted_proxies.as_deref(), direct, call.forwarded)
+                .map_err(|error| match error {
+                    ForwardedError::Malformed { field, reason } => Refusal::field(field, reason),
+                    other => Refusal::Internal(other.to_string()),
+                })?;
         flow.event.peer_identity = resolved
             .identity
             .as_ref()
@@ -317,7 +340,7 @@ impl Pipeline {
         let peer = self.transport_identity(flow, call)?;
         if credential == Credential::Absent
             && peer.workload.is_some()
-            && self.gate.admits_workloads()
+            && flow.live.gate.admits_workloads()
         {
             flow.event.authenticated_by = Some(AuthenticatedBy::Mtls.as_str());
             return Ok(Authenticated {
@@ -359,7 +382,8 @@ impl Pipeline {
             }
         };
         let timer = entropy::Stopwatch::start();
-        let authentication = self
+        let authentication = flow
+            .live
             .authenticator
             .authenticate_call(header, flow.now)
             .instrument(span.clone())

@@ -33,9 +33,10 @@ impl Pipeline {
                 .await?;
             let request = request?;
             flow.event.channel = request.channel.as_ref().map(|c| c.as_str().to_owned());
-            let renewal = self
-                .gate
-                .renewal(&request.token, request.channel, request.lifetimes)?;
+            let renewal =
+                flow.live
+                    .gate
+                    .renewal(&request.token, request.channel, request.lifetimes)?;
             self.decide_then_build(&flow, who.caller(), &renewal)
         }
         .instrument(span)

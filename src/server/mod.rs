@@ -13,6 +13,8 @@ mod admin;
 mod calls;
 mod listen;
 mod observe;
+mod reload;
+mod triggers;
 
 use std::future::Future;
 use std::time::Duration;
@@ -24,6 +26,8 @@ use tokio::sync::watch;
 use tonic::service::Routes;
 use tonic::transport::server::TcpConnectInfo;
 use tonic_health::pb::health_server::HealthServer;
+
+pub use self::reload::ReloadSource;
 
 use self::calls::GrpcCalls;
 use self::listen::{Activity, ConnectionLimits, Phase};
@@ -470,9 +474,32 @@ pub async fn bind(
 
 /// Runs tokengate for a validated `config` on the given listeners until `shutdown`:
 /// starts the key refreshers, reports ready once the issuers' readiness
-/// policy holds (`identity::Readiness`), serves, and drains.
+/// policy holds (`identity::Readiness`), serves, and drains. The config is
+/// never reloaded (see [`serve_reloading`]).
 pub async fn serve(
     config: crate::config::Config,
+    grpc: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    serve_with(config, None, grpc, admin, shutdown).await
+}
+
+/// Like [`serve`], reloading the config from `source` on SIGHUP and when
+/// one of its files changes (`reload`): what `tokengate serve` runs.
+pub async fn serve_reloading(
+    config: crate::config::Config,
+    source: ReloadSource,
+    grpc: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    serve_with(config, Some(source), grpc, admin, shutdown).await
+}
+
+async fn serve_with(
+    config: crate::config::Config,
+    reload: Option<ReloadSource>,
     grpc: TcpListener,
     admin: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -487,32 +514,123 @@ pub async fn serve(
     for warning in &config.warnings {
         tracing::warn!(?warning, "policy warning");
     }
+    let running = self::reload::Running::new(&config);
     let authenticator = Arc::new(
         crate::identity::Authenticator::start_with_cache(config.issuers, &config.jwt_cache)
             .map_err(crate::config::identity_error)?,
     );
     let gate = Arc::new(crate::gate::Gate::new(config.projects, config.policy));
     let readiness = Readiness::new();
-    let ready = readiness.clone();
-    let keys = Arc::clone(&authenticator);
+    let follower = follow_readiness(readiness.clone(), Arc::clone(&authenticator), true);
+    let routes_config = config.ext_authz.map(Arc::new);
+    let live = Arc::new(arc_swap::ArcSwap::from_pointee(crate::pipeline::Live {
+        gate,
+        authenticator,
+        routes: routes_config.clone(),
+        trusted_proxies: config.trusted_proxy.map(Arc::new),
+    }));
+    let metrics = observe::metrics(&live);
+    metrics.config_loaded(config.fingerprint.as_str(), crate::entropy::unix_now());
+    let pipeline = Arc::new(
+        crate::pipeline::Pipeline::over(Arc::clone(&live)).with_metrics(Arc::clone(&metrics)),
+    );
+    let api = crate::grpc::service::Api::new(Arc::clone(&pipeline));
+    let mut routes = Routes::new(
+        pb::token_service_server::TokenServiceServer::new(api)
+            .max_decoding_message_size(config.limits.max_message_size()),
+    );
+    let mut advertised_services = vec![
+        TOKEN_SERVICE_NAME.to_owned(),
+        HEALTH_SERVICE_NAME.to_owned(),
+    ];
+    // Registered at start only: turning ext_authz on or off takes a restart
+    // (a reload says so); its routes reload.
+    if routes_config.is_some() {
+        advertised_services.push(EXT_AUTHZ_SERVICE_NAME.to_owned());
+        let check = crate::grpc::envoy_check::EnvoyCheck::new(pipeline);
+        routes = routes.add_service(
+            envoy_types::ext_authz::v3::pb::AuthorizationServer::new(check)
+                .max_decoding_message_size(config.limits.max_message_size()),
+        );
+    }
+    let mut options =
+        ServeOptions::from_config(&config.server, &config.limits, advertised_services);
+    options.tls = config.tls.map(|(settings, material)| {
+        crate::tls::Acceptor::start(settings, material, Some(Arc::clone(&metrics)))
+    });
+    // The SIGHUP handler is installed before the listening line, so a
+    // signal sent once the port answers never ends the process.
+    let reloader = reload.map(|source| {
+        let triggers = self::triggers::Triggers::start(running.files());
+        let reloader = self::reload::Reloader::new(
+            source,
+            Arc::clone(&live),
+            running,
+            Arc::clone(&metrics),
+            options.tls.clone(),
+            readiness.clone(),
+            follower,
+        );
+        tokio::spawn(reloader.run(triggers))
+    });
+    options.metrics = Some(metrics);
+    tracing::info!(
+        grpc = %grpc.local_addr().map_err(|source| StartError::Bind { addr: config.server.grpc_listen(), source })?,
+        admin = %admin.local_addr().map_err(|source| StartError::Bind { addr: config.server.admin_listen(), source })?,
+        "tokengate listening"
+    );
+    let served = run(grpc, admin, routes, readiness, options, shutdown).await;
+    if let Some(reloader) = reloader {
+        // No reload after the drain; dropping the reloader stops its follower.
+        reloader.abort();
+        let _ = reloader.await;
+    }
+    served?;
+    live.load().authenticator.shutdown();
+    Ok(())
+}
+
+/// Makes `ready` follow `keys`' readiness policy, both ways, until aborted.
+///
+/// At start it reports not ready until the required issuers have loaded
+/// their keys. After a reload (`at_start` false) it starts from the new
+/// authenticator's state as it is, so readiness does not flap on a reload
+/// that keeps the issuers' keys.
+fn follow_readiness(
+    ready: Readiness,
+    keys: std::sync::Arc<crate::identity::Authenticator>,
+    at_start: bool,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        ready.set_because(
-            false,
-            "waiting for the keys of the required issuers".to_owned(),
-        );
-        let first = keys.wait_readiness(true).await;
-        // Optional issuers may still be loading; their callers get UNAVAILABLE meanwhile.
-        let still_loading: Vec<String> = first
-            .issuers
-            .into_iter()
-            .filter(|s| !s.loaded)
-            .map(|s| s.name)
-            .collect();
-        tracing::info!(
-            ?still_loading,
-            "the issuers required for readiness have loaded their keys; serving"
-        );
-        ready.set(true);
+        if at_start {
+            ready.set_because(
+                false,
+                "waiting for the keys of the required issuers".to_owned(),
+            );
+            let first = keys.wait_readiness(true).await;
+            // Optional issuers may still be loading; their callers get UNAVAILABLE meanwhile.
+            let still_loading: Vec<String> = first
+                .issuers
+                .into_iter()
+                .filter(|s| !s.loaded)
+                .map(|s| s.name)
+                .collect();
+            tracing::info!(
+                ?still_loading,
+                "the issuers required for readiness have loaded their keys; serving"
+            );
+            ready.set(true);
+        } else {
+            let now = keys.readiness();
+            if !now.ready {
+                let detail = unready_detail(&now);
+                tracing::warn!(detail = %detail, "not ready after the reload: a required issuer has no usable keys");
+                ready.set_because(false, detail);
+                keys.wait_readiness(true).await;
+                tracing::info!("every required issuer has usable keys again; serving");
+            }
+            ready.set(true);
+        }
         // Readiness follows the keys both ways: a required issuer whose keys
         // expire after `max_stale` takes the replica out of rotation (its
         // callers get UNAVAILABLE) until a refresh succeeds again.
@@ -525,46 +643,7 @@ pub async fn serve(
             tracing::info!("every required issuer has usable keys again; serving");
             ready.set(true);
         }
-    });
-    let metrics = observe::metrics(&authenticator);
-    metrics.config_loaded(config.fingerprint.as_str(), crate::entropy::unix_now());
-    let routes_config = config.ext_authz.map(Arc::new);
-    let pipeline = Arc::new(
-        crate::pipeline::Pipeline::new(gate, Arc::clone(&authenticator), routes_config.clone())
-            .with_metrics(Arc::clone(&metrics))
-            .with_trusted_proxies(config.trusted_proxy),
-    );
-    let api = crate::grpc::service::Api::new(Arc::clone(&pipeline));
-    let mut routes = Routes::new(
-        pb::token_service_server::TokenServiceServer::new(api)
-            .max_decoding_message_size(config.limits.max_message_size()),
-    );
-    let mut advertised_services = vec![
-        TOKEN_SERVICE_NAME.to_owned(),
-        HEALTH_SERVICE_NAME.to_owned(),
-    ];
-    if let Some(ext_authz) = routes_config {
-        advertised_services.push(EXT_AUTHZ_SERVICE_NAME.to_owned());
-        let check = crate::grpc::envoy_check::EnvoyCheck::new(pipeline, ext_authz);
-        routes = routes.add_service(
-            envoy_types::ext_authz::v3::pb::AuthorizationServer::new(check)
-                .max_decoding_message_size(config.limits.max_message_size()),
-        );
-    }
-    let mut options =
-        ServeOptions::from_config(&config.server, &config.limits, advertised_services);
-    options.tls = config.tls.map(|(settings, material)| {
-        crate::tls::Acceptor::start(settings, material, Some(Arc::clone(&metrics)))
-    });
-    options.metrics = Some(metrics);
-    tracing::info!(
-        grpc = %grpc.local_addr().map_err(|source| StartError::Bind { addr: config.server.grpc_listen(), source })?,
-        admin = %admin.local_addr().map_err(|source| StartError::Bind { addr: config.server.admin_listen(), source })?,
-        "tokengate listening"
-    );
-    run(grpc, admin, routes, readiness, options, shutdown).await?;
-    authenticator.shutdown();
-    Ok(())
+    })
 }
 
 /// Which issuers keep the service from being ready, and why, in one line.

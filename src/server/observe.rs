@@ -4,11 +4,13 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use prost::Message as _;
 
 use crate::grpc::pb;
-use crate::identity::{Authenticator, Freshness};
+use crate::identity::Freshness;
 use crate::metrics::{BuildInfo, IssuerSnapshot, IssuerState, JwtCacheState, Method, Metrics};
+use crate::pipeline::Live;
 
 /// The build this binary is.
 pub(super) const BUILD: BuildInfo = BuildInfo {
@@ -17,13 +19,15 @@ pub(super) const BUILD: BuildInfo = BuildInfo {
     rustc: env!("TOKENGATE_RUSTC"),
 };
 
-/// The issuers' key state, read from the authenticator.
+/// The issuers' key state, read at each scrape from the authenticator of
+/// the live snapshot (so a reload's new issuers are reported, and the old
+/// authenticator is not kept alive by the metrics).
 #[derive(Debug)]
-struct Issuers(Arc<Authenticator>);
+struct Issuers(Arc<ArcSwap<Live>>);
 
-/// The metrics of a server over `authenticator`.
-pub(super) fn metrics(authenticator: &Arc<Authenticator>) -> Arc<Metrics> {
-    Metrics::new(&BUILD, Arc::new(Issuers(Arc::clone(authenticator))))
+/// The metrics of a server over the live snapshot's authenticator.
+pub(super) fn metrics(live: &Arc<ArcSwap<Live>>) -> Arc<Metrics> {
+    Metrics::new(&BUILD, Arc::new(Issuers(Arc::clone(live))))
 }
 
 /// Every method the gRPC port can serve, from the descriptor sets it serves
@@ -71,6 +75,8 @@ impl IssuerSnapshot for Issuers {
     fn issuers(&self) -> Vec<IssuerState> {
         let now = crate::entropy::unix_now() as f64;
         self.0
+            .load()
+            .authenticator
             .readiness()
             .issuers
             .into_iter()
@@ -94,6 +100,8 @@ impl IssuerSnapshot for Issuers {
 
     fn jwt_cache(&self) -> JwtCacheState {
         self.0
+            .load()
+            .authenticator
             .verified_cache_stats()
             .map_or_else(JwtCacheState::default, |stats| JwtCacheState {
                 entries: stats.entries,

@@ -51,6 +51,8 @@ const EXPORTED: &[&str] = &[
     "tokengate_jwks_unknown_kid_refetches_total",
     "tokengate_jwks_refetches_suppressed_total",
     "tokengate_connections_refused_total",
+    "tokengate_config_reloads_total",
+    "tokengate_config_last_reload_success_timestamp_seconds",
     "process_cpu_seconds_total",
     "process_resident_memory_bytes",
     "process_virtual_memory_bytes",
@@ -83,6 +85,7 @@ const LABELS: &[&str] = &[
     "git_sha",
     "rustc",
     "port",
+    "result",
 ];
 
 /// The `grpc_code` values the server writes (go-grpc-prometheus's spelling).
@@ -577,6 +580,9 @@ fn check_names(origin: &str, expr: &str, exported: &BTreeSet<String>) -> Vec<Str
             "grpc_code" => GRPC_CODES,
             "decision" => DECISIONS,
             "outcome" if expr.contains("tokengate_jwks_fetches_total") => &["ok", "error"][..],
+            "result" if expr.contains("tokengate_config_reloads_total") => {
+                &["success", "failure"][..]
+            }
             _ => continue,
         };
         for value in values {

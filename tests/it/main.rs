@@ -30,6 +30,7 @@ mod policy_example;
 mod policy_props;
 mod policy_rules;
 mod policy_workload;
+mod reload;
 mod server_api;
 mod server_churn;
 mod server_fds;

@@ -3,7 +3,8 @@
 //! client, a client certificate from another CA and a missing one refused;
 //! optional client certificates; the SPIFFE ID in the audit event; the
 //! certificate rotated on disk (a Kubernetes `..data` symlink swap) while a
-//! client keeps calling, and a bad new file that keeps the old pair; and
+//! client keeps calling, and a bad new file that keeps the old pair; a
+//! config reload that re-reads the files and applies new TLS settings; and
 //! `check-config` on the files.
 
 use crate::support;
@@ -814,4 +815,68 @@ async fn a_stalled_handshake_holds_its_slot_only_until_the_header_read_timeout()
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(served, "the slot was never freed");
+}
+
+/// Waits (10 s at most) for the "config reloaded" log event whose `tls` field is `tls`.
+async fn reloaded_with_tls(server: &Running, tls: &str) -> Value {
+    let wanted = |line: &str| {
+        serde_json::from_str::<Value>(line)
+            .is_ok_and(|e| e["message"] == "config reloaded" && e["tls"] == tls)
+    };
+    server.logs_once(wanted).await;
+    let line = server
+        .logs()
+        .into_iter()
+        .find(|line| wanted(line))
+        .unwrap_or_else(|| panic!("no reload with tls = {tls:?}; logs: {:#?}", server.logs()));
+    serde_json::from_str(&line).unwrap()
+}
+
+#[tokio::test]
+async fn a_config_reload_rereads_the_tls_files_and_applies_new_tls_settings() {
+    let (jwks, es256, _rs256) = test_keys().await;
+    let ca = Ca::new("tokengate test CA");
+    let mut files = Files::new(&ca.server(0x1001), &ca);
+    // The poll is an hour apart: only the config reload can see the rotation.
+    let hourly = |files: &Files, mtls| {
+        config(&jwks.jwks_url(), files, Some(mtls)).replacen(
+            "reload_interval = \"100ms\"",
+            "reload_interval = \"1h\"",
+            1,
+        )
+    };
+    let server = Running::start_config(&hourly(&files, "required"));
+    server.wait_ready().await;
+    let addr = server.grpc_addr();
+    let backend = ca.client(BACKEND_SPIFFE_ID);
+    assert_eq!(served_serial(addr, &ca, &backend).await, "10:01");
+
+    // The `..data` swap is a change of a file the config names: the reload
+    // re-reads the PEM files through the running acceptor.
+    let next = ca.server(0x2002);
+    files.rotate(&next.cert, &next.key, &ca.pem());
+    reloaded_with_tls(&server, "files re-read").await;
+    assert_eq!(served_serial(addr, &ca, &backend).await, "20:02");
+    assert_eq!(
+        metric(&server, "tokengate_tls_reloads_total{result=\"ok\"}").await,
+        1.0
+    );
+
+    // Client certificates turned optional by a reload: a client without one
+    // is served from the next handshake on.
+    let jwt = es256.mint(&TestServer::claims("erin", json!({})));
+    assert!(
+        match tls_channel(addr, &ca, None).await {
+            Ok(channel) => issue(channel, &jwt).await.is_err(),
+            Err(_) => true,
+        },
+        "a client without a certificate was served while they were required"
+    );
+    let optional = hourly(&files, "optional");
+    let temporary = server.config_path().with_extension("new");
+    std::fs::write(&temporary, &optional).unwrap();
+    std::fs::rename(&temporary, server.config_path()).unwrap();
+    reloaded_with_tls(&server, "settings applied").await;
+    let channel = tls_channel(addr, &ca, None).await.unwrap();
+    issue(channel, &jwt).await.unwrap();
 }

@@ -29,6 +29,7 @@ pub struct Running {
     admin_client: reqwest::Client,
     /// When the last signal was sent.
     signalled_at: Option<Instant>,
+    config: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -126,6 +127,7 @@ impl Running {
             paused,
             admin_client: reqwest::Client::new(),
             signalled_at: None,
+            config: path,
             _dir: dir,
         };
         let fields = rx
@@ -202,6 +204,11 @@ impl Running {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The config file the binary was started with (a test rewrites it to reload).
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config
     }
 
     /// The gRPC address.
