@@ -504,17 +504,7 @@ impl Acceptor {
         if applied.files {
             // Whichever of the poll and the reload sees new contents first
             // counts them; the other finds them served already.
-            if let Some(metrics) = &self.metrics {
-                metrics.tls_reloaded(true);
-                metrics.tls_loaded(material.not_after);
-            }
-            tracing::info!(
-                serial = %material.serial,
-                subject = %material.subject,
-                not_after = material.not_after,
-                "TLS files re-read on a config reload; new handshakes use this certificate"
-            );
-            warn_expiry(&material);
+            announce(self.metrics.as_deref(), &material, "config reload");
         }
         self.current.store(Arc::clone(&material.config));
         shared.served = material.digest;
@@ -583,6 +573,23 @@ async fn refuse_plaintext_http2(stream: &mut TcpStream) -> std::io::Result<()> {
         std::io::ErrorKind::InvalidData,
         "a plaintext HTTP/2 client on the TLS port",
     ))
+}
+
+/// A new certificate is served: counted, logged (`by` says what noticed the
+/// change: the poll or a config reload) and checked for its expiry.
+fn announce(metrics: Option<&Metrics>, material: &Material, by: &'static str) {
+    if let Some(metrics) = metrics {
+        metrics.tls_reloaded(true);
+        metrics.tls_loaded(material.not_after);
+    }
+    tracing::info!(
+        serial = %material.serial,
+        subject = %material.subject,
+        not_after = material.not_after,
+        by,
+        "TLS files changed; new handshakes use the new certificate"
+    );
+    warn_expiry(material);
 }
 
 /// Logs a warning when the certificate expires within [`EXPIRY_WARNING_SECS`].
@@ -668,17 +675,7 @@ async fn reload(
                 state.served = material.digest;
                 current.store(Arc::clone(&material.config));
                 drop(state);
-                if let Some(metrics) = &metrics {
-                    metrics.tls_reloaded(true);
-                    metrics.tls_loaded(material.not_after);
-                }
-                tracing::info!(
-                    serial = %material.serial,
-                    subject = %material.subject,
-                    not_after = material.not_after,
-                    "TLS files changed; new handshakes use the new certificate"
-                );
-                warn_expiry(&material);
+                announce(metrics.as_deref(), &material, "poll");
             }
         }
     }
