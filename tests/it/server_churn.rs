@@ -64,9 +64,12 @@ async fn connection_churn_plateaus_instead_of_growing() {
         "churn: {} connections, RSS idle {idle} KiB, after warm-up {warm} KiB, late {late} KiB; {samples:?}",
         BURST * BURSTS
     );
-    // 5,000 connections in the late half: a leak of 0.5 KiB each is 2.4 MiB.
+    // 5,000 connections in the late half: a leak of 1 KiB each (far less
+    // than a connection's buffers) is 4.9 MiB. The margin is 4 MiB because
+    // glibc's arenas grow in steps: a clean run on the 2-core CI machine
+    // once stepped 2.7 MiB between two bursts and then stayed flat.
     assert!(
-        late <= warm + 2 * 1024,
+        late <= warm + 4 * 1024,
         "RSS kept growing: {warm} -> {late} KiB over {} connections ({samples:?})",
         BURST * BURSTS / 2
     );
