@@ -33,6 +33,14 @@ pub fn random_salt() -> Result<u32, EntropyError> {
     }
 }
 
+/// Nanoseconds on the process's monotonic clock (from its first read):
+/// the `now` of rate limits, which must never step back with the wall clock.
+pub fn monotonic_ns() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// A monotonic timer for how long a call took (latency, not the wall clock).
 #[derive(Debug, Clone, Copy)]
 pub struct Stopwatch(std::time::Instant);

@@ -16,6 +16,7 @@ pub mod forwarded;
 pub mod gate;
 pub mod grpc;
 pub mod identity;
+pub mod limits;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;

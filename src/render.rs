@@ -12,13 +12,23 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+use tonic_types::{ErrorDetails, FieldViolation, QuotaViolation, StatusExt};
 
 use crate::identity::AuthError;
 use crate::pipeline::Refusal;
 
 /// The `ErrorInfo.domain` of every error tokengate returns.
 pub const ERROR_DOMAIN: &str = "tokengate.v1";
+
+/// How long a shed call is told to wait: long enough for the calls in
+/// flight to finish, short enough not to lose the client.
+const OVERLOAD_RETRY: Duration = Duration::from_secs(1);
+
+/// `wait` in whole seconds, rounded up, at least 1.
+fn whole_seconds_up(wait: Duration) -> u64 {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    secs.max(1)
+}
 
 /// A refusal as an HTTP response, for a proxy to send to the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +70,35 @@ pub fn status(refusal: &Refusal, request_id: &str) -> Status {
         Refusal::NoRoute { .. } => {
             details.set_error_info(refusal.reason(), ERROR_DOMAIN, HashMap::new());
             "no ext_authz route matches the request".to_owned()
+        }
+        Refusal::Limited(exceeded) => {
+            let names = exceeded.names();
+            let mut metadata = HashMap::new();
+            metadata.insert("limits".to_owned(), names.clone());
+            details.set_error_info(refusal.reason(), ERROR_DOMAIN, metadata);
+            // The exact wait GCRA computed, so a client that honours
+            // RetryInfo is admitted on its first retry.
+            details.set_retry_info(Some(exceeded.retry_after));
+            let violations = exceeded
+                .limits
+                .iter()
+                .map(|name| {
+                    QuotaViolation::new(
+                        format!("limit:{name}"),
+                        format!("over the rate limit {name:?}"),
+                    )
+                })
+                .collect::<Vec<_>>();
+            details.set_quota_failure(violations);
+            format!(
+                "rate limited by {names}; retry after {} ms",
+                exceeded.retry_after.as_millis()
+            )
+        }
+        Refusal::Overloaded { max_in_flight } => {
+            details.set_error_info(refusal.reason(), ERROR_DOMAIN, HashMap::new());
+            details.set_retry_info(Some(OVERLOAD_RETRY));
+            format!("overloaded: {max_in_flight} calls already in flight; retry later")
         }
         Refusal::Unavailable {
             detail,
@@ -109,6 +148,15 @@ pub fn http_denial(refusal: &Refusal, request_id: &str) -> HttpDenial {
         Refusal::Unavailable {
             retry_after_secs, ..
         } => headers.push(("retry-after", retry_after_secs.to_string())),
+        // Retry-After is whole seconds (RFC 9110 §10.2.3): rounded up, so a
+        // client that waits that long is admitted.
+        Refusal::Limited(exceeded) => headers.push((
+            "retry-after",
+            whole_seconds_up(exceeded.retry_after).to_string(),
+        )),
+        Refusal::Overloaded { .. } => {
+            headers.push(("retry-after", whole_seconds_up(OVERLOAD_RETRY).to_string()))
+        }
         _ => {}
     }
     // The body stays minimal; the request id travels in `x-request-id`.
@@ -236,6 +284,7 @@ pub fn grpc_code(refusal: &Refusal) -> Code {
         Refusal::Unauthenticated(_) => Code::Unauthenticated,
         Refusal::Denied(_) | Refusal::NoRoute { .. } => Code::PermissionDenied,
         Refusal::BadInput(_) => Code::InvalidArgument,
+        Refusal::Limited(_) | Refusal::Overloaded { .. } => Code::ResourceExhausted,
         Refusal::Unavailable { .. } => Code::Unavailable,
         Refusal::Internal(_) => Code::Internal,
     }
@@ -247,6 +296,10 @@ pub fn http_status(refusal: &Refusal) -> u16 {
         Refusal::Unauthenticated(_) => 401,
         Refusal::Denied(_) | Refusal::NoRoute { .. } => 403,
         Refusal::BadInput(_) => 400,
+        Refusal::Limited(_) => 429,
+        // Shedding is the server's state, not the client's rate: 503, as
+        // Envoy's own overload manager answers.
+        Refusal::Overloaded { .. } => 503,
         Refusal::Unavailable { .. } => 503,
         Refusal::Internal(_) => 500,
     }
@@ -304,10 +357,23 @@ mod tests {
                 vec![Refusal::BadInput(InvalidRequest::field("channel", "empty"))],
             ),
             (
+                "rate limited",
+                vec![Refusal::Limited(crate::limits::Exceeded {
+                    limits: vec!["per-caller".into()],
+                    retry_after: Duration::from_millis(250),
+                })],
+            ),
+            ("overloaded", vec![Refusal::Overloaded { max_in_flight: 8 }]),
+            (
                 "unavailable",
                 vec![
                     Refusal::from(AuthError::KeysNotLoaded { issuer: "a".into() }),
                     Refusal::from(AuthError::KeysExpired { issuer: "a".into() }),
+                    Refusal::Unavailable {
+                        reason: "limits_unavailable",
+                        detail: "d".into(),
+                        retry_after_secs: 1,
+                    },
                 ],
             ),
             ("internal", vec![Refusal::Internal("bug".into())]),
@@ -392,6 +458,36 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_rate_limited_call_carries_the_exact_wait_and_the_limits() {
+        let refusal = Refusal::Limited(crate::limits::Exceeded {
+            limits: vec!["per-caller".into(), "per-tenant".into()],
+            retry_after: Duration::from_millis(1_250),
+        });
+        let status = status(&refusal, "rid");
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let details = status.get_error_details();
+        assert_eq!(
+            details.retry_info().and_then(|r| r.retry_delay),
+            Some(Duration::from_millis(1_250))
+        );
+        let subjects: Vec<_> = details
+            .quota_failure()
+            .map(|q| q.violations.iter().map(|v| v.subject.clone()).collect())
+            .unwrap_or_default();
+        assert_eq!(subjects, ["limit:per-caller", "limit:per-tenant"]);
+        let info = details.error_info().unwrap();
+        assert_eq!(info.reason, "rate_limited");
+        assert_eq!(info.metadata["limits"], "per-caller,per-tenant");
+        let denial = http_denial(&refusal, "rid");
+        assert_eq!(denial.status, 429);
+        // 1.25 s is 2 whole seconds: a client that waits 1 would be refused again.
+        assert!(denial.headers.contains(&("retry-after", "2".to_owned())));
+        assert_eq!(whole_seconds_up(Duration::from_millis(1)), 1);
+        assert_eq!(whole_seconds_up(Duration::from_secs(3)), 3);
+        assert_eq!(whole_seconds_up(Duration::ZERO), 1);
     }
 
     #[test]

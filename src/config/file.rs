@@ -203,6 +203,82 @@ pub(crate) struct LimitsSection {
     pub max_header_list_size: u32,
     /// The kernel's queue of connections not yet accepted, per port.
     pub listen_backlog: u32,
+    /// The most calls in the pipeline at once; beyond it a call is refused at once.
+    pub max_in_flight: usize,
+    /// The most keys the in-process limit store holds.
+    pub local_max_keys: usize,
+    /// `[[limits.rate]]`: the rate limits.
+    pub rate: Vec<RateLimitSection>,
+    /// `[limits.redis]`: share the limits through Redis.
+    pub redis: Option<RedisSection>,
+}
+
+/// One `[[limits.rate]]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RateLimitSection {
+    /// The unique name.
+    pub name: String,
+    /// `caller`, `issuer`, `rule`, `channel` or `cel`.
+    pub key: String,
+    /// The CEL expression of a `cel` key.
+    pub expression: Option<String>,
+    /// `<count>/<period>`: `20/s`, `600/min`, `5/10s`.
+    pub rate: String,
+    /// How many calls may come at once; the rate's count by default.
+    pub burst: Option<u32>,
+    /// The token services counted: `rtc`, `rtm`, `chat`, `fpa` (all by default).
+    pub actions: Option<Vec<String>>,
+    /// `all` (every call of its actions) or `rule` (only where a rule names it).
+    pub scope: Option<String>,
+    /// `open` or `closed`: what the limit does while Redis fails.
+    pub on_redis_failure: Option<String>,
+}
+
+/// `[limits.redis]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RedisSection {
+    /// `redis://host:port/db` or `rediss://...`, without a password.
+    pub url: String,
+    /// The ACL user.
+    pub username: Option<String>,
+    /// A file holding the password.
+    pub password_file: Option<PathBuf>,
+    /// An environment variable holding the password.
+    pub password_env: Option<String>,
+    /// A PEM file of the CAs that sign Redis's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// The longest one check waits for Redis.
+    #[serde(default = "redis_timeout")]
+    pub timeout: HumanDuration,
+    /// The longest a connection attempt takes.
+    #[serde(default = "redis_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+    /// How long limits keep their fail mode after a failure before Redis is tried again.
+    #[serde(default = "redis_retry_interval")]
+    pub retry_interval: HumanDuration,
+    /// The prefix of every key.
+    #[serde(default = "redis_key_prefix")]
+    pub key_prefix: String,
+    /// How many replicas share the budgets.
+    pub replicas: Option<u32>,
+}
+
+fn redis_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_millis(5))
+}
+
+fn redis_connect_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+
+fn redis_retry_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+
+fn redis_key_prefix() -> String {
+    "tokengate:rl:".to_owned()
 }
 
 /// One `[[projects]]` table.
@@ -344,6 +420,10 @@ impl Default for LimitsSection {
             admin_max_connections: 64,
             max_header_list_size: 128 * 1024,
             listen_backlog: 1024,
+            max_in_flight: 1024,
+            local_max_keys: 100_000,
+            rate: Vec::new(),
+            redis: None,
         }
     }
 }

@@ -21,6 +21,7 @@ mod duration;
 mod file;
 mod files;
 mod issuer;
+mod limits;
 mod logging;
 mod secret;
 mod telemetry;
@@ -40,11 +41,13 @@ use crate::gate::Project;
 use crate::identity::{
     IdentityConfigError, IssuerSettings, VerifiedCacheSettings, validate_issuers,
 };
+use crate::limits::LimitSet;
 use crate::policy::{Policy, PolicyError, PolicyWarning, RuleConfig};
 use crate::routes::Routes;
 use crate::tls::{ClientAuth, Material, TlsSettings};
 use crate::token::{AppCertificate, AppId};
 
+pub use self::limits::LimiterSettings;
 pub use self::logging::LogSettings;
 pub use self::telemetry::TelemetrySettings;
 
@@ -82,6 +85,8 @@ pub enum ConfigError {
 pub struct Config {
     server: ServerSettings,
     limits: Limits,
+    rate_limits: LimitSet,
+    limiter: LimiterSettings,
     projects: Vec<Project>,
     issuers: Vec<IssuerSettings>,
     jwt_cache: VerifiedCacheSettings,
@@ -109,6 +114,8 @@ pub struct PartFingerprints {
     pub ext_authz: Fingerprint,
     /// Each `jwks_file` issuer's name and the fingerprint of the file's contents.
     pub jwks_files: Vec<(String, Fingerprint)>,
+    /// The rate limits, the rules' `limits` and `limits.max_in_flight`.
+    pub rate_limits: Fingerprint,
 }
 
 /// A [`Config`] taken apart, for the code that starts the service and needs ownership.
@@ -118,6 +125,10 @@ pub struct ConfigParts {
     pub server: ServerSettings,
     /// Request limits.
     pub limits: Limits,
+    /// The rate limits and the bound on calls in flight (reloadable).
+    pub rate_limits: LimitSet,
+    /// The limiter's store and Redis (restart-only).
+    pub limiter: LimiterSettings,
     /// The projects, with their certificates.
     pub projects: Vec<Project>,
     /// The identity providers, validated, HS secrets read, not started.
@@ -194,6 +205,16 @@ impl Config {
     /// Request limits.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The rate limits and the bound on calls in flight.
+    pub fn rate_limits(&self) -> &LimitSet {
+        &self.rate_limits
+    }
+
+    /// The limiter's store and Redis.
+    pub fn limiter(&self) -> &LimiterSettings {
+        &self.limiter
     }
 
     /// The projects, with their certificates, in config order.
@@ -278,6 +299,8 @@ impl Config {
         ConfigParts {
             server: self.server,
             limits: self.limits,
+            rate_limits: self.rate_limits,
+            limiter: self.limiter,
             projects: self.projects,
             issuers: self.issuers,
             jwt_cache: self.jwt_cache,
@@ -537,6 +560,7 @@ fn resolve(
         .collect();
     let (policy, warnings) =
         Policy::compile_with_issuers(&file.rules, &names, &issuer_names).map_err(policy_error)?;
+    let (rate_limits, limiter) = limits::resolve(&file.limits, &file.rules, base, env)?;
     let parts = PartFingerprints {
         rules: file
             .rules
@@ -545,6 +569,7 @@ fn resolve(
             .collect(),
         ext_authz: debug_fingerprint(&file.ext_authz),
         jwks_files,
+        rate_limits: debug_fingerprint(&(&file.limits.rate, file.limits.max_in_flight)),
     };
     let mesh = Routes::compile(&file.ext_authz, &names).map_err(|e| ConfigError::Invalid {
         key: e.key,
@@ -554,6 +579,8 @@ fn resolve(
         ext_authz: file.ext_authz.enabled.then_some(mesh),
         server,
         limits,
+        rate_limits,
+        limiter,
         projects,
         issuers,
         jwt_cache,

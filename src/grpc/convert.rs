@@ -9,7 +9,8 @@ use prost_types::{Duration, Timestamp};
 use super::pb;
 use crate::domain::{Account, ChannelName, Lifetime, Role, RtmUserId, Uid};
 use crate::gate::{self, Diagnosis, Inspection, Issued, PrivilegeExpiry};
-use crate::pipeline::{InvalidRequest, RenewRequest};
+use crate::limits::Budget;
+use crate::pipeline::{Explanation, InvalidRequest, RenewRequest};
 use crate::policy::{
     self, Action, BoundIdentity, ChannelScope, Decision, Grant, Request, RequestedIdentity, Trace,
 };
@@ -208,7 +209,33 @@ pub fn inspection(found: &Inspection) -> pb::InspectTokenResponse {
 }
 
 /// The reply of `ExplainAccess`.
-pub fn explanation(decision: &Decision, trace: &Trace) -> pb::ExplainAccessResponse {
+pub fn explanation(explained: &Explanation) -> pb::ExplainAccessResponse {
+    let mut reply = explanation_of(&explained.decision, &explained.trace);
+    reply.limits = explained.limits.iter().map(limit_budget).collect();
+    reply
+}
+
+/// One limit's budget.
+fn limit_budget(budget: &Budget) -> pb::LimitBudget {
+    pb::LimitBudget {
+        name: budget.limit.to_string(),
+        key: budget.key.clone(),
+        rate: budget.rate.clone(),
+        burst: budget.burst,
+        remaining: budget.remaining,
+        retry_after: budget.retry_after.map(|wait| Duration {
+            seconds: i64::try_from(wait.as_secs()).unwrap_or(i64::MAX),
+            nanos: i32::try_from(wait.subsec_nanos()).unwrap_or(0),
+        }),
+        backend: budget
+            .backend
+            .map_or("unavailable", |backend| backend.as_str())
+            .to_owned(),
+    }
+}
+
+/// The decision and trace of `ExplainAccess`.
+fn explanation_of(decision: &Decision, trace: &Trace) -> pb::ExplainAccessResponse {
     let rules = trace
         .rules
         .iter()
@@ -226,6 +253,7 @@ pub fn explanation(decision: &Decision, trace: &Trace) -> pb::ExplainAccessRespo
             matched_rule: grant.rule().to_owned(),
             trace: rules,
             grant: describe_grant(grant),
+            limits: Vec::new(),
         },
         // ExplainAccess explains issue requests only, so a permit cannot
         // reach here; it is still an allow, with nothing issued to describe.
@@ -235,6 +263,7 @@ pub fn explanation(decision: &Decision, trace: &Trace) -> pb::ExplainAccessRespo
             matched_rule: permit.rule.clone(),
             trace: rules,
             grant: format!("{} issues nothing", permit.action),
+            limits: Vec::new(),
         },
         Decision::Deny(denial) => pb::ExplainAccessResponse {
             decision: pb::Decision::Deny as i32,
@@ -242,6 +271,7 @@ pub fn explanation(decision: &Decision, trace: &Trace) -> pb::ExplainAccessRespo
             matched_rule: denial.rule.clone().unwrap_or_default(),
             trace: rules,
             grant: String::new(),
+            limits: Vec::new(),
         },
     }
 }

@@ -194,8 +194,6 @@ impl TokenService for Api {
             .pipeline
             .explain(call(&request, Rpc::ExplainAccess), wanted)
             .await;
-        reply(outcome, |explained| {
-            convert::explanation(&explained.decision, &explained.trace)
-        })
+        reply(outcome, |explained| convert::explanation(&explained))
     }
 }

@@ -47,6 +47,19 @@ pub struct JwtCacheState {
     pub evictions: u64,
 }
 
+/// The limiter's state at a scrape.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimitsState {
+    /// Calls in the pipeline now.
+    pub in_flight: u64,
+    /// `limits.max_in_flight`.
+    pub max_in_flight: u64,
+    /// Keys the in-process limit store holds.
+    pub local_keys: u64,
+    /// In cluster mode, whether Redis answered the last check.
+    pub redis_up: Option<bool>,
+}
+
 /// Reports every issuer's key state; the server implements it over the authenticator.
 pub trait IssuerSnapshot: std::fmt::Debug + Send + Sync + 'static {
     /// The state of every configured issuer, in config order.
@@ -55,6 +68,11 @@ pub trait IssuerSnapshot: std::fmt::Debug + Send + Sync + 'static {
     /// The verified-JWT cache's size; all zero when it is off.
     fn jwt_cache(&self) -> JwtCacheState {
         JwtCacheState::default()
+    }
+
+    /// The limiter's state; all zero without one.
+    fn limits(&self) -> LimitsState {
+        LimitsState::default()
     }
 }
 
@@ -286,7 +304,43 @@ impl Collector for Jwks {
             None,
             MetricType::Counter,
         )?;
-        evictions.encode(metric_encoder)
+        evictions.encode(metric_encoder)?;
+        let limits = self.source.limits();
+        let mut gauges = vec![
+            (
+                "tokengate_calls_in_flight",
+                "Calls in the pipeline now",
+                limits.in_flight,
+            ),
+            (
+                "tokengate_calls_in_flight_limit",
+                "limits.max_in_flight: beyond it calls are shed (RESOURCE_EXHAUSTED overloaded)",
+                limits.max_in_flight,
+            ),
+            (
+                "tokengate_rate_limit_local_keys",
+                "Keys held in the in-process rate limit store",
+                limits.local_keys,
+            ),
+        ];
+        for (name, help, value) in gauges.drain(..) {
+            let gauge = ConstGauge::new(value as f64);
+            let metric_encoder =
+                encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(metric_encoder)?;
+        }
+        // Declared in local mode too, without a sample, so the family (and
+        // an alert on it) is the same on every replica's /metrics.
+        let metric_encoder = encoder.encode_descriptor(
+            "tokengate_rate_limit_redis_up",
+            "1 while Redis answers the rate limit checks, 0 while limits are in their on_redis_failure mode; no sample without [limits.redis]",
+            None,
+            MetricType::Gauge,
+        )?;
+        if let Some(up) = limits.redis_up {
+            ConstGauge::new(f64::from(u8::from(up))).encode(metric_encoder)?;
+        }
+        Ok(())
     }
 }
 

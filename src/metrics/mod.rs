@@ -28,7 +28,7 @@ mod collectors;
 mod grpc;
 mod text;
 
-pub use collectors::{IssuerSnapshot, IssuerState, JwtCacheState, watch_log_drops};
+pub use collectors::{IssuerSnapshot, IssuerState, JwtCacheState, LimitsState, watch_log_drops};
 pub use grpc::{CountedBody, GrpcMeter, Method, RpcMeter};
 pub use text::{OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE, wants_openmetrics};
 
@@ -94,6 +94,7 @@ pub struct Metrics {
     tls_expiry: Family<Labels, Gauge>,
     config_reloads: Family<Labels, Counter>,
     config_reloaded: Gauge,
+    rate_limit_checks: Family<Labels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -243,6 +244,12 @@ impl Metrics {
             "When the last successful reload swapped in a config, unix seconds (0 before the first)",
             config_reloaded.clone(),
         );
+        let rate_limit_checks = Family::default();
+        registry.register(
+            "tokengate_rate_limit_checks",
+            "Rate limit checks by limit, result (admitted, limited, unavailable) and backend (local, redis, local_fallback: counted locally while Redis fails)",
+            rate_limit_checks.clone(),
+        );
         let build_info = Family::<Labels, Gauge>::default();
         build_info
             .get_or_create(&vec![
@@ -279,6 +286,7 @@ impl Metrics {
             tls_expiry,
             config_reloads,
             config_reloaded,
+            rate_limit_checks,
         })
     }
 
@@ -330,6 +338,17 @@ impl Metrics {
         self.jwt_verification_seconds
             .get_or_create(&vec![("issuer", label(issuer))])
             .observe(seconds);
+    }
+
+    /// Records one rate limit's answer for one call.
+    pub fn record_limit(&self, limit: &str, result: &'static str, backend: &'static str) {
+        self.rate_limit_checks
+            .get_or_create(&vec![
+                ("limit", label(limit)),
+                ("result", Cow::Borrowed(result)),
+                ("backend", Cow::Borrowed(backend)),
+            ])
+            .inc();
     }
 
     /// Records one verified-JWT cache lookup: `hit`, `miss` or `stale`.
@@ -433,6 +452,8 @@ fn check_outcome(decision: &str) -> &'static str {
         "deny" => "denied",
         "unauthenticated" => "unauthenticated",
         "invalid" => "invalid",
+        "limited" => "limited",
+        "shed" => "shed",
         "unavailable" => "unavailable",
         _ => "error",
     }

@@ -21,8 +21,9 @@ pub const AUDIT_TARGET: &str = "audit";
 /// added `authenticated_by` and `peer_identity_source`, and made
 /// `peer_identity` the caller's workload identity (a trusted proxy's
 /// forwarded one, not the proxy's own; none for an ext_authz `Check`
-/// unless Envoy is a trusted proxy).
-pub const SCHEMA_VERSION: u64 = 2;
+/// unless Envoy is a trusted proxy). Version 3 added `limits` and the
+/// decisions `limited` and `shed`.
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// One call's audit record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +51,8 @@ pub struct AuditEvent {
     pub caller: Option<String>,
     /// The caller's JWT fingerprint.
     pub jwt: Option<Fingerprint>,
-    /// `allow`, `pass_through`, `deny`, `unauthenticated`, `invalid`, `unavailable` or `error`.
+    /// `allow`, `pass_through`, `deny`, `unauthenticated`, `invalid`,
+    /// `limited`, `shed`, `unavailable` or `error`.
     pub decision: &'static str,
     /// The stable reason of a refusal.
     pub reason: Option<String>,
@@ -72,6 +74,8 @@ pub struct AuditEvent {
     pub token: Option<Fingerprint>,
     /// The ext_authz route template that matched.
     pub route: Option<String>,
+    /// The rate limits a `limited` call is over, comma-separated.
+    pub limits: Option<String>,
     /// Time spent in the pipeline, microseconds.
     pub latency_us: u64,
     /// The entry point, for the metrics' `action` label.
@@ -111,6 +115,7 @@ impl AuditEvent {
             expires_at: None,
             token: None,
             route: None,
+            limits: None,
             latency_us: 0,
             call: rpc,
             issued_services: Vec::new(),
@@ -194,6 +199,7 @@ impl AuditEvent {
             expires_at = self.expires_at,
             token = self.token.as_ref().map(display),
             route = self.route.as_deref(),
+            limits = self.limits.as_deref(),
             latency_us = self.latency_us,
         );
     }
@@ -276,6 +282,7 @@ mod tests {
             "expires_at",
             "token",
             "route",
+            "limits",
             "latency_us",
         ];
         assert_eq!(declared, &schema.map(str::to_owned).to_vec());

@@ -109,7 +109,9 @@ impl Pipeline {
             let request = routes
                 .request(&matched, &lookup)
                 .map_err(|bad| Refusal::field(bad.field, bad.message))?;
-            let issued = self.decide_and_build(&mut flow, who.caller(), &request)?;
+            let issued = self
+                .decide_and_build(&mut flow, who.caller(), &request)
+                .await?;
             Ok(Checked::Allowed {
                 issued: Box::new(issued),
                 route,

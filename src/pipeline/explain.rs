@@ -4,6 +4,8 @@ use tracing::Instrument as _;
 
 use super::audit::{AuditEvent, Audited};
 use super::{Call, InvalidRequest, Outcome, Pipeline};
+use crate::entropy;
+use crate::limits::{Budget, Subject};
 use crate::policy::{Decision, Request, Trace};
 
 /// What a dry run decided, with the trace of every rule considered.
@@ -13,6 +15,9 @@ pub struct Explanation {
     pub decision: Decision,
     /// Each rule considered, in order.
     pub trace: Trace,
+    /// For an allow, the rate limits that would count the call, with their
+    /// budgets (read, not spent).
+    pub limits: Vec<Budget>,
 }
 
 impl Pipeline {
@@ -31,7 +36,30 @@ impl Pipeline {
             let request = request?;
             flow.event.channel = request.channel.as_ref().map(|c| c.as_str().to_owned());
             let (decision, trace) = flow.live.gate.explain(who.caller(), &request, flow.now)?;
-            Ok(Explanation { decision, trace })
+            let limits = match &decision {
+                Decision::Allow(grant) => {
+                    let subject = Subject {
+                        caller: who.caller(),
+                        request: &request,
+                        rule: grant.rule(),
+                        unix_now: flow.now,
+                    };
+                    self.limiter
+                        .budgets(
+                            &flow.live.limits,
+                            grant.service(),
+                            &subject,
+                            entropy::monotonic_ns(),
+                        )
+                        .await
+                }
+                _ => Vec::new(),
+            };
+            Ok(Explanation {
+                decision,
+                trace,
+                limits,
+            })
         }
         .instrument(span)
         .await;

@@ -23,6 +23,7 @@ impl Pipeline {
                 .await?;
             let request = request?;
             self.decide_and_build(&mut flow, who.caller(), &request)
+                .await
         }
         .instrument(span)
         .await;
@@ -31,21 +32,22 @@ impl Pipeline {
 
     /// The decision and the build for an authenticated caller's request
     /// (shared with ext_authz).
-    pub(super) fn decide_and_build(
+    pub(super) async fn decide_and_build(
         &self,
         flow: &mut Flow,
         caller: Caller<'_>,
         request: &Request,
     ) -> Result<Issued, Refusal> {
         flow.event.channel = request.channel.as_ref().map(|c| c.as_str().to_owned());
-        self.decide_then_build(flow, caller, request)
+        self.decide_then_build(flow, caller, request).await
     }
 
-    /// The rules, then the build, each in its own span: `decide` records the
-    /// rule that decided, `build` the project that signs (never the token).
-    pub(super) fn decide_then_build(
+    /// The rules, the rate limits, then the build, each in its own span:
+    /// `decide` records the rule that decided, `limit` the limits a refused
+    /// call is over, `build` the project that signs (never the token).
+    pub(super) async fn decide_then_build(
         &self,
-        flow: &Flow,
+        flow: &mut Flow,
         caller: Caller<'_>,
         request: &Request,
     ) -> Result<Issued, Refusal> {
@@ -67,6 +69,7 @@ impl Pipeline {
         }
         drop(decide);
         let grant = decided?;
+        self.limit(flow, caller, request, &grant).await?;
         let salt = Self::salt()?;
         let build = tracing::info_span!("build", project = grant.project(), services = Empty);
         let issued = build.in_scope(|| flow.live.gate.build(grant, salt))?;

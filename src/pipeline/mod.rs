@@ -44,6 +44,7 @@ use crate::entropy;
 use crate::forwarded::{self, Direct, Forwarded, ForwardedError, TrustedProxies};
 use crate::gate::Gate;
 use crate::identity::{AuthError, Authenticator};
+use crate::limits::{Admitted, LimitSet, Limiter};
 use crate::metrics::Metrics;
 use crate::policy::{AuthenticatedBy, Caller, Peer};
 use crate::routes::Routes;
@@ -54,6 +55,7 @@ mod check;
 mod explain;
 mod inspect;
 mod issue;
+mod limit;
 mod refusal;
 mod renew;
 
@@ -69,6 +71,9 @@ pub use renew::RenewRequest;
 pub struct Pipeline {
     live: Arc<ArcSwap<Live>>,
     metrics: Option<Arc<Metrics>>,
+    /// The rate limits' state and the count of calls in flight: one for
+    /// the process, kept across reloads (the limits themselves are in `Live`).
+    limiter: Arc<Limiter>,
 }
 
 /// The state the request path runs on, swapped as a whole by a reload.
@@ -83,6 +88,8 @@ pub struct Live {
     /// `[server.trusted_proxy]`: the peers whose forwarded identity counts;
     /// `None` trusts no proxy.
     pub trusted_proxies: Option<Arc<TrustedProxies>>,
+    /// The rate limits and the bound on calls in flight.
+    pub limits: Arc<LimitSet>,
 }
 
 /// Which entry point a call came through; audit events name it.
@@ -183,6 +190,9 @@ struct Flow {
     event: AuditEvent,
     /// The call's span: the use case runs inside it, `finish` ends it.
     span: tracing::Span,
+    /// The call's place under `limits.max_in_flight`, held to its end;
+    /// `None` when the bound was reached and the call is to be shed.
+    admitted: Option<Admitted>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -249,6 +259,7 @@ impl Pipeline {
             authenticator,
             routes,
             trusted_proxies: None,
+            limits: Arc::new(LimitSet::unlimited()),
         })))
     }
 
@@ -258,7 +269,14 @@ impl Pipeline {
         Self {
             live,
             metrics: None,
+            limiter: Arc::new(Limiter::local_only()),
         }
+    }
+
+    /// The same pipeline, keeping the rate limits' state in `limiter`.
+    pub fn with_limiter(mut self, limiter: Arc<Limiter>) -> Self {
+        self.limiter = limiter;
+        self
     }
 
     /// The same pipeline, counting every call and JWT verification into `metrics`.
@@ -273,6 +291,7 @@ impl Pipeline {
     fn begin(&self, call: &Call<'_>, trace: TraceHeaders<'_>) -> Flow {
         // Owned rather than a guard: the call holds it across awaits.
         let live = self.live.load_full();
+        let admitted = self.limiter.enter(&live.limits);
         let now = entropy::unix_now();
         let event = AuditEvent::new(call.rpc, entropy::request_id(), call.peer, now);
         let span = tracing::info_span!(
@@ -298,6 +317,7 @@ impl Pipeline {
             now,
             event,
             span,
+            admitted,
         }
     }
 
@@ -337,6 +357,15 @@ impl Pipeline {
         call: &Call<'_>,
         credential: Credential<'_>,
     ) -> Result<Authenticated, Refusal> {
+        // Shedding happens here, at the first costly step of every use case
+        // (an ext_authz pass-through route, which never authenticates, costs
+        // a route match and is never shed): the call is refused before any
+        // JWT is verified, with its audit event like any refusal.
+        if flow.admitted.is_none() {
+            return Err(Refusal::Overloaded {
+                max_in_flight: flow.live.limits.max_in_flight(),
+            });
+        }
         let peer = self.transport_identity(flow, call)?;
         if credential == Credential::Absent
             && peer.workload.is_some()

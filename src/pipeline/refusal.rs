@@ -4,6 +4,7 @@
 
 use crate::gate::GateError;
 use crate::identity::AuthError;
+use crate::limits::Exceeded;
 use crate::policy::{Denial, DenyReason};
 
 /// Why a call was refused.
@@ -26,6 +27,15 @@ pub enum Refusal {
     /// The request is malformed; every bad field is listed.
     #[error("{0}")]
     BadInput(InvalidRequest),
+    /// Over one or more rate limits; a retry after `retry_after` is admitted.
+    #[error("rate limited by {}", .0.names())]
+    Limited(Exceeded),
+    /// More calls are in flight than `limits.max_in_flight`: shed at once.
+    #[error("overloaded: {max_in_flight} calls already in flight")]
+    Overloaded {
+        /// The bound that was reached.
+        max_in_flight: usize,
+    },
     /// The service cannot decide now; retrying later may succeed.
     #[error("unavailable: {detail}")]
     Unavailable {
@@ -58,6 +68,8 @@ impl Refusal {
             Refusal::Denied(denial) => denial.reason.as_str(),
             Refusal::NoRoute { .. } => "no_matching_route",
             Refusal::BadInput(_) => "invalid_request",
+            Refusal::Limited(_) => "rate_limited",
+            Refusal::Overloaded { .. } => "overloaded",
             Refusal::Unavailable { reason, .. } => reason,
             Refusal::Internal(_) => "internal",
         }
@@ -69,6 +81,8 @@ impl Refusal {
             Refusal::Unauthenticated(_) => "unauthenticated",
             Refusal::Denied(_) | Refusal::NoRoute { .. } => "deny",
             Refusal::BadInput(_) => "invalid",
+            Refusal::Limited(_) => "limited",
+            Refusal::Overloaded { .. } => "shed",
             Refusal::Unavailable { .. } => "unavailable",
             Refusal::Internal(_) => "error",
         }

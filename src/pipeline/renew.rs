@@ -37,7 +37,8 @@ impl Pipeline {
                 flow.live
                     .gate
                     .renewal(&request.token, request.channel, request.lifetimes)?;
-            self.decide_then_build(&flow, who.caller(), &renewal)
+            self.decide_then_build(&mut flow, who.caller(), &renewal)
+                .await
         }
         .instrument(span)
         .await;

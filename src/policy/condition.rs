@@ -96,17 +96,7 @@ struct Shape {
 impl Condition {
     /// Checks the size limits and compiles `source` with `env`.
     pub(crate) fn compile(env: &Env, source: &str) -> Result<Self, String> {
-        check_limits(source)?;
-        let program = env
-            .compile(source)
-            .map_err(|e| format!("does not compile: {}", first_line(&e.to_string())))?;
-        let references = program.references();
-        let reads = Reads {
-            claims: references.has_variable("claims"),
-            caller: references.has_variable("caller"),
-            peer: references.has_variable("peer"),
-            request: references.has_variable("request"),
-        };
+        let (program, reads) = compile_program(env, source)?;
         Ok(Self {
             source: source.to_owned(),
             program,
@@ -205,6 +195,13 @@ impl<'a> Activation<'a> {
     }
 }
 
+impl Activation<'_> {
+    /// Runs `program` on these variables alone (no rule's captures).
+    pub(crate) fn execute(&self, program: &Program) -> Result<Value, cel::ExecutionError> {
+        program.execute(&self.root)
+    }
+}
+
 impl VariableResolver for CapturesResolver<'_> {
     fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
         (variable == "captures").then(|| CowVal::Owned(Box::new(captures_map(self.captures))))
@@ -224,6 +221,23 @@ impl std::fmt::Display for ConditionFailure {
             ConditionFailure::NotBool(t) => write!(f, "produced a {t}, not a bool"),
         }
     }
+}
+
+/// Checks the size limits, compiles `source` and finds the costly
+/// variables it reads (shared with `key`).
+pub(crate) fn compile_program(env: &Env, source: &str) -> Result<(Program, Reads), String> {
+    check_limits(source)?;
+    let program = env
+        .compile(source)
+        .map_err(|e| format!("does not compile: {}", first_line(&e.to_string())))?;
+    let references = program.references();
+    let reads = Reads {
+        claims: references.has_variable("claims"),
+        caller: references.has_variable("caller"),
+        peer: references.has_variable("peer"),
+        request: references.has_variable("request"),
+    };
+    Ok((program, reads))
 }
 
 /// Refuses expressions whose parse could exhaust the stack.
@@ -461,7 +475,7 @@ fn first_line(message: &str) -> String {
 }
 
 /// Error text for traces: one line, bounded, so a huge claim cannot bloat an audit record.
-fn truncate(message: &str) -> String {
+pub(crate) fn truncate(message: &str) -> String {
     const MAX: usize = 200;
     let line = message.lines().next().unwrap_or_default();
     match line.char_indices().nth(MAX) {

@@ -99,6 +99,10 @@ pub struct RuleConfig {
     /// RTM 2 permission sets granted with `rtm` tokens.
     #[serde(default)]
     pub rtm_permissions: Vec<Rtm2PermissionConfig>,
+    /// The `scope = "rule"` rate limits (`[[limits.rate]]` names) that count
+    /// this rule's grants, besides the limits that count every call.
+    #[serde(default)]
+    pub limits: Vec<String>,
 }
 
 /// One RTM 2 permission set as written.

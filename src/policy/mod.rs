@@ -21,6 +21,7 @@ mod config;
 mod decision;
 mod evaluate;
 mod grant;
+mod key;
 mod pattern;
 mod request;
 mod spiffe;
@@ -38,6 +39,7 @@ use compile::{Rule, compile_rule};
 use condition::Reads;
 
 pub use compile::Issuer;
+pub use key::KeyExpression;
 
 /// Requests and grants name channels with the domain's scope, which the token layer also takes.
 pub use crate::domain::ChannelScope;

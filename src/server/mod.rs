@@ -458,6 +458,32 @@ pub enum StartError {
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
+/// Logs the limits in force and, in cluster mode, where they are shared
+/// and what each does while Redis fails: the operator's record of the
+/// choice, at start and after every reload.
+pub(crate) fn announce_limits(set: &crate::limits::LimitSet, limiter: &crate::limits::Limiter) {
+    let mode = match limiter.redis() {
+        Some(redis) => format!("shared through Redis at {}", redis.settings().url),
+        None => "in process (each replica counts alone)".to_owned(),
+    };
+    for limit in set.limits() {
+        tracing::info!(
+            limit = %limit.name,
+            rate = %limit.rate,
+            burst = limit.gcra.burst(),
+            mode = %mode,
+            on_redis_failure = limiter.redis().map(|_| limit.on_redis_failure.as_str()),
+            "rate limit in force"
+        );
+    }
+    tracing::info!(
+        limits = set.limits().len(),
+        max_in_flight = set.max_in_flight(),
+        mode = %mode,
+        "rate limits and load shedding configured"
+    );
+}
+
 /// Binds the config's listen addresses, each with the config's listen
 /// backlog. Done after the config is validated, so a bad config never holds a port.
 pub async fn bind(
@@ -523,16 +549,27 @@ async fn serve_with(
     let readiness = Readiness::new();
     let follower = follow_readiness(readiness.clone(), Arc::clone(&authenticator), true);
     let routes_config = config.ext_authz.map(Arc::new);
+    let limiter = Arc::new(
+        crate::limits::Limiter::new(config.limiter.local_max_keys, config.limiter.redis.clone())
+            .map_err(|e| crate::config::ConfigError::Invalid {
+                key: "limits.redis".to_owned(),
+                message: e.to_string(),
+            })?,
+    );
+    announce_limits(&config.rate_limits, &limiter);
     let live = Arc::new(arc_swap::ArcSwap::from_pointee(crate::pipeline::Live {
         gate,
         authenticator,
         routes: routes_config.clone(),
         trusted_proxies: config.trusted_proxy.map(Arc::new),
+        limits: Arc::new(config.rate_limits),
     }));
-    let metrics = observe::metrics(&live);
+    let metrics = observe::metrics(&live, &limiter);
     metrics.config_loaded(config.fingerprint.as_str(), crate::entropy::unix_now());
     let pipeline = Arc::new(
-        crate::pipeline::Pipeline::over(Arc::clone(&live)).with_metrics(Arc::clone(&metrics)),
+        crate::pipeline::Pipeline::over(Arc::clone(&live))
+            .with_metrics(Arc::clone(&metrics))
+            .with_limiter(limiter),
     );
     let api = crate::grpc::service::Api::new(Arc::clone(&pipeline));
     let mut routes = Routes::new(

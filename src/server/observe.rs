@@ -9,7 +9,10 @@ use prost::Message as _;
 
 use crate::grpc::pb;
 use crate::identity::Freshness;
-use crate::metrics::{BuildInfo, IssuerSnapshot, IssuerState, JwtCacheState, Method, Metrics};
+use crate::limits::Limiter;
+use crate::metrics::{
+    BuildInfo, IssuerSnapshot, IssuerState, JwtCacheState, LimitsState, Method, Metrics,
+};
 use crate::pipeline::Live;
 
 /// The build this binary is.
@@ -23,11 +26,14 @@ pub(super) const BUILD: BuildInfo = BuildInfo {
 /// the live snapshot (so a reload's new issuers are reported, and the old
 /// authenticator is not kept alive by the metrics).
 #[derive(Debug)]
-struct Issuers(Arc<ArcSwap<Live>>);
+struct Issuers(Arc<ArcSwap<Live>>, Arc<Limiter>);
 
-/// The metrics of a server over the live snapshot's authenticator.
-pub(super) fn metrics(live: &Arc<ArcSwap<Live>>) -> Arc<Metrics> {
-    Metrics::new(&BUILD, Arc::new(Issuers(Arc::clone(live))))
+/// The metrics of a server over the live snapshot's authenticator and the limiter.
+pub(super) fn metrics(live: &Arc<ArcSwap<Live>>, limiter: &Arc<Limiter>) -> Arc<Metrics> {
+    Metrics::new(
+        &BUILD,
+        Arc::new(Issuers(Arc::clone(live), Arc::clone(limiter))),
+    )
 }
 
 /// Every method the gRPC port can serve, from the descriptor sets it serves
@@ -96,6 +102,16 @@ impl IssuerSnapshot for Issuers {
                 }
             })
             .collect()
+    }
+
+    fn limits(&self) -> LimitsState {
+        let limiter = &self.1;
+        LimitsState {
+            in_flight: limiter.in_flight() as u64,
+            max_in_flight: self.0.load().limits.max_in_flight() as u64,
+            local_keys: limiter.local().len() as u64,
+            redis_up: limiter.redis().map(|redis| !redis.failing()),
+        }
     }
 
     fn jwt_cache(&self) -> JwtCacheState {

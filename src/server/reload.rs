@@ -31,8 +31,8 @@ use tokio::task::JoinHandle;
 use super::Readiness;
 use super::triggers::{Trigger, Triggers};
 use crate::config::{
-    Config, ConfigError, ConfigParts, Limits, LogSettings, PartFingerprints, ServerSettings,
-    TelemetrySettings,
+    Config, ConfigError, ConfigParts, LimiterSettings, Limits, LogSettings, PartFingerprints,
+    ServerSettings, TelemetrySettings,
 };
 use crate::domain::Fingerprint;
 use crate::gate::{Gate, Project};
@@ -91,6 +91,7 @@ pub(super) struct Running {
     fingerprint: Fingerprint,
     server: ServerSettings,
     limits: Limits,
+    limiter: LimiterSettings,
     telemetry: Option<TelemetrySettings>,
     logging: LogSettings,
     tls_on: bool,
@@ -115,6 +116,7 @@ struct Changes {
     routes_changed: bool,
     jwt_cache_changed: bool,
     trusted_proxy_changed: bool,
+    limits_changed: bool,
     tls: &'static str,
     needs_restart: Vec<&'static str>,
 }
@@ -126,6 +128,7 @@ impl Running {
             fingerprint: parts.fingerprint.clone(),
             server: parts.server,
             limits: parts.limits,
+            limiter: parts.limiter.clone(),
             telemetry: parts.telemetry.clone(),
             logging: parts.logging,
             tls_on: parts.tls.is_some(),
@@ -207,6 +210,11 @@ impl Running {
                 "limits.listen_backlog",
                 limits.listen_backlog() != new.limits.listen_backlog(),
             ),
+            (
+                "limits.local_max_keys",
+                self.limiter.local_max_keys != new.limiter.local_max_keys,
+            ),
+            ("limits.redis", self.limiter.redis != new.limiter.redis),
             ("telemetry", self.telemetry != new.telemetry),
             ("logging", self.logging != new.logging),
         ];
@@ -311,6 +319,7 @@ impl Reloader {
         );
         changes.rules_reordered = reordered(&self.running.parts.rules, &parts.parts.rules);
         changes.jwt_cache_changed = self.running.jwt_cache != parts.jwt_cache;
+        changes.limits_changed = self.running.parts.rate_limits != parts.parts.rate_limits;
         let old = self.live.load_full();
         let old_jwks = &self.running.parts.jwks_files;
         let new_jwks = &parts.parts.jwks_files;
@@ -373,6 +382,7 @@ impl Reloader {
             authenticator: Arc::clone(&authenticator),
             routes,
             trusted_proxies,
+            limits: Arc::new(parts.rate_limits),
         }));
         // The old follower holds the old authenticator: stopping it lets
         // the removed issuers' refreshers stop once the last call on the
@@ -454,6 +464,7 @@ impl Changes {
             && !self.routes_changed
             && !self.jwt_cache_changed
             && !self.trusted_proxy_changed
+            && !self.limits_changed
             && self.tls == "unchanged"
     }
 
@@ -483,6 +494,7 @@ impl Changes {
             routes_changed = self.routes_changed,
             jwt_cache_changed = self.jwt_cache_changed,
             trusted_proxy_changed = self.trusted_proxy_changed,
+            limits_changed = self.limits_changed,
             tls = self.tls,
             needs_restart = ?self.needs_restart,
             "config reloaded"
