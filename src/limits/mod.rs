@@ -545,3 +545,6 @@ impl FailMode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

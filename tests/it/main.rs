@@ -23,6 +23,8 @@ mod identity_hardening;
 mod identity_jwks;
 mod identity_oidc;
 mod identity_wycheproof;
+mod limits;
+mod limits_redis;
 mod log_writer;
 mod metrics;
 mod pipeline;

@@ -22,8 +22,10 @@ use tokengate::grpc::pb::token_service_client::TokenServiceClient;
 /// A binary serving the rooms-and-webinars rules with ext_authz on.
 async fn start() -> (Running, support::JwksServer, support::TestKey) {
     let (jwks, es256, _rs256) = support::server::test_keys().await;
+    // A generous rate limit, so its counter has samples to check.
+    let limit = "[[limits.rate]]\nname = \"per-caller\"\nkey = \"caller\"\nrate = \"1000/s\"\n";
     let config = loopback(&format!(
-        "{}\n{}",
+        "{}\n{limit}\n{}",
         config_text(&jwks.jwks_url(), ROOMS_AND_WEBINARS),
         ext_authz_section("")
     ));

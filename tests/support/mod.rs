@@ -17,6 +17,7 @@ pub mod fixtures;
 pub mod jwks_server;
 pub mod keys;
 pub mod oidc;
+pub mod redis;
 pub mod server;
 pub mod tools;
 

@@ -1,0 +1,312 @@
+//! Cluster-mode rate limits against a real redis-server on loopback: two
+//! replicas share one budget; Redis killed mid-run gives each limit its
+//! `on_redis_failure` mode (fail open: counted locally with the replica's
+//! share; fail closed: UNAVAILABLE), and a restarted Redis is used again
+//! without restarting tokengate; a paused (slow) Redis costs a call the
+//! check's timeout, never the caller's deadline; ExplainAccess reads the
+//! shared budget without spending it.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tonic::Code;
+use tonic_types::StatusExt as _;
+
+use crate::support;
+use support::fixtures::rtc;
+use support::redis::Redis;
+use support::server::{InProcess, TestServer, config_text, test_keys};
+use tokengate::grpc::pb;
+
+const PASSWORD: &str = "s3cret-redis-pass";
+
+const RULES: &str = r#"
+[[rules]]
+name = "rooms"
+actions = ["rtc"]
+channel = "room-*"
+project = "main"
+uid_claim = "agora_uid"
+
+[[rules]]
+name = "messaging"
+actions = ["rtm"]
+project = "main"
+account_claim = "sub"
+
+[[rules]]
+name = "explainers"
+actions = ["explain"]
+"#;
+
+/// Two replicas' config: RTC counted by a fail-open limit, RTM by a
+/// fail-closed one, both 20 per minute per caller, shared through `redis`.
+fn config(jwks_url: &str, redis: &Redis, password_file: &std::path::Path) -> String {
+    format!(
+        r#"{base}
+[limits.redis]
+url = "{url}"
+password_file = "{password}"
+timeout = "50ms"
+retry_interval = "200ms"
+replicas = 2
+
+[[limits.rate]]
+name = "rtc-per-caller"
+key = "caller"
+rate = "20/min"
+actions = ["rtc"]
+on_redis_failure = "open"
+
+[[limits.rate]]
+name = "rtm-per-caller"
+key = "caller"
+rate = "20/min"
+actions = ["rtm"]
+on_redis_failure = "closed"
+"#,
+        base = config_text(jwks_url, RULES),
+        url = redis.url(),
+        password = password_file.display(),
+    )
+}
+
+struct Cluster {
+    redis: Redis,
+    replicas: Vec<InProcess>,
+    jwt: String,
+    _dir: tempfile::TempDir,
+    _jwks: support::JwksServer,
+}
+
+async fn cluster(replicas: usize) -> Cluster {
+    let redis = Redis::start(Some(PASSWORD)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("redis-password");
+    std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
+    let (jwks, es256, _rs256) = test_keys().await;
+    let text = config(&jwks.jwks_url(), &redis, &password_file);
+    let mut started = Vec::new();
+    for _ in 0..replicas {
+        let server = InProcess::start(&text).await;
+        server.wait_ready().await;
+        started.push(server);
+    }
+    let jwt = es256.mint(&TestServer::claims("alice", json!({"agora_uid": 77})));
+    Cluster {
+        redis,
+        replicas: started,
+        jwt,
+        _dir: dir,
+        _jwks: jwks,
+    }
+}
+
+impl Cluster {
+    async fn rtc(&self, replica: usize) -> Result<(), tonic::Status> {
+        let mut request = TestServer::authed(&self.jwt, rtc("room-1", pb::Role::Subscriber));
+        // The caller's deadline: a check that waited for a paused Redis would miss it.
+        request.set_timeout(Duration::from_secs(1));
+        self.replicas[replica]
+            .client()
+            .await
+            .issue_rtc_token(request)
+            .await
+            .map(|_| ())
+    }
+
+    async fn rtm(&self, replica: usize) -> Result<(), tonic::Status> {
+        let mut request = TestServer::authed(&self.jwt, pb::IssueRtmTokenRequest::default());
+        request.set_timeout(Duration::from_secs(1));
+        self.replicas[replica]
+            .client()
+            .await
+            .issue_rtm_token(request)
+            .await
+            .map(|_| ())
+    }
+
+    async fn metrics(&self, replica: usize) -> String {
+        reqwest::get(format!("http://{}/metrics", self.replicas[replica].admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Waits (bounded) until an RTM call is admitted again: Redis answers.
+    async fn until_redis_answers(&self, replica: usize) {
+        for _ in 0..100 {
+            if self.rtm(replica).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("replica {replica} never used Redis again");
+    }
+
+    async fn shutdown(self) {
+        for replica in self.replicas {
+            replica.shutdown().await;
+        }
+    }
+}
+
+fn admitted(results: &[Result<(), tonic::Status>]) -> usize {
+    for result in results {
+        if let Err(status) = result {
+            assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        }
+    }
+    results.iter().filter(|r| r.is_ok()).count()
+}
+
+#[tokio::test]
+async fn two_replicas_share_one_budget() {
+    let cluster = cluster(2).await;
+    let mut results = Vec::new();
+    for i in 0..40 {
+        results.push(cluster.rtc(i % 2).await);
+    }
+    // 20 per minute, burst 20: both replicas together admit the burst, plus
+    // at most one more if an emission interval (3 s) passed meanwhile.
+    let total = admitted(&results);
+    assert!((20..=21).contains(&total), "{total} admitted");
+    let by_replica = [
+        admitted(&results.iter().step_by(2).cloned().collect::<Vec<_>>()),
+        admitted(
+            &results
+                .iter()
+                .skip(1)
+                .step_by(2)
+                .cloned()
+                .collect::<Vec<_>>(),
+        ),
+    ];
+    assert!(by_replica.iter().all(|n| *n >= 9), "{by_replica:?}");
+    // The state is in Redis, under the prefix, the key text hashed.
+    let keys = cluster.redis.keys("tokengate:rl:rtc-per-caller:*");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(!keys[0].contains("alice"), "{keys:?}");
+    let ttl: i64 = cluster
+        .redis
+        .cli(&["PTTL", &keys[0]])
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        ttl > 0 && ttl <= 61_000,
+        "the key expires when it stops mattering: {ttl} ms"
+    );
+    for replica in 0..2 {
+        let exposed = cluster.metrics(replica).await;
+        assert!(
+            exposed.contains("tokengate_rate_limit_redis_up 1"),
+            "{exposed}"
+        );
+        assert!(
+            exposed.contains(r#"tokengate_rate_limit_checks_total{limit="rtc-per-caller",result="admitted",backend="redis"}"#),
+            "{exposed}"
+        );
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn redis_down_gives_each_limit_its_fail_mode_and_a_restarted_redis_is_used_again() {
+    let mut cluster = cluster(1).await;
+    cluster.rtc(0).await.unwrap();
+    cluster.rtm(0).await.unwrap();
+    cluster.redis.stop();
+    // Fail open: counted in process with this replica's share (20 / 2 replicas).
+    let results: Vec<_> = futures_util::future::join_all((0..15).map(|_| cluster.rtc(0))).await;
+    assert_eq!(admitted(&results), 10);
+    // Fail closed: UNAVAILABLE, with a reason and a retry hint, never Redis's error.
+    let refused = cluster.rtm(0).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    let details = refused.get_error_details();
+    assert_eq!(details.error_info().unwrap().reason, "limits_unavailable");
+    assert!(details.retry_info().is_some());
+    assert!(
+        !refused.message().contains("127.0.0.1"),
+        "{}",
+        refused.message()
+    );
+    let exposed = cluster.metrics(0).await;
+    for line in [
+        "tokengate_rate_limit_redis_up 0",
+        r#"tokengate_rate_limit_checks_total{limit="rtc-per-caller",result="admitted",backend="local_fallback"} 10"#,
+        r#"tokengate_rate_limit_checks_total{limit="rtc-per-caller",result="limited",backend="local_fallback"} 5"#,
+        r#"tokengate_rate_limit_checks_total{limit="rtm-per-caller",result="unavailable",backend="redis"}"#,
+    ] {
+        assert!(exposed.contains(line), "{line} not in:\n{exposed}");
+    }
+    // Back: the same replica, not restarted, uses Redis again (empty now).
+    cluster.redis.restart().await;
+    cluster.until_redis_answers(0).await;
+    cluster.rtc(0).await.unwrap();
+    let exposed = cluster.metrics(0).await;
+    assert!(
+        exposed.contains("tokengate_rate_limit_redis_up 1"),
+        "{exposed}"
+    );
+    assert_eq!(cluster.redis.keys("tokengate:rl:*").len(), 2);
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_slow_redis_costs_the_check_timeout_and_the_fail_mode_not_the_callers_deadline() {
+    let cluster = cluster(1).await;
+    cluster.rtc(0).await.unwrap();
+    // Every Redis client waits 3 s; each call's deadline is 1 s.
+    cluster.redis.pause(3000);
+    cluster
+        .rtc(0)
+        .await
+        .expect("fail open: admitted by the local share");
+    let refused = cluster.rtm(0).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Code::Unavailable,
+        "not DEADLINE_EXCEEDED: {refused:?}"
+    );
+    assert_eq!(
+        refused.get_error_details().error_info().unwrap().reason,
+        "limits_unavailable"
+    );
+    // After the pause, Redis is asked again.
+    cluster.until_redis_answers(0).await;
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn explain_reads_the_shared_budget_without_spending_it() {
+    let cluster = cluster(2).await;
+    for _ in 0..5 {
+        cluster.rtc(0).await.unwrap();
+    }
+    for replica in [1, 0, 1] {
+        let reply = cluster.replicas[replica]
+            .client()
+            .await
+            .explain_access(TestServer::authed(
+                &cluster.jwt,
+                pb::ExplainAccessRequest {
+                    request: Some(pb::explain_access_request::Request::Rtc(rtc(
+                        "room-1",
+                        pb::Role::Subscriber,
+                    ))),
+                },
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reply.limits.len(), 1, "{:?}", reply.limits);
+        let budget = &reply.limits[0];
+        assert_eq!(budget.backend, "redis");
+        // 20 less the 5 spent (one more may have refilled in 3 s).
+        assert!((15..=16).contains(&budget.remaining), "{budget:?}");
+    }
+    cluster.shutdown().await;
+}
