@@ -283,9 +283,12 @@ fn resolve_redis(
     )?;
     let password = source
         .map(|source| {
-            let secret = source.read("limits.redis.password_file", env)?;
-            String::from_utf8(secret.expose().to_vec())
-                .map_err(|_| invalid("limits.redis.password_file", "is not UTF-8"))
+            let key = match source {
+                SecretSource::File(_) => "limits.redis.password_file",
+                SecretSource::Env(_) => "limits.redis.password_env",
+            };
+            let secret = source.read(key, env)?;
+            String::from_utf8(secret.expose().to_vec()).map_err(|_| invalid(key, "is not UTF-8"))
         })
         .transpose()?;
     let ca_pem = section

@@ -494,8 +494,170 @@ fn bad_configs() -> Vec<BadConfig> {
             env.clone(),
             "rules[0].peer_spiffe_id",
         ),
-        ("not TOML", "[server\n".to_owned(), env, "(file)"),
+        ("not TOML", "[server\n".to_owned(), env.clone(), "(file)"),
     ]
+    .into_iter()
+    .chain(bad_limits(&env))
+    .collect()
+}
+
+/// `[limits]` mistakes: each rate limit key, the rules' `limits`, Redis.
+fn bad_limits(env: &[(&'static str, &'static str)]) -> Vec<BadConfig> {
+    let rate = |body: &str| format!("\n[[limits.rate]]\nname = \"l\"\n{body}\n");
+    let ok = "key = \"caller\"\nrate = \"10/s\"";
+    let redis = |body: &str| format!("{}\n[limits.redis]\n{body}\n", rate(ok));
+    let cases: Vec<(&'static str, String, &'static str)> = vec![
+        (
+            "an unknown limit key",
+            rate("key = \"tenant\"\nrate = \"1/s\""),
+            "limits.rate[0].key",
+        ),
+        (
+            "a cel key without expression",
+            rate("key = \"cel\"\nrate = \"1/s\""),
+            "limits.rate[0].expression",
+        ),
+        (
+            "a cel key that does not compile",
+            rate("key = \"cel\"\nexpression = \"claims.(\"\nrate = \"1/s\""),
+            "limits.rate[0].expression",
+        ),
+        (
+            "an expression on a caller key",
+            rate("key = \"caller\"\nexpression = \"claims.t\"\nrate = \"1/s\""),
+            "limits.rate[0].expression",
+        ),
+        (
+            "a rate that is not a rate",
+            rate("key = \"caller\"\nrate = \"ten per second\""),
+            "limits.rate[0].rate",
+        ),
+        (
+            "a rate over a million a second",
+            rate("key = \"caller\"\nrate = \"2000000/s\""),
+            "limits.rate[0].rate",
+        ),
+        (
+            "a zero burst",
+            rate(&format!("{ok}\nburst = 0")),
+            "limits.rate[0].burst",
+        ),
+        (
+            "a window over a year",
+            rate("key = \"caller\"\nrate = \"1/d\"\nburst = 400"),
+            "limits.rate[0].burst",
+        ),
+        (
+            "an action that issues nothing",
+            rate(&format!("{ok}\nactions = [\"inspect\"]")),
+            "limits.rate[0].actions[0]",
+        ),
+        (
+            "no actions",
+            rate(&format!("{ok}\nactions = []")),
+            "limits.rate[0].actions",
+        ),
+        (
+            "an unknown scope",
+            rate(&format!("{ok}\nscope = \"tenant\"")),
+            "limits.rate[0].scope",
+        ),
+        (
+            "an unknown fail mode",
+            rate(&format!("{ok}\non_redis_failure = \"maybe\"")),
+            "limits.rate[0].on_redis_failure",
+        ),
+        (
+            "an unknown rate key",
+            rate(&format!("{ok}\nwindow = \"1s\"")),
+            "limits.rate[0].window",
+        ),
+        (
+            "a duplicate limit name",
+            format!("{}{}", rate(ok), rate(ok)),
+            "limits.rate[1].name",
+        ),
+        (
+            "a limit name with a space",
+            format!("\n[[limits.rate]]\nname = \"a b\"\n{ok}\n"),
+            "limits.rate[0].name",
+        ),
+        (
+            "no calls in flight",
+            "\n[limits]\nmax_in_flight = 0\n".to_owned(),
+            "limits.max_in_flight",
+        ),
+        (
+            "no local keys",
+            "\n[limits]\nlocal_max_keys = 0\n".to_owned(),
+            "limits.local_max_keys",
+        ),
+        (
+            "a password in the Redis URL",
+            redis("url = \"redis://:pw@127.0.0.1:6379\""),
+            "limits.redis.url",
+        ),
+        (
+            "a Redis URL that is not Redis",
+            redis("url = \"http://127.0.0.1:6379\""),
+            "limits.redis.url",
+        ),
+        (
+            "a Redis password variable that is not set",
+            redis(
+                "url = \"redis://127.0.0.1:6379\"\npassword_env = \"TG_TEST_UNSET_REDIS_PASSWORD\"",
+            ),
+            "limits.redis.password_env",
+        ),
+        (
+            "both Redis password sources",
+            redis("url = \"redis://127.0.0.1:6379\"\npassword_env = \"A\"\npassword_file = \"/x\""),
+            "limits.redis.password_file",
+        ),
+        (
+            "a zero Redis timeout",
+            redis("url = \"redis://127.0.0.1:6379\"\ntimeout = \"0s\""),
+            "limits.redis.timeout",
+        ),
+        (
+            "a Redis timeout over a second",
+            redis("url = \"redis://127.0.0.1:6379\"\ntimeout = \"2s\""),
+            "limits.redis.timeout",
+        ),
+        (
+            "a CA file for plaintext Redis",
+            redis("url = \"redis://127.0.0.1:6379\"\nca_file = \"/etc/hostname\""),
+            "limits.redis.ca_file",
+        ),
+        (
+            "zero replicas",
+            redis("url = \"redis://127.0.0.1:6379\"\nreplicas = 0"),
+            "limits.redis.replicas",
+        ),
+    ];
+    let mut all: Vec<BadConfig> = cases
+        .into_iter()
+        .map(|(name, text, key)| (name, base_config() + &text, env.to_vec(), key))
+        .collect();
+    all.push((
+        "a rule naming an unknown limit",
+        edit(
+            "channel = \"lobby-*\"",
+            "channel = \"lobby-*\"\nlimits = [\"nope\"]",
+        ),
+        env.to_vec(),
+        "rules[0].limits[0]",
+    ));
+    all.push((
+        "a rule naming a limit that counts every call",
+        edit(
+            "channel = \"lobby-*\"",
+            "channel = \"lobby-*\"\nlimits = [\"l\"]",
+        ) + &rate(ok),
+        env.to_vec(),
+        "rules[0].limits[0]",
+    ));
+    all
 }
 
 #[test]

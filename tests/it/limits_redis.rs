@@ -40,13 +40,20 @@ actions = ["explain"]
 "#;
 
 /// Two replicas' config: RTC counted by a fail-open limit, RTM by a
-/// fail-closed one, both 20 per minute per caller, shared through `redis`.
-fn config(jwks_url: &str, redis: &Redis, password_file: &std::path::Path) -> String {
+/// fail-closed one, both 20 per minute per caller, shared through `redis`
+/// (`redis_extra`: more `[limits.redis]` keys).
+fn config(
+    jwks_url: &str,
+    redis: &Redis,
+    password_file: &std::path::Path,
+    redis_extra: &str,
+) -> String {
     format!(
         r#"{base}
 [limits.redis]
 url = "{url}"
 password_file = "{password}"
+{redis_extra}
 timeout = "50ms"
 retry_interval = "200ms"
 replicas = 2
@@ -80,12 +87,15 @@ struct Cluster {
 }
 
 async fn cluster(replicas: usize) -> Cluster {
-    let redis = Redis::start(Some(PASSWORD)).await;
+    cluster_on(Redis::start(Some(PASSWORD)).await, "", replicas).await
+}
+
+async fn cluster_on(redis: Redis, redis_extra: &str, replicas: usize) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let password_file = dir.path().join("redis-password");
     std::fs::write(&password_file, format!("{PASSWORD}\n")).unwrap();
     let (jwks, es256, _rs256) = test_keys().await;
-    let text = config(&jwks.jwks_url(), &redis, &password_file);
+    let text = config(&jwks.jwks_url(), &redis, &password_file, redis_extra);
     let mut started = Vec::new();
     for _ in 0..replicas {
         let server = InProcess::start(&text).await;
@@ -308,5 +318,34 @@ async fn explain_reads_the_shared_budget_without_spending_it() {
         // 20 less the 5 spent (one more may have refilled in 3 s).
         assert!((15..=16).contains(&budget.remaining), "{budget:?}");
     }
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn limits_are_shared_over_tls_with_a_private_ca() {
+    let ca = support::certs::Ca::new("redis test CA");
+    let files = support::certs::TlsFiles::new(&ca);
+    let redis = Redis::start_tls(Some(PASSWORD), &files).await;
+    let ca_file = format!("ca_file = {:?}", files.path("ca.crt"));
+    let cluster = cluster_on(redis, &ca_file, 2).await;
+    let results: Vec<_> = futures_util::future::join_all((0..30).map(|i| cluster.rtc(i % 2))).await;
+    assert!((20..=21).contains(&admitted(&results)));
+    assert_eq!(cluster.redis.keys("tokengate:rl:*").len(), 1);
+    cluster.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_wrong_password_is_a_failing_redis_not_a_crash() {
+    let redis = Redis::start(Some("another-password")).await;
+    let cluster = cluster_on(redis, "", 1).await;
+    // Fail open admits (locally), fail closed refuses: Redis refused us.
+    cluster.rtc(0).await.unwrap();
+    assert_eq!(cluster.rtm(0).await.unwrap_err().code(), Code::Unavailable);
+    assert!(
+        cluster
+            .metrics(0)
+            .await
+            .contains("tokengate_rate_limit_redis_up 0")
+    );
     cluster.shutdown().await;
 }

@@ -11,6 +11,8 @@ use std::time::Duration;
 pub struct Redis {
     port: u16,
     password: Option<String>,
+    /// `(certificate, key, CA bundle)`: serve TLS only, with these files.
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -28,6 +30,21 @@ fn binary(name: &str) -> PathBuf {
 impl Redis {
     /// Starts redis-server on a free loopback port, requiring `password` if given.
     pub async fn start(password: Option<&str>) -> Self {
+        Self::start_inner(password, None).await
+    }
+
+    /// Starts redis-server serving TLS only, with `files`' server
+    /// certificate (for 127.0.0.1) and key; clients need no certificate.
+    pub async fn start_tls(password: Option<&str>, files: &super::certs::TlsFiles) -> Self {
+        let tls = (
+            files.path("tls.crt"),
+            files.path("tls.key"),
+            files.path("ca.crt"),
+        );
+        Self::start_inner(password, Some(tls)).await
+    }
+
+    async fn start_inner(password: Option<&str>, tls: Option<(PathBuf, PathBuf, PathBuf)>) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -36,6 +53,7 @@ impl Redis {
         let mut redis = Self {
             port,
             password: password.map(str::to_owned),
+            tls,
             dir: tempfile::tempdir().unwrap(),
             child: None,
         };
@@ -43,9 +61,15 @@ impl Redis {
         redis
     }
 
-    /// `redis://127.0.0.1:<port>/0` (the password goes in the config's password_file).
+    /// `redis://127.0.0.1:<port>/0`, or `rediss://` when serving TLS (the
+    /// password goes in the config's password_file).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     /// Kills the server (SIGKILL: no shutdown save, as a crash) and waits for it.
@@ -60,8 +84,24 @@ impl Redis {
     pub async fn restart(&mut self) {
         self.stop();
         let mut command = Command::new(binary("redis-server"));
+        match &self.tls {
+            None => {
+                command.args(["--port", &self.port.to_string()]);
+            }
+            Some((cert, key, ca)) => {
+                command
+                    .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                    .arg("--tls-cert-file")
+                    .arg(cert)
+                    .arg("--tls-key-file")
+                    .arg(key)
+                    .arg("--tls-ca-cert-file")
+                    .arg(ca)
+                    .args(["--tls-auth-clients", "no"]);
+            }
+        }
         command
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -92,6 +132,9 @@ impl Redis {
     fn try_cli(&self, args: &[&str]) -> Option<String> {
         let mut command = Command::new(binary("redis-cli"));
         command.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        if let Some((_, _, ca)) = &self.tls {
+            command.arg("--tls").arg("--cacert").arg(ca);
+        }
         if let Some(password) = &self.password {
             command.args(["--no-auth-warning", "-a", password]);
         }
