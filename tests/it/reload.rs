@@ -717,3 +717,56 @@ caller_chooses_identity = true
         tonic::Code::Unauthenticated
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_the_rate_limits_and_keeps_the_budgets_spent() {
+    let es256 = TestKey::generate(Algorithm::ES256, "es-1");
+    let jwks = JwksServer::start(&[&es256]).await;
+    let certs = Certificates::new();
+    let old = certs.path("old");
+    let idp = issuer(&jwks.jwks_url());
+    let base = config(&[("old", &old)], "old", &idp, &rules("vip-*"));
+    let limit = |burst: u32| {
+        format!(
+            "{base}\n[[limits.rate]]\nname = \"per-caller\"\nkey = \"caller\"\nrate = \"1/h\"\nburst = {burst}\n"
+        )
+    };
+    let first = limit(1);
+    let server = Running::start_config(&first);
+    server.wait_ready().await;
+    let jwt = es256.mint(&TestServer::claims("alice", json!({"agora_uid": 42})));
+    let client = TokenServiceClient::new(server.channel().await);
+    let call = || {
+        let request =
+            TestServer::authed(&jwt, support::fixtures::rtc("room-1", pb::Role::Subscriber));
+        let mut client = client.clone();
+        async move { client.issue_rtc_token(request).await.map(|_| ()) }
+    };
+    call().await.unwrap();
+    assert_eq!(
+        call().await.unwrap_err().code(),
+        tonic::Code::ResourceExhausted
+    );
+
+    // A burst of 3: the call already spent still counts, two more are admitted.
+    let second = limit(3);
+    replace(server.config_path(), &second);
+    let line = reloaded(&server, &second).await;
+    assert_eq!(line["limits_changed"], true, "{line}");
+    call().await.unwrap();
+    call().await.unwrap();
+    assert_eq!(
+        call().await.unwrap_err().code(),
+        tonic::Code::ResourceExhausted
+    );
+
+    // Limits withdrawn: nothing counts any more. Redis added: a restart.
+    let third = format!("{base}\n[limits.redis]\nurl = \"redis://127.0.0.1:9/0\"\n");
+    replace(server.config_path(), &third);
+    let line = reloaded(&server, &third).await;
+    assert_eq!(line["needs_restart"], "[\"limits.redis\"]", "{line}");
+    for _ in 0..5 {
+        call().await.unwrap();
+    }
+    drop(client);
+}
