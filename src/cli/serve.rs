@@ -266,6 +266,49 @@ pub fn summary(config: &Config) -> String {
             issuer.audiences()
         );
     }
+    let limits = config.rate_limits();
+    let shared = match &config.limiter().redis {
+        Some(redis) => format!(
+            "shared through {} (timeout {:?}, retry every {:?}{})",
+            redis.url,
+            redis.timeout,
+            redis.retry_interval,
+            redis
+                .replicas
+                .map(|n| format!(", {n} replicas"))
+                .unwrap_or_default()
+        ),
+        None => format!(
+            "in process, at most {} keys",
+            config.limiter().local_max_keys
+        ),
+    };
+    let _ = writeln!(
+        out,
+        "limits: {} rate limits, {shared}; at most {} calls in flight",
+        limits.limits().len(),
+        limits.max_in_flight()
+    );
+    for limit in limits.limits() {
+        let services: Vec<&str> = limit.services.iter().map(|s| s.as_str()).collect();
+        let fail = match &config.limiter().redis {
+            Some(_) => format!(", fails {}", limit.on_redis_failure.as_str()),
+            None => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "  limit {:?}: {} burst {} by {} for {}{}{fail}",
+            limit.name,
+            limit.rate,
+            limit.gcra.burst(),
+            limit.key.describe(),
+            services.join(","),
+            match limit.scope {
+                crate::limits::Scope::Rule => ", only where a rule names it",
+                crate::limits::Scope::All => "",
+            },
+        );
+    }
     let cache = config.jwt_cache();
     if cache.enabled() {
         let _ = writeln!(

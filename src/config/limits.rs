@@ -5,7 +5,6 @@
 //! other secret.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::Duration;
 
 use super::file::{LimitsSection, RateLimitSection, RedisSection};
@@ -43,7 +42,6 @@ pub struct LimiterSettings {
 pub(super) fn resolve(
     section: &LimitsSection,
     rules: &[RuleConfig],
-    base: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(LimitSet, LimiterSettings), ConfigError> {
     if section.max_in_flight == 0 {
@@ -73,7 +71,7 @@ pub(super) fn resolve(
     let redis = section
         .redis
         .as_ref()
-        .map(|redis| resolve_redis(redis, base, env))
+        .map(|redis| resolve_redis(redis, env))
         .transpose()?;
     Ok((
         LimitSet::new(limits, &by_rule, section.max_in_flight),
@@ -265,14 +263,15 @@ fn rule_limits(
 }
 
 /// `[limits.redis]`.
+/// Its files are read as written, relative to the working directory, like
+/// every secret file.
 fn resolve_redis(
     section: &RedisSection,
-    base: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<RedisSettings, ConfigError> {
     check_url(&section.url).map_err(|reason| invalid("limits.redis.url", &reason))?;
     let source = SecretSource::at_most_one(
-        section.password_file.clone().map(|p| base.join(p)),
+        section.password_file.clone(),
         section.password_env.clone(),
         || {
             invalid(
@@ -301,8 +300,7 @@ fn resolve_redis(
                     "is only for a rediss:// url",
                 ));
             }
-            let path = base.join(path);
-            let pem = super::files::read_bounded(&path, super::files::MAX_DOCUMENT_BYTES)
+            let pem = super::files::read_bounded(path, super::files::MAX_DOCUMENT_BYTES)
                 .map_err(|e| invalid("limits.redis.ca_file", &e))?;
             if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
                 return Err(invalid("limits.redis.ca_file", "holds no PEM certificate"));

@@ -560,7 +560,7 @@ fn resolve(
         .collect();
     let (policy, warnings) =
         Policy::compile_with_issuers(&file.rules, &names, &issuer_names).map_err(policy_error)?;
-    let (rate_limits, limiter) = limits::resolve(&file.limits, &file.rules, base, env)?;
+    let (rate_limits, limiter) = limits::resolve(&file.limits, &file.rules, env)?;
     let parts = PartFingerprints {
         rules: file
             .rules
@@ -650,7 +650,16 @@ fn named_files(file: &ConfigFile) -> Vec<PathBuf> {
         .into_iter()
         .flatten()
     });
-    certificates.chain(issuers).chain(tls).collect()
+    let redis = file.limits.redis.iter().flat_map(|redis| {
+        [redis.password_file.clone(), redis.ca_file.clone()]
+            .into_iter()
+            .flatten()
+    });
+    certificates
+        .chain(issuers)
+        .chain(tls)
+        .chain(redis)
+        .collect()
 }
 
 /// `[jwt_cache]` over the defaults; an error's key is `jwt_cache.<field>`.
@@ -768,8 +777,15 @@ fn file_notices(file: &ConfigFile, base: &Path) -> Vec<String> {
             .as_ref()
             .map(|path| (format!("issuers[{i}].hs_secret_file"), path))
     });
+    let redis = file
+        .limits
+        .redis
+        .iter()
+        .filter_map(|redis| redis.password_file.as_ref())
+        .map(|path| ("limits.redis.password_file".to_owned(), path));
     certificates
         .chain(hs_secrets)
+        .chain(redis)
         .flat_map(|(key, path)| files::secret_file_notices(&key, path, base))
         .collect()
 }

@@ -248,6 +248,19 @@ impl LimitSet {
     }
 }
 
+impl LimitKey {
+    /// What the key is, as configured: `caller`, ..., or `cel <expression>`.
+    pub fn describe(&self) -> String {
+        match self {
+            LimitKey::Caller => "caller".to_owned(),
+            LimitKey::Issuer => "issuer".to_owned(),
+            LimitKey::Rule => "rule".to_owned(),
+            LimitKey::Channel => "channel".to_owned(),
+            LimitKey::Cel(expression) => format!("cel {:?}", expression.as_str()),
+        }
+    }
+}
+
 impl RateLimit {
     /// The key `subject` is counted under. A CEL key that fails counts the
     /// call under one shared key, so a caller without the claim is limited

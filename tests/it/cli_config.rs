@@ -699,6 +699,62 @@ fn check_config_prints_the_jwt_cache() {
     }
 }
 
+#[test]
+fn check_config_prints_the_limits_and_never_the_redis_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("redis-password");
+    std::fs::write(&password, "hunter2-redis\n").unwrap();
+    let limits = format!(
+        r#"
+[limits]
+max_in_flight = 300
+
+[limits.redis]
+url = "redis://127.0.0.1:6379/0"
+password_file = {password:?}
+replicas = 3
+
+[[limits.rate]]
+name = "per-tenant"
+key = "cel"
+expression = "claims.tenant"
+rate = "600/min"
+burst = 50
+actions = ["rtc"]
+on_redis_failure = "closed"
+"#
+    );
+    let cases = [
+        (
+            base_config(),
+            vec![
+                "limits: 0 rate limits, in process, at most 100000 keys; at most 1024 calls in flight",
+            ],
+        ),
+        (
+            base_config() + &limits,
+            vec![
+                "limits: 1 rate limits, shared through redis://127.0.0.1:6379/0 (timeout 5ms, retry every 1s, 3 replicas); at most 300 calls in flight",
+                "limit \"per-tenant\": 600/min burst 50 by cel \"claims.tenant\" for rtc, fails closed",
+            ],
+        ),
+    ];
+    for (i, (config, lines)) in cases.into_iter().enumerate() {
+        let path = dir.path().join(format!("limits-{i}.toml"));
+        std::fs::write(&path, config).unwrap();
+        let output = run(&["check-config", path.to_str().unwrap()], &EXAMPLE_ENV[..1]);
+        let (stdout, stderr) = text(&output);
+        assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+        for line in lines {
+            assert!(stdout.contains(line), "{line:?} in {stdout}");
+        }
+        assert!(
+            !format!("{stdout}{stderr}").contains("hunter2"),
+            "{stdout}{stderr}"
+        );
+    }
+}
+
 /// The base config's issuer key line, which the HS cases extend.
 const JWKS_URL_LINE: &str = "jwks_url = \"http://127.0.0.1:9/jwks\"\n";
 /// An HS secret for the base issuer, from the environment, in place of its

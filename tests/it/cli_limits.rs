@@ -87,4 +87,9 @@ fn the_readme_limits_block_states_the_defaults() {
         format!("{:?}", documented.limits()),
         format!("{:?}", defaults.limits())
     );
+    assert_eq!(documented.limiter(), defaults.limiter());
+    assert_eq!(
+        documented.rate_limits().max_in_flight(),
+        defaults.rate_limits().max_in_flight()
+    );
 }
