@@ -86,6 +86,8 @@ const LABELS: &[&str] = &[
     "rustc",
     "port",
     "result",
+    "limit",
+    "backend",
 ];
 
 /// The `grpc_code` values the server writes (go-grpc-prometheus's spelling).
@@ -117,6 +119,8 @@ const DECISIONS: &[&str] = &[
     "deny",
     "unauthenticated",
     "invalid",
+    "limited",
+    "shed",
     "unavailable",
     "error",
 ];
