@@ -461,9 +461,12 @@ pub enum StartError {
 /// Logs the limits in force and, in cluster mode, where they are shared
 /// and what each does while Redis fails: the operator's record of the
 /// choice, at start and after every reload.
-pub(crate) fn announce_limits(set: &crate::limits::LimitSet, limiter: &crate::limits::Limiter) {
-    let mode = match limiter.redis() {
-        Some(redis) => format!("shared through Redis at {}", redis.settings().url),
+pub(crate) fn announce_limits(
+    set: &crate::limits::LimitSet,
+    redis: Option<&crate::limits::RedisSettings>,
+) {
+    let mode = match redis {
+        Some(redis) => format!("shared through Redis at {}", redis.url),
         None => "in process (each replica counts alone)".to_owned(),
     };
     for limit in set.limits() {
@@ -472,7 +475,7 @@ pub(crate) fn announce_limits(set: &crate::limits::LimitSet, limiter: &crate::li
             rate = %limit.rate,
             burst = limit.gcra.burst(),
             mode = %mode,
-            on_redis_failure = limiter.redis().map(|_| limit.on_redis_failure.as_str()),
+            on_redis_failure = redis.map(|_| limit.on_redis_failure.as_str()),
             "rate limit in force"
         );
     }
@@ -556,7 +559,7 @@ async fn serve_with(
                 message: e.to_string(),
             })?,
     );
-    announce_limits(&config.rate_limits, &limiter);
+    announce_limits(&config.rate_limits, config.limiter.redis.as_ref());
     let live = Arc::new(arc_swap::ArcSwap::from_pointee(crate::pipeline::Live {
         gate,
         authenticator,

@@ -375,6 +375,9 @@ impl Reloader {
             );
             return;
         }
+        if changes.limits_changed {
+            super::announce_limits(&parts.rate_limits, self.running.limiter.redis.as_ref());
+        }
         let authenticator = Arc::new(authenticator);
         let waited = self.wait_for_keys(&authenticator, &changes.issuers).await;
         self.live.store(Arc::new(Live {

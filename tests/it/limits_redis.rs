@@ -349,3 +349,79 @@ async fn a_wrong_password_is_a_failing_redis_not_a_crash() {
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_binary_logs_each_limits_fail_mode_a_redis_failure_once_and_its_recovery() {
+    use support::binary::{Running, loopback};
+    let mut redis = Redis::start(Some(PASSWORD)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("redis-password");
+    std::fs::write(&password_file, PASSWORD).unwrap();
+    let (jwks, es256, _rs256) = test_keys().await;
+    let server = Running::start_config(&loopback(&config(
+        &jwks.jwks_url(),
+        &redis,
+        &password_file,
+        "",
+    )));
+    server.wait_ready().await;
+    let logs = server.logs();
+    let in_force: Vec<serde_json::Value> = logs
+        .iter()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .filter(|e: &serde_json::Value| e["message"] == "rate limit in force")
+        .collect();
+    let modes: Vec<(&str, &str)> = in_force
+        .iter()
+        .map(|e| {
+            (
+                e["limit"].as_str().unwrap(),
+                e["on_redis_failure"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        modes,
+        [("rtc-per-caller", "open"), ("rtm-per-caller", "closed")]
+    );
+    assert!(
+        logs.iter().all(|l| !l.contains(PASSWORD)),
+        "the password is never logged"
+    );
+
+    let jwt = es256.mint(&TestServer::claims("alice", json!({"agora_uid": 77})));
+    let mut client = pb::token_service_client::TokenServiceClient::new(server.channel().await);
+    let rtm = || TestServer::authed(&jwt, pb::IssueRtmTokenRequest::default());
+    client.issue_rtm_token(rtm()).await.unwrap();
+    redis.stop();
+    for _ in 0..5 {
+        assert_eq!(
+            client.issue_rtm_token(rtm()).await.unwrap_err().code(),
+            Code::Unavailable
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let failed = |line: &String| line.contains("rate limits: Redis failed");
+    server
+        .logs_once(|l| l.contains("rate limits: Redis failed"))
+        .await;
+    redis.restart().await;
+    let mut back = false;
+    for _ in 0..100 {
+        if client.issue_rtm_token(rtm()).await.is_ok() {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(back, "Redis never used again");
+    server
+        .logs_once(|l| l.contains("Redis answers again"))
+        .await;
+    let logs = server.logs();
+    // One warning for the whole outage, not one per call.
+    assert_eq!(logs.iter().filter(|l| failed(l)).count(), 1, "{logs:#?}");
+    let warning: serde_json::Value =
+        serde_json::from_str(logs.iter().find(|l| failed(l)).unwrap()).unwrap();
+    assert_eq!(warning["level"], "WARN", "{warning}");
+}
