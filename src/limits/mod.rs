@@ -424,6 +424,14 @@ impl Limiter {
         } else {
             LimitError::Redis("not tried: failed within limits.redis.retry_interval".to_owned())
         };
+        // Each one is counted (`local_fallback` or `unavailable` in the
+        // metrics); the outage's start and end are logged by the store.
+        tracing::debug!(
+            limit = %limit.name,
+            on_redis_failure = limit.on_redis_failure.as_str(),
+            error = %error,
+            "rate limit checked without Redis"
+        );
         match limit.on_redis_failure {
             FailMode::Open => (local(&self.fallback(limit)), Backend::Fallback),
             FailMode::Closed => (Outcome::Unavailable(error), Backend::Redis),
