@@ -137,6 +137,7 @@ impl Authorization for EnvoyCheck {
             authorization: Credential::Absent,
             forwarded: check_source(request.get_ref()),
             trace: super::service::trace_headers(request.metadata()),
+            arrival: request.extensions().get::<crate::limits::Arrival>(),
         };
         let outcome = self.pipeline.check(call, http).await;
         Ok(Response::new(match outcome.result {

@@ -13,6 +13,7 @@ use super::pb;
 use super::pb::token_service_server::TokenService;
 use crate::domain::PeerIdentity;
 use crate::forwarded::{Forwarded, XFCC_HEADER};
+use crate::limits::Arrival;
 use crate::pipeline::{
     Call, Credential, InspectRequest, InvalidRequest, Outcome, Pipeline, Rpc, TraceHeaders,
 };
@@ -49,6 +50,7 @@ fn call<T>(request: &Request<T>, rpc: Rpc) -> Call<'_> {
         authorization,
         forwarded: forwarded_client_cert(request.metadata()),
         trace: trace_headers(request.metadata()),
+        arrival: request.extensions().get::<Arrival>(),
     }
 }
 

@@ -27,7 +27,7 @@ use crate::policy::{Caller, KeyExpression, Request, Service};
 pub use self::gcra::{Gcra, Step};
 pub use self::local::LocalStore;
 pub use self::redis::{RedisSettings, RedisStore, check_url, client};
-pub use self::shed::{Admitted, InFlight};
+pub use self::shed::{Admitted, Arrival, InFlight};
 
 /// A limits failure.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -341,6 +341,15 @@ impl Limiter {
     /// A place for one more call under `set`'s bound, if there is one.
     pub fn enter(&self, set: &LimitSet) -> Option<Admitted> {
         self.in_flight.enter(set.max_in_flight)
+    }
+
+    /// A call arriving at the server: admitted under `set`'s bound, with
+    /// its place held until its response, or to be shed.
+    pub fn arrive(&self, set: &LimitSet) -> Arrival {
+        match self.enter(set) {
+            Some(place) => Arrival::Admitted(Arc::new(place)),
+            None => Arrival::Shed,
+        }
     }
 
     /// The calls in flight now.

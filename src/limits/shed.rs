@@ -5,6 +5,12 @@
 //! admitted calls keep their latency and the rest get a fast, retryable
 //! answer, where a queue would make every call slow and then time out. The
 //! per-connection bound (`limits.concurrency`) still applies underneath.
+//!
+//! The server counts a call from its arrival ([`Arrival`], taken when the
+//! HTTP/2 stream is accepted, before the call waits for a worker thread)
+//! to its response, so the bound sees the calls queued for the CPU, not
+//! only those running; a pipeline used without the server counts its calls
+//! itself.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,6 +25,16 @@ pub struct InFlight {
 #[derive(Debug)]
 pub struct Admitted {
     count: Arc<AtomicUsize>,
+}
+
+/// What the transport decided for a call when it arrived, handed to the
+/// pipeline with the request.
+#[derive(Debug, Clone)]
+pub enum Arrival {
+    /// Counted from its arrival; its place is held until its response.
+    Admitted(Arc<Admitted>),
+    /// The bound was reached when it arrived: refuse it without work.
+    Shed,
 }
 
 impl InFlight {

@@ -44,7 +44,7 @@ use crate::entropy;
 use crate::forwarded::{self, Direct, Forwarded, ForwardedError, TrustedProxies};
 use crate::gate::Gate;
 use crate::identity::{AuthError, Authenticator};
-use crate::limits::{Admitted, LimitSet, Limiter};
+use crate::limits::{Admitted, Arrival, LimitSet, Limiter};
 use crate::metrics::Metrics;
 use crate::policy::{AuthenticatedBy, Caller, Peer};
 use crate::routes::Routes;
@@ -128,6 +128,10 @@ pub struct Call<'a> {
     pub forwarded: Forwarded<'a>,
     /// The caller's W3C trace context, from the gRPC metadata.
     pub trace: TraceHeaders<'a>,
+    /// What the server decided when the call arrived (`limits.max_in_flight`);
+    /// `None` for a call that did not come through the server, which the
+    /// pipeline counts itself.
+    pub arrival: Option<&'a Arrival>,
 }
 
 /// The W3C trace context headers of a call, as the transport found them:
@@ -190,9 +194,11 @@ struct Flow {
     event: AuditEvent,
     /// The call's span: the use case runs inside it, `finish` ends it.
     span: tracing::Span,
-    /// The call's place under `limits.max_in_flight`, held to its end;
-    /// `None` when the bound was reached and the call is to be shed.
-    admitted: Option<Admitted>,
+    /// Whether the bound on calls in flight was reached: the call is shed.
+    shed: bool,
+    /// The call's place under `limits.max_in_flight`, held to its end, when
+    /// the pipeline counts the call itself (the server holds it otherwise).
+    _place: Option<Admitted>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -291,7 +297,14 @@ impl Pipeline {
     fn begin(&self, call: &Call<'_>, trace: TraceHeaders<'_>) -> Flow {
         // Owned rather than a guard: the call holds it across awaits.
         let live = self.live.load_full();
-        let admitted = self.limiter.enter(&live.limits);
+        let (shed, place) = match call.arrival {
+            Some(Arrival::Admitted(_)) => (false, None),
+            Some(Arrival::Shed) => (true, None),
+            None => match self.limiter.enter(&live.limits) {
+                Some(place) => (false, Some(place)),
+                None => (true, None),
+            },
+        };
         let now = entropy::unix_now();
         let event = AuditEvent::new(call.rpc, entropy::request_id(), call.peer, now);
         let span = tracing::info_span!(
@@ -317,7 +330,8 @@ impl Pipeline {
             now,
             event,
             span,
-            admitted,
+            shed,
+            _place: place,
         }
     }
 
@@ -361,7 +375,7 @@ impl Pipeline {
         // (an ext_authz pass-through route, which never authenticates, costs
         // a route match and is never shed): the call is refused before any
         // JWT is verified, with its audit event like any refusal.
-        if flow.admitted.is_none() {
+        if flow.shed {
             return Err(Refusal::Overloaded {
                 max_in_flight: flow.live.limits.max_in_flight(),
             });

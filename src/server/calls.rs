@@ -1,6 +1,7 @@
 //! The service behind every gRPC connection: the served routes, the
-//! server's deadline on each call, and the transport's own refusals
-//! reported as the caller's fault.
+//! server's deadline on each call, the count of token and ext_authz calls
+//! from their arrival (`limits.max_in_flight`), and the transport's own
+//! refusals reported as the caller's fault.
 //!
 //! tonic's codec answers a request it cannot read with INTERNAL (or
 //! OUT_OF_RANGE for one over the size limit), and tonic's own timeout with
@@ -23,6 +24,8 @@ use tonic::transport::server::TcpConnectInfo;
 
 use super::listen::{Activity, Tracked};
 use crate::domain::PeerIdentity;
+use crate::limits::{Arrival, Limiter};
+use crate::pipeline::Live;
 use crate::metrics::{CountedBody, GrpcMeter};
 use crate::render::{self, TransportRefusal};
 
@@ -36,6 +39,37 @@ pub(super) struct GrpcCalls {
     activity: Activity,
     timeout: Duration,
     meter: Option<GrpcMeter>,
+    shedder: Option<Shedder>,
+}
+
+/// Decides, as a call arrives, whether it gets a place under the live
+/// config's `limits.max_in_flight`.
+#[derive(Debug, Clone)]
+pub struct Shedder {
+    live: Arc<arc_swap::ArcSwap<Live>>,
+    limiter: Arc<Limiter>,
+}
+
+/// The services whose calls are counted: the work the bound protects.
+/// Health checks and reflection are never shed.
+const COUNTED: [&str; 2] = [
+    "/tokengate.v1.TokenService/",
+    "/envoy.service.auth.v3.Authorization/",
+];
+
+impl Shedder {
+    /// Counts against `live`'s bound, in `limiter`'s count.
+    pub fn new(live: Arc<arc_swap::ArcSwap<Live>>, limiter: Arc<Limiter>) -> Self {
+        Self { live, limiter }
+    }
+
+    /// The arrival of a call to `path`, if it is one the bound counts.
+    fn arrive(&self, path: &str) -> Option<Arrival> {
+        COUNTED
+            .iter()
+            .any(|service| path.starts_with(service))
+            .then(|| self.limiter.arrive(&self.live.load().limits))
+    }
 }
 
 impl GrpcCalls {
@@ -49,6 +83,7 @@ impl GrpcCalls {
         activity: Activity,
         timeout: Duration,
         meter: Option<GrpcMeter>,
+        shedder: Option<Shedder>,
     ) -> Self {
         Self {
             routes,
@@ -57,6 +92,7 @@ impl GrpcCalls {
             activity,
             timeout,
             meter,
+            shedder,
         }
     }
 }
@@ -77,8 +113,20 @@ impl hyper::service::Service<Request<Incoming>> for GrpcCalls {
         if let Some(identity) = &self.identity {
             request.extensions_mut().insert(Arc::clone(identity));
         }
+        // Taken here, as HTTP/2 accepts the stream (hyper calls this in the
+        // connection's task), not when a worker first polls the call: the
+        // bound then counts the calls queued for the CPU too. The place is
+        // held until the response is ready.
+        let arrival = self
+            .shedder
+            .as_ref()
+            .and_then(|shedder| shedder.arrive(request.uri().path()));
+        if let Some(arrival) = &arrival {
+            request.extensions_mut().insert(arrival.clone());
+        }
         let mut routes = self.routes.clone();
         Box::pin(async move {
+            let _place = arrival;
             let served = tokio::time::timeout(deadline, async move {
                 std::future::poll_fn(|cx| {
                     tonic::codegen::Service::<Request<Incoming>>::poll_ready(&mut routes, cx)

@@ -87,6 +87,9 @@ pub struct ServeOptions {
     pub metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
     /// TLS on the gRPC port (its files re-read on rotation); plaintext when `None`.
     pub tls: Option<crate::tls::Acceptor>,
+    /// Counts the token and ext_authz calls from their arrival against
+    /// `limits.max_in_flight`; `None` leaves the pipeline to count them.
+    pub shedder: Option<calls::Shedder>,
 }
 
 impl Default for ServeOptions {
@@ -109,6 +112,7 @@ impl Default for ServeOptions {
             max_header_list_size: 128 * 1024,
             metrics: None,
             tls: None,
+            shedder: None,
         }
     }
 }
@@ -134,6 +138,7 @@ impl ServeOptions {
             max_header_list_size: limits.max_header_list_size(),
             metrics: None,
             tls: None,
+            shedder: None,
         }
     }
 
@@ -302,6 +307,7 @@ async fn serve_grpc(
         .metrics
         .clone()
         .map(|metrics| crate::metrics::GrpcMeter::new(metrics, observe::served_methods()));
+    let shedder = options.shedder.clone();
     let accept_phase = phase.clone();
     listen::accept_loop(
         listener,
@@ -318,6 +324,7 @@ async fn serve_grpc(
             };
             let routes = routes.clone();
             let meter = meter.clone();
+            let shedder = shedder.clone();
             let builder = builder.clone();
             let mut phase = phase.clone();
             let tls = options.tls.clone();
@@ -327,7 +334,8 @@ async fn serve_grpc(
                 let _slot = slot;
                 let (activity, calls) = Activity::new();
                 let Some(tls) = tls else {
-                    let service = GrpcCalls::new(routes, info, None, activity, timeout, meter);
+                    let service =
+                        GrpcCalls::new(routes, info, None, activity, timeout, meter, shedder);
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
                     tokio::pin!(conn);
                     listen::drive(
@@ -368,6 +376,7 @@ async fn serve_grpc(
                     activity,
                     timeout,
                     meter,
+                    shedder,
                 );
                 let conn = builder.serve_connection(TokioIo::new(stream), service);
                 tokio::pin!(conn);
@@ -572,7 +581,7 @@ async fn serve_with(
     let pipeline = Arc::new(
         crate::pipeline::Pipeline::over(Arc::clone(&live))
             .with_metrics(Arc::clone(&metrics))
-            .with_limiter(limiter),
+            .with_limiter(Arc::clone(&limiter)),
     );
     let api = crate::grpc::service::Api::new(Arc::clone(&pipeline));
     let mut routes = Routes::new(
@@ -595,6 +604,7 @@ async fn serve_with(
     }
     let mut options =
         ServeOptions::from_config(&config.server, &config.limits, advertised_services);
+    options.shedder = Some(calls::Shedder::new(Arc::clone(&live), limiter));
     options.tls = config.tls.map(|(settings, material)| {
         crate::tls::Acceptor::start(settings, material, Some(Arc::clone(&metrics)))
     });
