@@ -39,6 +39,11 @@ struct Args {
     /// How long to run.
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
+    /// Wait the `RetryInfo` delay after a refusal that carries one, as a
+    /// well-behaved client does (without it, callers retry at once: the
+    /// worst case).
+    #[arg(long)]
+    honor_retry_info: bool,
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -56,7 +61,10 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let jwt = std::fs::read_to_string(&args.jwt_file).unwrap().trim().to_owned();
+    let jwt = std::fs::read_to_string(&args.jwt_file)
+        .unwrap()
+        .trim()
+        .to_owned();
     let outcomes = runtime.block_on(async {
         let mut channels = Vec::new();
         for _ in 0..args.connections {
@@ -73,6 +81,7 @@ fn main() {
             .map(|i| {
                 let mut client = TokenServiceClient::new(channels[i % channels.len()].clone());
                 let (jwt, channel) = (jwt.clone(), args.channel.clone());
+                let honor = args.honor_retry_info;
                 tokio::spawn(async move {
                     let mut seen: Vec<(String, u64)> = Vec::new();
                     // Bounded by time and by count.
@@ -93,11 +102,23 @@ fn main() {
                         let micros = started.elapsed().as_micros() as u64;
                         let outcome = match result {
                             Ok(reply) => {
-                                let issued = reply.into_inner().issued.expect("an OK reply has a token");
+                                let issued =
+                                    reply.into_inner().issued.expect("an OK reply has a token");
                                 assert!(issued.token.starts_with("007"), "a 007 token");
                                 "ok".to_owned()
                             }
-                            Err(status) => format!("{:?}", status.code()).to_lowercase(),
+                            Err(status) => {
+                                use tonic_types::StatusExt as _;
+                                let wait = status
+                                    .get_error_details()
+                                    .retry_info()
+                                    .and_then(|r| r.retry_delay);
+                                if let (true, Some(wait)) = (honor, wait) {
+                                    let left = until.saturating_duration_since(Instant::now());
+                                    tokio::time::sleep(wait.min(left)).await;
+                                }
+                                format!("{:?}", status.code()).to_lowercase()
+                            }
                         };
                         seen.push((outcome, micros));
                     }

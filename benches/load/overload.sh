@@ -10,6 +10,10 @@
 #
 #   benches/load/overload.sh
 #
+# Each bound runs twice: callers that retry a refusal at once (the worst
+# case), and callers that wait its `RetryInfo` delay, as well-behaved gRPC
+# clients do ("honours RetryInfo" column).
+#
 # Overrides: OVERLOAD_BOUNDS (default "1024,32"), OVERLOAD_CALLERS (256),
 # OVERLOAD_SECONDS (10, after 2 s of warm-up), LOAD_PROFILE (release).
 set -euo pipefail
@@ -29,8 +33,8 @@ mkdir -p "$dir"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-echo "| max_in_flight | OK calls/s | OK p50 | OK p99 | OK max | shed calls/s | shed p50 | shed p99 |"
-echo "|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| max_in_flight | honours RetryInfo | OK calls/s | OK p50 | OK p99 | OK max | shed calls/s | shed p50 | shed p99 |"
+echo "|---:|---|---:|---:|---:|---:|---:|---:|---:|"
 IFS=, read -ra list <<<"$bounds"
 for bound in "${list[@]}"; do
   grpc=$(free_port); admin=$(free_port)
@@ -48,19 +52,22 @@ for bound in "${list[@]}"; do
   curl -sf "http://127.0.0.1:$admin/readyz" >/dev/null || { echo "tokengate did not turn ready" >&2; exit 1; }
   "$out/examples/overload" --addr "127.0.0.1:$grpc" --jwt-file "$dir/$bound/jwt" \
     --callers "$callers" --seconds 2 >/dev/null
-  report=$("$out/examples/overload" --addr "127.0.0.1:$grpc" --jwt-file "$dir/$bound/jwt" \
-    --callers "$callers" --seconds "$seconds")
-  kill "$server"; wait "$server" 2>/dev/null || true
-  python3 - "$bound" "$report" <<'PY'
+  for honor in no yes; do
+    flag=(); [ "$honor" = yes ] && flag=(--honor-retry-info)
+    report=$("$out/examples/overload" --addr "127.0.0.1:$grpc" --jwt-file "$dir/$bound/jwt" \
+      --callers "$callers" --seconds "$seconds" "${flag[@]}")
+    python3 - "$bound" "$honor" "$report" <<'PY'
 import json, sys
-bound, report = sys.argv[1], json.loads(sys.argv[2])
+bound, honor, report = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
 other = set(report) - {"ok", "resourceexhausted"}
 if other:
     sys.exit(f"unexpected outcomes at max_in_flight {bound}: {sorted(other)}")
 ok = report.get("ok", {"count": 0, "per_second": 0, "p50_us": 0, "p99_us": 0, "max_us": 0})
 shed = report.get("resourceexhausted", {"per_second": 0, "p50_us": 0, "p99_us": 0})
 ms = lambda us: f"{us / 1000:.2f} ms"
-print(f"| {bound} | {ok['per_second']:,.0f} | {ms(ok['p50_us'])} | {ms(ok['p99_us'])} | {ms(ok['max_us'])} "
+print(f"| {bound} | {honor} | {ok['per_second']:,.0f} | {ms(ok['p50_us'])} | {ms(ok['p99_us'])} | {ms(ok['max_us'])} "
       f"| {shed['per_second']:,.0f} | {ms(shed['p50_us'])} | {ms(shed['p99_us'])} |")
 PY
+  done
+  kill "$server"; wait "$server" 2>/dev/null || true
 done

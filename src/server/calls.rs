@@ -25,8 +25,8 @@ use tonic::transport::server::TcpConnectInfo;
 use super::listen::{Activity, Tracked};
 use crate::domain::PeerIdentity;
 use crate::limits::{Arrival, Limiter};
-use crate::pipeline::Live;
 use crate::metrics::{CountedBody, GrpcMeter};
+use crate::pipeline::Live;
 use crate::render::{self, TransportRefusal};
 
 /// One connection's view of the gRPC routes.
