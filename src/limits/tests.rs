@@ -42,6 +42,24 @@ fn request(channel: &str) -> Request {
     }
 }
 
+/// `who` (or a workload without a JWT) asking through `peer` for `request`, granted by `rule`.
+fn subject<'a>(
+    who: Option<&'a Principal>,
+    peer: &'a Peer,
+    request: &'a Request,
+    rule: &'a str,
+) -> Subject<'a> {
+    Subject {
+        caller: Caller {
+            principal: who,
+            peer,
+        },
+        request,
+        rule,
+        unix_now: 1_700_000_000,
+    }
+}
+
 /// One call's outcomes, limit name to outcome.
 async fn call(
     limiter: &Limiter,
@@ -53,15 +71,7 @@ async fn call(
 ) -> HashMap<String, Outcome> {
     let peer = Peer::default();
     let request = request(channel);
-    let subject = Subject {
-        caller: Caller {
-            principal: Some(who),
-            peer: &peer,
-        },
-        request: &request,
-        rule,
-        unix_now: 1_700_000_000,
-    };
+    let subject = subject(Some(who), &peer, &request, rule);
     limiter
         .check(set, Service::Rtc, &subject, now)
         .await
@@ -231,15 +241,7 @@ async fn rule_scoped_limits_count_only_the_rules_that_name_them_and_only_their_s
     // An RTM grant of the same rule is not counted: the limit names rtc only.
     let peer = Peer::default();
     let request = request("r");
-    let subject = Subject {
-        caller: Caller {
-            principal: Some(&alice),
-            peer: &peer,
-        },
-        request: &request,
-        rule: "webinars",
-        unix_now: 0,
-    };
+    let subject = subject(Some(&alice), &peer, &request, "webinars");
     assert!(
         limiter
             .check(&set, Service::Rtm, &subject, MS)
@@ -265,15 +267,7 @@ async fn budgets_are_read_without_being_spent() {
     let alice = principal("alice", "t");
     let peer = Peer::default();
     let request = request("r");
-    let subject = Subject {
-        caller: Caller {
-            principal: Some(&alice),
-            peer: &peer,
-        },
-        request: &request,
-        rule: "rule",
-        unix_now: 0,
-    };
+    let subject = subject(Some(&alice), &peer, &request, "rule");
     for _ in 0..5 {
         let budgets = limiter.budgets(&set, Service::Rtc, &subject, MS).await;
         assert_eq!(budgets.len(), 1);
@@ -318,15 +312,7 @@ async fn a_workload_without_a_jwt_is_keyed_by_its_spiffe_id() {
         }),
     };
     let request = request("r");
-    let subject = Subject {
-        caller: Caller {
-            principal: None,
-            peer: &peer,
-        },
-        request: &request,
-        rule: "rule",
-        unix_now: 0,
-    };
+    let subject = subject(None, &peer, &request, "rule");
     assert_eq!(
         set.limits()[0].key_of(&subject).unwrap(),
         "mtls spiffe://corp.example/ns/a/sa/b"

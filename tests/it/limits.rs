@@ -20,7 +20,7 @@ use tokengate::grpc::pb;
 /// Rooms (any `room-*`, the uid from `agora_uid`), stages (`stage-*`,
 /// naming the rule-scoped `stage-burst` where a test defines it), and
 /// explain for all.
-const RULES: &str = r#"
+pub(crate) const RULES: &str = r#"
 [[rules]]
 name = "rooms"
 actions = ["rtc"]
@@ -39,6 +39,15 @@ STAGE_LIMITS
 [[rules]]
 name = "explainers"
 actions = ["explain"]
+"#;
+
+/// One call per stage channel, for the stages rule only.
+const STAGE_BURST: &str = r#"
+[[limits.rate]]
+name = "stage-burst"
+key = "channel"
+rate = "1/h"
+scope = "rule"
 "#;
 
 /// A server with [`RULES`], `limits` (TOML) and, if given, ext_authz.
@@ -139,23 +148,14 @@ async fn a_burst_is_admitted_then_resource_exhausted_with_the_wait_and_the_limit
 
 #[tokio::test]
 async fn a_cel_key_shares_a_tenants_budget_and_a_rule_scoped_limit_counts_only_its_rule() {
-    let server = start(
-        r#"
+    let limits = r#"
 [[limits.rate]]
 name = "per-tenant"
 key = "cel"
 expression = "claims.tenant"
 rate = "2/h"
-
-[[limits.rate]]
-name = "stage-burst"
-key = "channel"
-rate = "1/h"
-scope = "rule"
-"#,
-        false,
-    )
-    .await;
+"#;
+    let server = start(&format!("{limits}{STAGE_BURST}"), false).await;
     let (a1, a2, b1) = (
         jwt(&server, "a1", json!({"tenant": "acme"})),
         jwt(&server, "a2", json!({"tenant": "acme"})),
@@ -213,22 +213,13 @@ async fn ext_authz_answers_429_with_retry_after_in_whole_seconds() {
 
 #[tokio::test]
 async fn explain_reports_the_budgets_that_would_apply_without_spending_them() {
-    let server = start(
-        r#"
+    let limits = r#"
 [[limits.rate]]
 name = "per-caller"
 key = "caller"
 rate = "3/h"
-
-[[limits.rate]]
-name = "stage-burst"
-key = "channel"
-rate = "1/h"
-scope = "rule"
-"#,
-        false,
-    )
-    .await;
+"#;
+    let server = start(&format!("{limits}{STAGE_BURST}"), false).await;
     let alice = jwt(&server, "alice", json!({}));
     let explain = || async {
         server

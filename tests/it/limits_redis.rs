@@ -20,24 +20,20 @@ use tokengate::grpc::pb;
 
 const PASSWORD: &str = "s3cret-redis-pass";
 
-const RULES: &str = r#"
-[[rules]]
-name = "rooms"
-actions = ["rtc"]
-channel = "room-*"
-project = "main"
-uid_claim = "agora_uid"
-
+/// The local tests' rules, and RTM for every caller.
+fn rules() -> String {
+    format!(
+        "{}{}",
+        crate::limits::RULES.replace("STAGE_LIMITS", ""),
+        r#"
 [[rules]]
 name = "messaging"
 actions = ["rtm"]
 project = "main"
 account_claim = "sub"
-
-[[rules]]
-name = "explainers"
-actions = ["explain"]
-"#;
+"#
+    )
+}
 
 /// Two replicas' config: RTC counted by a fail-open limit, RTM by a
 /// fail-closed one, both 20 per minute per caller, shared through `redis`
@@ -72,7 +68,7 @@ rate = "20/min"
 actions = ["rtm"]
 on_redis_failure = "closed"
 "#,
-        base = config_text(jwks_url, RULES),
+        base = config_text(jwks_url, &rules()),
         url = redis.url(),
         password = password_file.display(),
     )
