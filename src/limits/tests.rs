@@ -21,6 +21,11 @@ fn limit(name: &str, key: LimitKey, per_call: Duration, burst: u32, scope: Scope
     }
 }
 
+/// A set of just `limit`, everywhere, with room for 10 calls in flight.
+fn only(limit: RateLimit) -> LimitSet {
+    LimitSet::new(vec![limit], &BTreeMap::new(), 10)
+}
+
 fn principal(subject: &str, tenant: &str) -> Principal {
     let mut claims = BTreeMap::new();
     claims.insert("tenant".to_owned(), ClaimValue::String(tenant.into()));
@@ -86,17 +91,13 @@ async fn call(
 #[tokio::test]
 async fn a_burst_is_admitted_the_next_waits_the_exact_interval_then_refills() {
     let limiter = Limiter::local_only();
-    let set = LimitSet::new(
-        vec![limit(
-            "c",
-            LimitKey::Caller,
-            Duration::from_millis(500),
-            2,
-            Scope::All,
-        )],
-        &BTreeMap::new(),
-        10,
-    );
+    let set = only(limit(
+        "c",
+        LimitKey::Caller,
+        Duration::from_millis(500),
+        2,
+        Scope::All,
+    ));
     let alice = principal("alice", "t");
     let t0 = 1_000 * MS;
     for _ in 0..2 {
@@ -252,17 +253,13 @@ async fn rule_scoped_limits_count_only_the_rules_that_name_them_and_only_their_s
 
 #[tokio::test]
 async fn budgets_are_read_without_being_spent() {
-    let set = LimitSet::new(
-        vec![limit(
-            "c",
-            LimitKey::Caller,
-            Duration::from_secs(60),
-            3,
-            Scope::All,
-        )],
-        &BTreeMap::new(),
-        10,
-    );
+    let set = only(limit(
+        "c",
+        LimitKey::Caller,
+        Duration::from_secs(60),
+        3,
+        Scope::All,
+    ));
     let limiter = Limiter::local_only();
     let alice = principal("alice", "t");
     let peer = Peer::default();
@@ -292,17 +289,13 @@ async fn budgets_are_read_without_being_spent() {
 
 #[tokio::test]
 async fn a_workload_without_a_jwt_is_keyed_by_its_spiffe_id() {
-    let set = LimitSet::new(
-        vec![limit(
-            "c",
-            LimitKey::Caller,
-            Duration::from_secs(60),
-            1,
-            Scope::All,
-        )],
-        &BTreeMap::new(),
-        10,
-    );
+    let set = only(limit(
+        "c",
+        LimitKey::Caller,
+        Duration::from_secs(60),
+        1,
+        Scope::All,
+    ));
     let peer = Peer {
         address: Some("10.0.0.1".into()),
         workload: Some(PeerIdentity {
@@ -321,17 +314,13 @@ async fn a_workload_without_a_jwt_is_keyed_by_its_spiffe_id() {
 
 #[tokio::test]
 async fn a_flood_of_100000_distinct_callers_stays_within_local_max_keys() {
-    let set = LimitSet::new(
-        vec![limit(
-            "c",
-            LimitKey::Caller,
-            Duration::from_secs(60),
-            1,
-            Scope::All,
-        )],
-        &BTreeMap::new(),
-        10,
-    );
+    let set = only(limit(
+        "c",
+        LimitKey::Caller,
+        Duration::from_secs(60),
+        1,
+        Scope::All,
+    ));
     let limiter = Limiter::new(5_000, None).unwrap();
     for i in 0..100_000 {
         let who = principal(&format!("flood-{i}"), "t");
