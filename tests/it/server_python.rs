@@ -147,3 +147,25 @@ async fn the_python_client_gets_an_rtm_token_and_field_violations() {
     assert_eq!(bad["reason"], Value::Null, "{bad}");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_python_client_reads_a_rate_limits_wait_and_the_limit() {
+    let (jwks, es256, rs256) = support::server::test_keys().await;
+    let text = format!(
+        "{}\n[[limits.rate]]\nname = \"per-caller\"\nkey = \"caller\"\nrate = \"1/min\"\n",
+        support::server::config_text(&jwks.jwks_url(), &rules())
+    );
+    let server = TestServer::start_with(text, jwks, es256, rs256).await;
+    server.wait_ready().await;
+    let jwt = server.mint("alice", json!({"teams": ["blue"]}));
+    let request = json!({"channel": "team-blue-standup", "role": "ROLE_SUBSCRIBER"});
+    let first = python(&server, &jwt, "IssueRtcToken", request.clone()).await;
+    assert_eq!(first["ok"], true, "{first}");
+    let second = python(&server, &jwt, "IssueRtcToken", request).await;
+    assert_eq!(second["code"], "RESOURCE_EXHAUSTED", "{second}");
+    assert_eq!(second["reason"], "rate_limited", "{second}");
+    assert_eq!(second["quota_subjects"], json!(["limit:per-caller"]), "{second}");
+    let wait = second["retry_after_ms"].as_u64().unwrap();
+    assert!((50_000..=60_000).contains(&wait), "{second}");
+    server.shutdown().await;
+}

@@ -5,10 +5,13 @@ Generates the tokengate stubs with grpcio-tools into a temporary directory
 one RPC and prints the outcome as one JSON object on stdout:
 
     {"ok": true, "response": {...}}          on success
-    {"ok": false, "code": "PERMISSION_DENIED", "message": "...", "reason": "...", "fields": [...]}
+    {"ok": false, "code": "PERMISSION_DENIED", "message": "...", "reason": "...", "fields": [...],
+     "retry_after_ms": null, "quota_subjects": []}
 
 `reason` is the google.rpc.ErrorInfo reason (or null); `fields` lists the field
-names of a google.rpc.BadRequest (empty without one).
+names of a google.rpc.BadRequest (empty without one); `retry_after_ms` is a
+google.rpc.RetryInfo's delay in milliseconds (or null) and `quota_subjects`
+the subjects of a google.rpc.QuotaFailure's violations.
 
 Usage: client.py TARGET METHOD REQUEST_JSON   (the JWT comes from $TOKENGATE_JWT)
 
@@ -52,21 +55,28 @@ def generate_stubs(out_dir):
 
 
 def error_details(error):
-    """The ErrorInfo reason and BadRequest field names from the grpc-status-details-bin trailer."""
+    """What the grpc-status-details-bin trailer says: the ErrorInfo reason, the
+    BadRequest field names, the RetryInfo delay (ms) and the QuotaFailure subjects."""
     from google.rpc import error_details_pb2, status_pb2  # noqa: PLC0415
 
-    reason, fields = None, []
+    found = {"reason": None, "fields": [], "retry_after_ms": None, "quota_subjects": []}
     for key, value in error.trailing_metadata() or ():
         if key == "grpc-status-details-bin":
             status = status_pb2.Status.FromString(value)
             for detail in status.details:
                 info = error_details_pb2.ErrorInfo()
                 bad = error_details_pb2.BadRequest()
+                retry = error_details_pb2.RetryInfo()
+                quota = error_details_pb2.QuotaFailure()
                 if detail.Unpack(info):
-                    reason = info.reason
+                    found["reason"] = info.reason
                 elif detail.Unpack(bad):
-                    fields = [v.field for v in bad.field_violations]
-    return reason, fields
+                    found["fields"] = [v.field for v in bad.field_violations]
+                elif detail.Unpack(retry):
+                    found["retry_after_ms"] = retry.retry_delay.ToMilliseconds()
+                elif detail.Unpack(quota):
+                    found["quota_subjects"] = [v.subject for v in quota.violations]
+    return found
 
 
 def open_channel(target):
@@ -103,13 +113,11 @@ def main():
             try:
                 response = getattr(stub, method)(request, metadata=metadata, timeout=10)
             except grpc.RpcError as error:
-                reason, fields = error_details(error)
                 print(json.dumps({
                     "ok": False,
                     "code": error.code().name,
                     "message": error.details(),
-                    "reason": reason,
-                    "fields": fields,
+                    **error_details(error),
                 }))
                 return
             print(json.dumps({
