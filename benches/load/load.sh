@@ -9,7 +9,8 @@
 #                                     per call and server, noise check off; fails if a
 #                                     reply is not a verified success; then 1 s of 1x1
 #                                     IssueRtcToken on 2 tokengate replicas without a
-#                                     limit and sharing a Redis limit (about 10 s more)
+#                                     limit, with a local one and sharing a Redis one
+#                                     (about 8 s more)
 #   benches/load/load.sh --self-test  CI: the same, with a broken JWT (and a wrong route
 #                                     for Node) sent by h2load; passes only if every run
 #                                     is reported as failed
@@ -37,7 +38,10 @@
 #                   every call (no limited, unavailable or local_fallback check) and,
 #                   for redis, redis-server ran a script per call. With none and a
 #                   limit, the report adds what the limit costs per call.
-# For example, two replicas with and without a Redis limit, and one with each:
+# Each replica count and variant is measured like one more tokengate (its
+# calls and shapes), so the full benchmark's time grows by as much each.
+# For example, 1 and then 2 replicas, each without a limit, with a local one
+# and with a Redis one:
 #   LOAD_REPLICAS=1,2 LOAD_VARIANTS=none,local,redis LOAD_TARGETS=tokengate \
 #     LOAD_CALLS=issue benches/load/load.sh
 set -euo pipefail
@@ -67,7 +71,8 @@ targets=${LOAD_TARGETS:-tokengate,floor,node}
 replicas=${LOAD_REPLICAS:-1}
 variants=${LOAD_VARIANTS:-none}
 dir=${LOAD_DIR:-$root/target/load}
-# The check's cluster run: 2 replicas, without and with a Redis limit.
+# The check's cluster run: 2 replicas, without a limit, with a local one and
+# with a Redis one.
 cluster=no
 [ "$mode" = check ] && [[ ",$targets," == *",tokengate,"* ]] && cluster=yes
 redis=no
@@ -131,7 +136,7 @@ args+=(--config-extra "$extra")
 "$out/examples/loadbench" "${args[@]}"
 # Every replica's counters and Redis's own count checked, briefly: the
 # shapes of the issue's comparison, at 1x1 for 1 s.
-echo "load.sh: the cluster check: 2 tokengate replicas, no limit and a Redis limit" >&2
+echo "load.sh: the cluster check: 2 tokengate replicas, no limit, a local and a Redis limit" >&2
 exec "$out/examples/loadbench" run --dir "$dir-cluster" "${common[@]}" --shapes 1x1 \
-  --calls issue --replicas 2 --variants none,redis --tokengate "$out/tokengate" \
+  --calls issue --replicas 2 --variants none,local,redis --tokengate "$out/tokengate" \
   --config-extra "$extra"
