@@ -6,7 +6,7 @@
 //! replies instead; this module only reports what h2load saw.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context as _, ensure};
 
@@ -49,8 +49,9 @@ pub struct Summary {
 }
 
 impl Load {
-    /// Runs h2load to completion, writing the per-request log to `log`.
-    pub fn run(&self, h2load: &Path, log: &Path) -> anyhow::Result<Summary> {
+    /// Starts h2load, writing the per-request log to `log`; several run at
+    /// once when several replicas are loaded together.
+    pub fn spawn(&self, h2load: &Path, log: &Path) -> anyhow::Result<Running> {
         // h2load appends to its log file: a previous run's lines would mix in.
         match std::fs::remove_file(log) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
@@ -74,9 +75,30 @@ impl Load {
             command.arg("--header").arg(header);
         }
         command.arg(&self.url);
-        let output = command
-            .output()
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .with_context(|| format!("cannot run {}", h2load.display()))?;
+        Ok(Running { child })
+    }
+}
+
+/// A started h2load.
+#[derive(Debug)]
+pub struct Running {
+    child: Child,
+}
+
+impl Running {
+    /// Waits for h2load to end (its CPU time then counts as this process's
+    /// waited-for children's) and reads its summary.
+    pub fn wait(self) -> anyhow::Result<Summary> {
+        let output = self
+            .child
+            .wait_with_output()
+            .context("cannot wait for h2load")?;
         let stdout = String::from_utf8_lossy(&output.stdout);
         ensure!(
             output.status.success(),

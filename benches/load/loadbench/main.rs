@@ -7,7 +7,9 @@
 //!   with it (and a broken copy), a random App Certificate, a tokengate
 //!   config with that issuer, one project, the team-rooms rule and an
 //!   ext_authz route, and the gRPC request bodies h2load sends (`-d`).
-//! - `run` starts tokengate, the floor (`--example floor`) and the Node peer,
+//! - `run` starts tokengate (one or several replicas, in one or several
+//!   config variants: no limit, a local limit, a Redis-shared limit, with its
+//!   own redis-server), the floor (`--example floor`) and the Node peer,
 //!   probes each with real clients (replies decoded, tokens verified against
 //!   the certificate), drives them with h2load, checks that every reply was a
 //!   success (h2load counts any HTTP 200 as one, whatever the grpc-status),
@@ -24,10 +26,12 @@
 
 mod h2load;
 mod inprocess;
+mod metrics;
 mod probe;
 mod procfs;
 mod run;
 mod setup;
+mod variant;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,18 +1,25 @@
 //! `loadbench run`: start each server, probe it, load it with h2load, check
 //! every run's replies, measure CPU and memory, and print the table.
+//!
+//! tokengate can run as several replicas at once (`--replicas`), each loaded
+//! by its own h2load of the same shape, and in several config variants
+//! (`--variants`: no limit, a local limit, a Redis-shared one), so one run
+//! compares what a limit and cluster mode cost.
 
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use crate::h2load::{self, Load, Summary};
+use crate::h2load::{self, Load, Running, Summary};
+use crate::metrics::{self, Series, delta};
 use crate::probe::{self, Call, Endpoint, Sample};
 use crate::procfs;
 use crate::setup::{self, Bench, CHANNEL, Ports, UID};
+use crate::variant::{RedisServer, Variant};
 
 /// Arguments of `loadbench run` (`load.sh` maps its environment onto them).
 #[derive(Debug, clap::Args)]
@@ -63,6 +70,19 @@ pub struct RunArgs {
     /// A TOML file appended to tokengate's config (for example a JWT cache section).
     #[arg(long)]
     config_extra: Option<PathBuf>,
+    /// tokengate replicas run and loaded at once, each with its own ports
+    /// and its own h2load of each shape; a list measures each count in turn.
+    #[arg(long, value_delimiter = ',', default_value = "1",
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    replicas: Vec<u32>,
+    /// tokengate's config variants, each measured in turn: `none`, `local`
+    /// (a generous local limit), `redis` (a generous limit shared through
+    /// the benchmark's own redis-server).
+    #[arg(long, value_delimiter = ',', default_value = "none")]
+    variants: Vec<Variant>,
+    /// The redis-server executable, started for the `redis` variant.
+    #[arg(long, default_value = "redis-server")]
+    redis_server: PathBuf,
     /// The self-test: h2load sends a broken request (a JWT with a bad
     /// signature; the Node peer a wrong path) while the probes send good ones,
     /// and the run passes only if every load run is reported as failed.
@@ -127,7 +147,8 @@ impl Kind {
 /// A running server.
 #[derive(Debug)]
 struct Server {
-    kind: Kind,
+    /// Its name in messages (the replica's number when there are several).
+    name: String,
     child: Child,
     endpoint: Endpoint,
     /// tokengate's admin port, for `/metrics`.
@@ -136,13 +157,29 @@ struct Server {
     idle_rss_kib: u64,
 }
 
-/// One measured run.
-#[derive(Debug, Clone, Copy)]
+/// What is measured together: a server, its calls, and for tokengate the
+/// replica count and config variant.
+#[derive(Debug, Clone)]
+struct Target {
+    kind: Kind,
+    calls: Vec<Call>,
+    replicas: u32,
+    variant: Variant,
+}
+
+/// One measured run (of every replica at once).
+#[derive(Debug, Clone)]
 struct Measure {
+    /// The replicas' h2load req/s, summed.
     req_per_s: f64,
-    p50_us: u64,
-    p99_us: u64,
+    /// Each replica's median latency.
+    p50_us: Vec<u64>,
+    /// Each replica's 99th percentile latency.
+    p99_us: Vec<u64>,
+    /// The replicas' CPU over every call they served.
     server_cpu_us: f64,
+    /// redis-server's CPU over every call, for the `redis` variant.
+    redis_cpu_us: Option<f64>,
     h2load_cpu_us: f64,
     other_cores: f64,
 }
@@ -161,10 +198,14 @@ enum Outcome {
 #[derive(Debug, Clone)]
 struct Row {
     kind: Kind,
+    replicas: u32,
+    variant: Variant,
     call: Call,
     shape: Shape,
     outcomes: Vec<Outcome>,
+    /// The largest replica's.
     idle_rss_kib: u64,
+    /// The largest replica's.
     peak_rss_kib: u64,
 }
 
@@ -173,7 +214,7 @@ impl Row {
         self.outcomes
             .iter()
             .filter_map(|o| match o {
-                Outcome::Ok(m) => Some(*m),
+                Outcome::Ok(m) => Some(m.clone()),
                 _ => None,
             })
             .collect()
@@ -189,69 +230,136 @@ impl Row {
             .collect()
     }
 
-    /// The median of each figure over the accepted runs; none if a run failed.
+    /// The median of each figure over the accepted runs (each replica's
+    /// latencies apart); none if a run failed.
     fn median(&self) -> Option<Measure> {
         let measures = self.measures();
         if measures.is_empty() || !self.failures().is_empty() {
             return None;
         }
-        let med = |f: &dyn Fn(&Measure) -> f64| {
-            let mut v: Vec<f64> = measures.iter().map(f).collect();
+        let med = |f: &dyn Fn(&Measure) -> Option<f64>| {
+            let mut v: Vec<f64> = measures.iter().filter_map(f).collect();
             v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
+            v.get(v.len() / 2).copied()
+        };
+        let per_replica = |f: &dyn Fn(&Measure) -> &Vec<u64>| -> Vec<u64> {
+            (0..f(&measures[0]).len())
+                .map(|i| med(&|m| f(m).get(i).map(|v| *v as f64)).unwrap_or(0.0) as u64)
+                .collect()
         };
         Some(Measure {
-            req_per_s: med(&|m| m.req_per_s),
-            p50_us: med(&|m| m.p50_us as f64) as u64,
-            p99_us: med(&|m| m.p99_us as f64) as u64,
-            server_cpu_us: med(&|m| m.server_cpu_us),
-            h2load_cpu_us: med(&|m| m.h2load_cpu_us),
+            req_per_s: med(&|m| Some(m.req_per_s)).unwrap_or(0.0),
+            p50_us: per_replica(&|m| &m.p50_us),
+            p99_us: per_replica(&|m| &m.p99_us),
+            server_cpu_us: med(&|m| Some(m.server_cpu_us)).unwrap_or(0.0),
+            redis_cpu_us: med(&|m| m.redis_cpu_us),
+            h2load_cpu_us: med(&|m| Some(m.h2load_cpu_us)).unwrap_or(0.0),
             other_cores: measures.iter().map(|m| m.other_cores).fold(0.0, f64::max),
         })
     }
+
+    /// The server column: tokengate's replica count and variant when the
+    /// run compares several (the default run's rows read as before).
+    fn label(&self, args: &RunArgs) -> String {
+        let mut label = self.kind.name().to_owned();
+        if self.kind == Kind::Tokengate {
+            if args.replicas != [1] {
+                let s = if self.replicas == 1 { "" } else { "s" };
+                label.push_str(&format!(", {} replica{s}", self.replicas));
+            }
+            if args.variants != [Variant::NoLimit] {
+                label.push_str(", ");
+                label.push_str(self.variant.label());
+            }
+        }
+        label
+    }
+}
+
+/// `n` distinct free loopback ports (all bound at once, then released for
+/// the servers to take).
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
 }
 
 /// A free loopback port (bound, then released for the server to take).
 fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(free_ports(1)?[0])
 }
 
 /// Runs the benchmark.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let ports = Ports {
-        grpc: free_port()?,
-        admin: free_port()?,
-    };
-    let bench = Bench::write(&args.dir, ports, args.config_extra.as_deref())?;
+    // tokengate.toml is the directory's base config (`tokengate serve` by
+    // hand); each replica of a run gets its own copy with its own ports.
+    let bench = Bench::write(
+        &args.dir,
+        setup::DEFAULT_PORTS,
+        args.config_extra.as_deref(),
+    )?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let hz = procfs::ticks_per_second();
     let mut rows = Vec::new();
-    let mut plan: Vec<(Kind, Vec<Call>)> = Vec::new();
+    let mut plan: Vec<Target> = Vec::new();
     if args.tokengate.is_some() {
-        plan.push((Kind::Tokengate, args.calls.clone()));
+        for &replicas in &args.replicas {
+            for &variant in &args.variants {
+                plan.push(Target {
+                    kind: Kind::Tokengate,
+                    calls: args.calls.clone(),
+                    replicas,
+                    variant,
+                });
+            }
+        }
     }
-    if args.floor.is_some() {
-        plan.push((Kind::Floor, vec![Call::Issue]));
-    }
-    if args.node.is_some() {
-        plan.push((Kind::Node, vec![Call::Issue]));
+    for (given, kind) in [
+        (args.floor.is_some(), Kind::Floor),
+        (args.node.is_some(), Kind::Node),
+    ] {
+        if given {
+            plan.push(Target {
+                kind,
+                calls: vec![Call::Issue],
+                replicas: 1,
+                variant: Variant::NoLimit,
+            });
+        }
     }
     if plan.is_empty() {
         bail!("nothing to measure: give --tokengate, --floor or --node");
     }
-    for (kind, calls) in plan {
-        let mut server = start(kind, &args, &bench, &runtime)?;
-        eprintln!(
-            "loadbench: {} ready, idle RSS {} KiB",
-            kind.name(),
-            server.idle_rss_kib
+    // One redis-server for every `redis` row, stopped when the run ends.
+    let redis = if plan.iter().any(|t| t.variant == Variant::Redis) {
+        let server = RedisServer::start(&args.redis_server, &bench.path("redis"), free_port()?)?;
+        eprintln!("loadbench: redis-server ready at {}", server.url());
+        Some(server)
+    } else {
+        None
+    };
+    for target in plan {
+        let mut servers = start_all(&target, &args, &bench, &runtime, redis.as_ref())?;
+        for server in &servers {
+            eprintln!(
+                "loadbench: {} ready, idle RSS {} KiB",
+                server.name, server.idle_rss_kib
+            );
+        }
+        let redis = redis.as_ref().filter(|_| target.variant == Variant::Redis);
+        let result = measure_target(
+            &servers, &target, &args, &bench, &runtime, hz, redis, &mut rows,
         );
-        let result = measure_server(&mut server, &calls, &args, &bench, &runtime, hz, &mut rows);
-        stop(&mut server);
+        stop_all(&mut servers);
         result?;
     }
+    drop(redis);
     let report = report(&rows, &args);
     println!("{report}");
     if let Some(path) = &args.output {
@@ -260,41 +368,74 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(verdict(&rows, args.self_test))
 }
 
-fn measure_server(
-    server: &mut Server,
-    calls: &[Call],
+#[allow(clippy::too_many_arguments)]
+fn measure_target(
+    servers: &[Server],
+    target: &Target,
     args: &RunArgs,
     bench: &Bench,
     runtime: &tokio::runtime::Runtime,
     hz: u64,
+    redis: Option<&RedisServer>,
     rows: &mut Vec<Row>,
 ) -> anyhow::Result<()> {
-    for &call in calls {
-        // The known-good replies: every one decoded and its token verified.
-        let good = runtime
-            .block_on(probe::probe(
-                &server.endpoint,
-                call,
-                bench,
-                args.probe_calls,
-            ))
-            .with_context(|| format!("{} {}: the probe failed", server.kind.name(), call.name()))?;
-        eprintln!(
-            "loadbench: {} {}: {} replies verified, {}..={} bytes each",
-            server.kind.name(),
-            call.name(),
-            good.count,
-            good.min_bytes,
-            good.max_bytes
-        );
+    for &call in &target.calls {
+        // The known-good replies of every replica: each one decoded and its
+        // token verified.
+        let mut good: Option<Sample> = None;
+        for server in servers.iter() {
+            let sample = runtime
+                .block_on(probe::probe(
+                    &server.endpoint,
+                    call,
+                    bench,
+                    args.probe_calls,
+                ))
+                .with_context(|| format!("{} {}: the probe failed", server.name, call.name()))?;
+            eprintln!(
+                "loadbench: {} {}: {} replies verified, {}..={} bytes each",
+                server.name,
+                call.name(),
+                sample.count,
+                sample.min_bytes,
+                sample.max_bytes
+            );
+            good = Some(match good {
+                None => sample,
+                Some(g) => Sample {
+                    count: g.count + sample.count,
+                    min_bytes: g.min_bytes.min(sample.min_bytes),
+                    max_bytes: g.max_bytes.max(sample.max_bytes),
+                },
+            });
+        }
+        let good = good.context("no server to probe")?;
+        let name = match servers {
+            [one] => one.name.clone(),
+            all => format!(
+                "{} ({}, {} replicas)",
+                target.kind.name(),
+                target.variant.label(),
+                all.len()
+            ),
+        };
         for &shape in &args.shapes {
-            let load = load_for(server, call, shape, args, bench);
+            let loads: Vec<Load> = servers
+                .iter()
+                .map(|server| load_for(server, call, shape, args, bench))
+                .collect();
             if args.warmup > 0.0 {
-                let warm = Load {
-                    seconds: args.warmup,
-                    ..load.clone()
-                };
-                warm.run(&args.h2load, &bench.path("warmup.log"))?;
+                let warm: Vec<Load> = loads
+                    .iter()
+                    .map(|load| Load {
+                        seconds: args.warmup,
+                        ..load.clone()
+                    })
+                    .collect();
+                let logs = logs(bench, "warmup", warm.len());
+                for summary in run_all(&warm, &args.h2load, &logs) {
+                    summary?;
+                }
             }
             let mut outcomes = Vec::new();
             let mut attempts = 0;
@@ -306,38 +447,89 @@ fn measure_server(
                 && attempts < args.runs + args.retries
             {
                 attempts += 1;
-                let outcome =
-                    measure_run(server, call, shape, &load, good, args, bench, runtime, hz)?;
+                let outcome = measure_run(
+                    servers,
+                    call,
+                    shape,
+                    &loads,
+                    good,
+                    target.variant,
+                    redis,
+                    args,
+                    bench,
+                    runtime,
+                    hz,
+                )?;
                 eprintln!(
-                    "loadbench: {} {} {shape} run {attempts}: {}",
-                    server.kind.name(),
+                    "loadbench: {name} {} {shape} run {attempts}: {}",
                     call.name(),
                     describe(&outcome)
                 );
                 outcomes.push(outcome);
             }
+            let mut peak_rss_kib = 0;
+            for server in servers.iter() {
+                peak_rss_kib = peak_rss_kib.max(procfs::status_kib(server.child.id(), "VmHWM")?);
+            }
             rows.push(Row {
-                kind: server.kind,
+                kind: target.kind,
+                replicas: target.replicas,
+                variant: target.variant,
                 call,
                 shape,
                 outcomes,
-                idle_rss_kib: server.idle_rss_kib,
-                peak_rss_kib: procfs::status_kib(server.child.id(), "VmHWM")?,
+                idle_rss_kib: servers.iter().map(|s| s.idle_rss_kib).max().unwrap_or(0),
+                peak_rss_kib,
             });
         }
     }
     Ok(())
 }
 
+/// `<stem>-<i>.log` of the benchmark directory, one per replica.
+fn logs(bench: &Bench, stem: &str, n: usize) -> Vec<PathBuf> {
+    (0..n)
+        .map(|i| bench.path(&format!("{stem}-{i}.log")))
+        .collect()
+}
+
+/// Every load at once, one h2load each; their summaries in order.
+fn run_all(loads: &[Load], h2load: &Path, logs: &[PathBuf]) -> Vec<anyhow::Result<Summary>> {
+    let running: Vec<anyhow::Result<Running>> = loads
+        .iter()
+        .zip(logs)
+        .map(|(load, log)| load.spawn(h2load, log))
+        .collect();
+    running
+        .into_iter()
+        .map(|r| r.and_then(Running::wait))
+        .collect()
+}
+
 fn describe(outcome: &Outcome) -> String {
     match outcome {
         Outcome::Ok(m) => format!(
-            "{:.0} req/s, p50 {} µs, p99 {} µs, server {:.1} µs/call, h2load {:.1} µs/call, others {:.3} cores",
-            m.req_per_s, m.p50_us, m.p99_us, m.server_cpu_us, m.h2load_cpu_us, m.other_cores
+            "{:.0} req/s, p50 {}, p99 {}, server {:.1} µs/call{}, h2load {:.1} µs/call, others {:.3} cores",
+            m.req_per_s,
+            per_replica(&m.p50_us),
+            per_replica(&m.p99_us),
+            m.server_cpu_us,
+            m.redis_cpu_us
+                .map_or(String::new(), |r| format!(", redis-server {r:.1} µs/call")),
+            m.h2load_cpu_us,
+            m.other_cores
         ),
         Outcome::Failed(reasons) => format!("FAILED: {}", reasons.join("; ")),
         Outcome::Refused(why) => format!("refused: {why}"),
     }
+}
+
+/// Each replica's latency, in replica order.
+fn per_replica(us: &[u64]) -> String {
+    us.iter()
+        .map(|us| micros(*us as f64))
+        .collect::<Vec<_>>()
+        .join(" / ")
 }
 
 /// h2load's command for `call` at `shape` against `server`.
@@ -384,43 +576,162 @@ fn load_for(server: &Server, call: Call, shape: Shape, args: &RunArgs, bench: &B
 
 #[allow(clippy::too_many_arguments)]
 fn measure_run(
-    server: &Server,
+    servers: &[Server],
     call: Call,
     shape: Shape,
-    load: &Load,
+    loads: &[Load],
     good: Sample,
+    variant: Variant,
+    redis: Option<&RedisServer>,
     args: &RunArgs,
     bench: &Bench,
     runtime: &tokio::runtime::Runtime,
     hz: u64,
 ) -> anyhow::Result<Outcome> {
-    let pid = server.child.id();
-    let mut reasons = Vec::new();
-    // A few verified replies right before the run: the server still answers well.
-    if let Err(e) = runtime.block_on(probe::probe(&server.endpoint, call, bench, 3)) {
-        reasons.push(format!("the probe before the run failed: {e:#}"));
-    }
-    let metrics_before = match server.admin {
-        Some(port) => Some(runtime.block_on(scrape(port))?),
-        None => None,
+    let n = servers.len();
+    // A reason names its replica at its end, so the self-test still reads
+    // what kind of check caught a run from its start.
+    let of = |i: usize| {
+        if n > 1 {
+            format!(" (replica {} of {n})", i + 1)
+        } else {
+            String::new()
+        }
     };
-    let log = bench.path("h2load.log");
+    let pids: Vec<u32> = servers.iter().map(|s| s.child.id()).collect();
+    let mut reasons = Vec::new();
+    // A few verified replies right before the run: every replica still answers well.
+    for (i, server) in servers.iter().enumerate() {
+        if let Err(e) = runtime.block_on(probe::probe(&server.endpoint, call, bench, 3)) {
+            reasons.push(format!("the probe before the run failed{}: {e:#}", of(i)));
+        }
+    }
+    let mut metrics_before: Vec<Option<Vec<Series>>> = Vec::new();
+    for server in servers {
+        metrics_before.push(match server.admin {
+            Some(port) => Some(runtime.block_on(metrics::scrape(port))?),
+            None => None,
+        });
+    }
+    let scripts_before = redis.map(RedisServer::script_calls).transpose()?;
+    let logs = logs(bench, "h2load", n);
+    let redis_pid = redis.map(RedisServer::pid);
     let processes_before = procfs::processes();
     let (self_before, children_before) = procfs::self_ticks()?;
-    let server_before = procfs::cpu_ticks(pid)?;
+    let server_before = cpu_ticks(&pids)?;
+    let redis_before = cpu_ticks(redis_pid.as_slice())?;
     let busy_before = procfs::machine_busy_ticks()?;
     let started = Instant::now();
-    let summary = load.run(&args.h2load, &log);
+    let summaries = run_all(loads, &args.h2load, &logs);
     let wall = started.elapsed().as_secs_f64();
     let busy_after = procfs::machine_busy_ticks()?;
-    let server_after = procfs::cpu_ticks(pid)?;
+    let redis_after = cpu_ticks(redis_pid.as_slice())?;
+    let server_after = cpu_ticks(&pids)?;
     let (self_after, children_after) = procfs::self_ticks()?;
     let processes_after = procfs::processes();
-    let summary: Summary = match summary {
-        Ok(summary) => summary,
-        Err(e) => return Ok(Outcome::Failed(vec![format!("{e:#}")])),
-    };
+    let mut errors = Vec::new();
+    let mut ok = Vec::new();
+    for (i, summary) in summaries.into_iter().enumerate() {
+        match summary {
+            Ok(summary) => ok.push(summary),
+            Err(e) => errors.push(format!("{e:#}{}", of(i))),
+        }
+    }
+    if !errors.is_empty() {
+        return Ok(Outcome::Failed(errors));
+    }
 
+    let in_flight = u64::from(shape.connections * shape.streams);
+    let mut p50_us = Vec::new();
+    let mut p99_us = Vec::new();
+    for (i, summary) in ok.iter().enumerate() {
+        let tag = of(i);
+        let replica = check_replica(
+            &servers[i],
+            call,
+            summary,
+            good,
+            in_flight,
+            &logs[i],
+            metrics_before[i].as_deref(),
+            variant,
+            runtime,
+        )?;
+        reasons.extend(replica.reasons.into_iter().map(|r| format!("{r}{tag}")));
+        p50_us.push(h2load::quantile(&replica.latencies, 0.50).unwrap_or(0));
+        p99_us.push(h2load::quantile(&replica.latencies, 0.99).unwrap_or(0));
+    }
+    let served: u64 = ok.iter().map(|s| s.succeeded).sum();
+    // Redis's own count: every call the replicas served ran the limit's script.
+    if let (Some(before), Some(redis)) = (scripts_before, redis) {
+        let scripts = redis.script_calls()?.saturating_sub(before);
+        if scripts < served {
+            reasons.push(format!(
+                "redis-server ran {scripts} scripts for {served} successes"
+            ));
+        }
+    }
+    if !reasons.is_empty() {
+        return Ok(Outcome::Failed(reasons));
+    }
+
+    let calls = served as f64;
+    let ticks_us = 1e6 / hz as f64;
+    let server_ticks = server_after.saturating_sub(server_before);
+    let redis_ticks = redis_after.saturating_sub(redis_before);
+    let h2load_ticks = children_after.saturating_sub(children_before);
+    let self_ticks = self_after.saturating_sub(self_before);
+    let other_ticks = busy_after
+        .saturating_sub(busy_before)
+        .saturating_sub(server_ticks + redis_ticks + h2load_ticks + self_ticks);
+    let other_cores = other_ticks as f64 / hz as f64 / wall;
+    if args.max_other_cpu >= 0.0 && other_cores > args.max_other_cpu {
+        let mut ours = pids.clone();
+        ours.extend(redis_pid);
+        ours.push(std::process::id());
+        let who = procfs::busiest(&processes_before, &processes_after, &ours);
+        return Ok(Outcome::Refused(format!(
+            "other processes used {other_cores:.3} cores (limit {}): {who}",
+            args.max_other_cpu
+        )));
+    }
+    Ok(Outcome::Ok(Measure {
+        req_per_s: ok.iter().map(|s| s.req_per_s).sum(),
+        p50_us,
+        p99_us,
+        server_cpu_us: server_ticks as f64 * ticks_us / calls,
+        redis_cpu_us: redis.map(|_| redis_ticks as f64 * ticks_us / calls),
+        h2load_cpu_us: h2load_ticks as f64 * ticks_us / calls,
+        other_cores,
+    }))
+}
+
+/// The CPU ticks of these processes, summed.
+fn cpu_ticks(pids: &[u32]) -> anyhow::Result<u64> {
+    pids.iter().map(|pid| procfs::cpu_ticks(*pid)).sum()
+}
+
+/// What one replica's run showed: why it failed (if it did), and the
+/// latencies of its h2load's log.
+struct Replica {
+    reasons: Vec<String>,
+    latencies: Vec<u64>,
+}
+
+/// The checks of one replica's run against its own h2load's summary.
+#[allow(clippy::too_many_arguments)]
+fn check_replica(
+    server: &Server,
+    call: Call,
+    summary: &Summary,
+    good: Sample,
+    in_flight: u64,
+    log: &Path,
+    metrics_before: Option<&[Series]>,
+    variant: Variant,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<Replica> {
+    let mut reasons = Vec::new();
     // h2load's own counts.
     if summary.succeeded == 0 {
         reasons.push("no request succeeded".into());
@@ -441,7 +752,6 @@ fn measure_run(
     // miss. h2load's data total also holds replies it did not count as
     // succeeded (those in flight when the duration ended, a few more over
     // HTTP/1.1), so the upper bound is only a sanity check.
-    let in_flight = u64::from(shape.connections * shape.streams);
     let low = good
         .min_bytes
         .saturating_sub(4)
@@ -459,7 +769,7 @@ fn measure_run(
             summary.data_bytes as f64 / summary.succeeded.max(1) as f64
         ));
     }
-    let latencies = h2load::latencies(&log)?;
+    let latencies = h2load::latencies(log)?;
     if (latencies.len() as u64) < summary.succeeded {
         reasons.push(format!(
             "h2load's log has {} requests for {} successes",
@@ -468,8 +778,8 @@ fn measure_run(
         ));
     }
     // tokengate's own counters: every decision in the run was an allow.
-    if let (Some(before), Some(port)) = (&metrics_before, server.admin) {
-        let after = runtime.block_on(scrape(port))?;
+    if let (Some(before), Some(port)) = (metrics_before, server.admin) {
+        let after = runtime.block_on(metrics::scrape(port))?;
         let allowed = delta(before, &after, |name, labels| {
             name == "tokengate_decisions_total" && labels.contains(r#"decision="allow""#)
         });
@@ -500,110 +810,128 @@ fn measure_run(
                 "tokengate answered {not_ok} calls with a non-OK grpc-status"
             ));
         }
+        // The variant's limit checked every call where it says.
+        reasons.extend(variant.check(before, &after, summary.succeeded, in_flight));
     }
-    if !reasons.is_empty() {
-        return Ok(Outcome::Failed(reasons));
-    }
-
-    let calls = summary.succeeded as f64;
-    let ticks_us = 1e6 / hz as f64;
-    let server_ticks = server_after.saturating_sub(server_before);
-    let h2load_ticks = children_after.saturating_sub(children_before);
-    let self_ticks = self_after.saturating_sub(self_before);
-    let other_ticks = busy_after
-        .saturating_sub(busy_before)
-        .saturating_sub(server_ticks + h2load_ticks + self_ticks);
-    let other_cores = other_ticks as f64 / hz as f64 / wall;
-    if args.max_other_cpu >= 0.0 && other_cores > args.max_other_cpu {
-        let who = procfs::busiest(
-            &processes_before,
-            &processes_after,
-            &[pid, std::process::id()],
-        );
-        return Ok(Outcome::Refused(format!(
-            "other processes used {other_cores:.3} cores (limit {}): {who}",
-            args.max_other_cpu
-        )));
-    }
-    Ok(Outcome::Ok(Measure {
-        req_per_s: summary.req_per_s,
-        p50_us: h2load::quantile(&latencies, 0.50).unwrap_or(0),
-        p99_us: h2load::quantile(&latencies, 0.99).unwrap_or(0),
-        server_cpu_us: server_ticks as f64 * ticks_us / calls,
-        h2load_cpu_us: h2load_ticks as f64 * ticks_us / calls,
-        other_cores,
-    }))
+    Ok(Replica { reasons, latencies })
 }
 
-/// `/metrics` of tokengate's admin port, as (name, labels, value).
-async fn scrape(port: u16) -> anyhow::Result<Vec<(String, String, f64)>> {
-    let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
-        .await?
-        .error_for_status()?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (name, labels) = match series.split_once('{') {
-                Some((name, labels)) => (name, labels),
-                None => (series, ""),
-            };
-            Some((name.to_owned(), labels.to_owned(), value.parse().ok()?))
-        })
-        .collect())
-}
-
-/// The growth of the series selected by `pick` between two scrapes.
-fn delta(
-    before: &[(String, String, f64)],
-    after: &[(String, String, f64)],
-    pick: impl Fn(&str, &str) -> bool,
-) -> u64 {
-    let sum = |all: &[(String, String, f64)]| -> f64 {
-        all.iter()
-            .filter(|(n, l, _)| pick(n, l))
-            .map(|(_, _, v)| v)
-            .sum()
-    };
-    (sum(after) - sum(before)).max(0.0).round() as u64
-}
-
-/// Starts `kind`, waits until it answers, and reads its idle RSS.
-fn start(
-    kind: Kind,
+/// Starts the target's servers (tokengate: its replicas, each with its own
+/// config and ports), waits until each answers, and reads their idle RSS.
+fn start_all(
+    target: &Target,
     args: &RunArgs,
     bench: &Bench,
     runtime: &tokio::runtime::Runtime,
+    redis: Option<&RedisServer>,
+) -> anyhow::Result<Vec<Server>> {
+    // Every replica's ports at once: one chosen after another replica was
+    // started could be one that replica has not bound yet.
+    let ports = match target.kind {
+        Kind::Tokengate => free_ports(2 * target.replicas as usize)?
+            .chunks(2)
+            .map(|p| {
+                Some(Ports {
+                    grpc: p[0],
+                    admin: p[1],
+                })
+            })
+            .collect(),
+        _ => vec![None],
+    };
+    let mut servers = Vec::new();
+    let mut result = Ok(());
+    for (i, ports) in (0..).zip(ports) {
+        match spawn(target, i, ports, args, bench, redis) {
+            Ok(server) => servers.push(server),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    if result.is_ok() {
+        result = servers
+            .iter_mut()
+            .try_for_each(|server| wait_ready(server, runtime));
+    }
+    if result.is_ok() {
+        // Settled, before the first call.
+        std::thread::sleep(Duration::from_millis(500));
+        result = servers.iter_mut().try_for_each(|server| {
+            server.idle_rss_kib = procfs::status_kib(server.child.id(), "VmRSS")?;
+            Ok(())
+        });
+    }
+    match result {
+        Ok(()) => Ok(servers),
+        Err(e) => {
+            stop_all(&mut servers);
+            Err(e)
+        }
+    }
+}
+
+/// Starts replica `i` of the target (not yet ready); tokengate listens on `ports`.
+fn spawn(
+    target: &Target,
+    i: u32,
+    ports: Option<Ports>,
+    args: &RunArgs,
+    bench: &Bench,
+    redis: Option<&RedisServer>,
 ) -> anyhow::Result<Server> {
-    let log_path = bench.path(&format!("{kind:?}.log").to_lowercase());
+    let kind = target.kind;
+    let name = if target.replicas > 1 {
+        format!(
+            "{} ({}, replica {} of {})",
+            kind.name(),
+            target.variant.label(),
+            i + 1,
+            target.replicas
+        )
+    } else if kind == Kind::Tokengate && target.variant != Variant::NoLimit {
+        format!("{} ({})", kind.name(), target.variant.label())
+    } else {
+        kind.name().to_owned()
+    };
+    let stem = match kind {
+        Kind::Tokengate => format!(
+            "tokengate-{}-{}-{i}",
+            target.variant.file_name(),
+            target.replicas
+        ),
+        _ => format!("{kind:?}").to_lowercase(),
+    };
+    let log_path = bench.path(&format!("{stem}.log"));
     let log = std::fs::File::create(&log_path)?;
     let (mut command, endpoint, admin) = match kind {
         Kind::Tokengate => {
             let binary = args.tokengate.as_deref().context("no tokengate")?;
+            let ports = ports.context("no ports for tokengate")?;
+            let tail = target
+                .variant
+                .config_tail(redis.map(RedisServer::url).as_deref(), target.replicas)?;
+            let config = bench.write_config(&format!("{stem}.toml"), ports, &tail)?;
             // Its log (stderr) carries an audit line per call, gigabytes over a
             // full run, so it goes to /dev/null (each line is still written).
             // What would stop it at start is shown by check-config first.
             let check = Command::new(binary)
                 .arg("check-config")
-                .arg(bench.path("tokengate.toml"))
+                .arg(&config)
                 .output()?;
             if !check.status.success() {
                 bail!(
-                    "tokengate check-config refused the benchmark's config: {}{}",
+                    "tokengate check-config refused the benchmark's config {}: {}{}",
+                    config.display(),
                     String::from_utf8_lossy(&check.stdout),
                     String::from_utf8_lossy(&check.stderr)
                 );
             }
             let mut command = Command::new(binary);
-            command
-                .arg("serve")
-                .arg("--config")
-                .arg(bench.path("tokengate.toml"));
-            let addr = SocketAddr::from(([127, 0, 0, 1], bench.ports.grpc));
-            (command, Endpoint::Grpc(addr), Some(bench.ports.admin))
+            command.arg("serve").arg("--config").arg(&config);
+            let addr = SocketAddr::from(([127, 0, 0, 1], ports.grpc));
+            (command, Endpoint::Grpc(addr), Some(ports.admin))
         }
         Kind::Floor => {
             let port = free_port()?;
@@ -652,22 +980,14 @@ fn start(
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()
-        .with_context(|| format!("cannot start {}", kind.name()))?;
-    let mut server = Server {
-        kind,
+        .with_context(|| format!("cannot start {name}"))?;
+    Ok(Server {
+        name,
         child,
         endpoint,
         admin,
         idle_rss_kib: 0,
-    };
-    if let Err(e) = wait_ready(&mut server, runtime) {
-        stop(&mut server);
-        return Err(e);
-    }
-    // Settled, before the first call.
-    std::thread::sleep(Duration::from_millis(500));
-    server.idle_rss_kib = procfs::status_kib(server.child.id(), "VmRSS")?;
-    Ok(server)
+    })
 }
 
 /// Until the server accepts connections (and, for tokengate, reports ready).
@@ -675,7 +995,7 @@ fn wait_ready(server: &mut Server, runtime: &tokio::runtime::Runtime) -> anyhow:
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Some(status) = server.child.try_wait()? {
-            bail!("{} exited at start with {status}", server.kind.name());
+            bail!("{} exited at start with {status}", server.name);
         }
         let ready = match (&server.endpoint, server.admin) {
             (_, Some(admin)) => runtime.block_on(async {
@@ -692,25 +1012,34 @@ fn wait_ready(server: &mut Server, runtime: &tokio::runtime::Runtime) -> anyhow:
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("{} did not become ready in 30 s", server.kind.name());
+            bail!("{} did not become ready in 30 s", server.name);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
-/// SIGTERM (through `kill`, by the child's pid), then SIGKILL after 5 s.
-fn stop(server: &mut Server) {
-    let pid = server.child.id().to_string();
-    let _ = Command::new("kill").arg("-TERM").arg(&pid).status();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if let Ok(Some(_)) = server.child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
+/// SIGTERM to each (through `kill`, by the child's pid), then SIGKILL
+/// to those still running after 5 s.
+fn stop_all(servers: &mut [Server]) {
+    for server in servers.iter() {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(server.child.id().to_string())
+            .status();
     }
-    let _ = server.child.kill();
-    let _ = server.child.wait();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for server in servers.iter_mut() {
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = server.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if !matches!(server.child.try_wait(), Ok(Some(_))) {
+            let _ = server.child.kill();
+            let _ = server.child.wait();
+        }
+    }
 }
 
 fn mib(kib: u64) -> String {
@@ -734,6 +1063,26 @@ fn report(rows: &[Row], args: &RunArgs) -> String {
          medians; a run is refused when other processes used more than {} cores.\n",
         args.runs, args.seconds, args.warmup, args.threads, args.max_other_cpu
     );
+    if args.replicas != [1] {
+        let _ = writeln!(
+            out,
+            "With several tokengate replicas, each is loaded by its own h2load of the shape shown, all at once: \
+             req/s is their sum, p50 and p99 are each replica's (in order), server CPU per call is every \
+             replica's CPU over every call, RSS the largest replica's.\n"
+        );
+    }
+    if args.variants != [Variant::NoLimit] {
+        let names: Vec<&str> = args.variants.iter().map(|v| v.label()).collect();
+        let _ = writeln!(
+            out,
+            "tokengate's config variants: {}. A local limit is counted in process; a Redis limit in cluster \
+             mode, through one redis-server on loopback that the replicas share, whose CPU per call the CPU \
+             column adds. Each limit is `rate = \"1000000/s\"`, `burst = 1000000`, key `caller`: every call \
+             is checked once, where the variant says (tokengate's counters and Redis's own were checked after \
+             each run), and admitted.\n",
+            names.join(", ")
+        );
+    }
     let _ = writeln!(
         out,
         "| server | call | conns × streams | req/s | p50 | p99 | server CPU per call | h2load CPU per call | idle RSS | peak RSS | req/s ÷ floor | CPU per call ÷ floor | req/s ÷ Node | other CPU (max) |"
@@ -750,7 +1099,7 @@ fn report(rows: &[Row], args: &RunArgs) -> String {
     for row in rows {
         let head = format!(
             "| {} | {} | {} |",
-            row.kind.name(),
+            row.label(args),
             row.call.name(),
             row.shape
         );
@@ -768,19 +1117,24 @@ fn report(rows: &[Row], args: &RunArgs) -> String {
                 };
                 let floor = find(Kind::Floor, row.shape).filter(|_| row.kind != Kind::Floor);
                 let node = find(Kind::Node, row.shape).filter(|_| row.kind != Kind::Node);
+                // The floor and the peer are one process: req/s of several
+                // replicas is not compared with theirs.
+                let single = |other: Option<Measure>| other.filter(|_| row.replicas == 1);
                 let _ = writeln!(
                     out,
-                    "{head} {:.0}{partial} | {} | {} | {:.1} µs | {:.1} µs | {} | {} | {} | {} | {} | {:.2} cores |",
+                    "{head} {:.0}{partial} | {} | {} | {:.1} µs{} | {:.1} µs | {} | {} | {} | {} | {} | {:.2} cores |",
                     m.req_per_s,
-                    micros(m.p50_us as f64),
-                    micros(m.p99_us as f64),
+                    per_replica(&m.p50_us),
+                    per_replica(&m.p99_us),
                     m.server_cpu_us,
+                    m.redis_cpu_us
+                        .map_or(String::new(), |r| format!(" + Redis {r:.1} µs")),
                     m.h2load_cpu_us,
                     mib(row.idle_rss_kib),
                     mib(row.peak_rss_kib),
-                    ratio(floor, &|m| m.req_per_s),
+                    ratio(single(floor.clone()), &|m| m.req_per_s),
                     ratio(floor, &|m| m.server_cpu_us),
-                    ratio(node, &|m| m.req_per_s),
+                    ratio(single(node), &|m| m.req_per_s),
                     m.other_cores,
                 );
             }
@@ -799,13 +1153,14 @@ fn report(rows: &[Row], args: &RunArgs) -> String {
             }
         }
     }
+    costs(&mut out, rows, args);
     let _ = writeln!(out, "\nEvery run:\n");
     for row in rows {
         for (i, outcome) in row.outcomes.iter().enumerate() {
             let _ = writeln!(
                 out,
                 "- {} {} {} #{}: {}",
-                row.kind.name(),
+                row.label(args),
                 row.call.name(),
                 row.shape,
                 i + 1,
@@ -814,6 +1169,56 @@ fn report(rows: &[Row], args: &RunArgs) -> String {
         }
     }
     out
+}
+
+/// What a limit costs: each limited tokengate row against the row without
+/// a limit of the same replica count, call and shape, from the same run.
+fn costs(out: &mut String, rows: &[Row], args: &RunArgs) {
+    if !args.variants.contains(&Variant::NoLimit) || args.variants == [Variant::NoLimit] {
+        return;
+    }
+    let mut lines = Vec::new();
+    for row in rows.iter().filter(|r| r.variant != Variant::NoLimit) {
+        let base = rows.iter().find(|r| {
+            r.kind == row.kind
+                && r.variant == Variant::NoLimit
+                && r.replicas == row.replicas
+                && r.call == row.call
+                && r.shape == row.shape
+        });
+        let (Some(m), Some(b)) = (row.median(), base.and_then(Row::median)) else {
+            continue;
+        };
+        let cpu = |m: &Measure| m.server_cpu_us + m.redis_cpu_us.unwrap_or(0.0);
+        let p50 = |m: &Measure| m.p50_us.iter().sum::<u64>() as f64 / m.p50_us.len().max(1) as f64;
+        lines.push(format!(
+            "| {} | {} | {} | {} | {:.2} | {:+.1} µs | {:+.1} µs | {:+.0} µs |",
+            row.variant.label(),
+            row.replicas,
+            row.call.name(),
+            row.shape,
+            m.req_per_s / b.req_per_s,
+            m.server_cpu_us - b.server_cpu_us,
+            cpu(&m) - cpu(&b),
+            p50(&m) - p50(&b),
+        ));
+    }
+    if lines.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\nWhat a limit costs, against no limit with the same replicas, call and shape (medians of this run; \
+         p50 averaged over the replicas):\n"
+    );
+    let _ = writeln!(
+        out,
+        "| limit | replicas | call | conns × streams | req/s ÷ no limit | tokengate CPU per call | with redis-server's | p50 |"
+    );
+    let _ = writeln!(out, "|---|---:|---|---|---:|---:|---:|---:|");
+    for line in lines {
+        let _ = writeln!(out, "{line}");
+    }
 }
 
 /// The exit code: 0 when every row has figures (or, for the self-test, when

@@ -43,6 +43,13 @@ pub struct Ports {
     pub admin: u16,
 }
 
+/// The ports of the directory's base `tokengate.toml` (`loadbench setup`'s
+/// defaults); `loadbench run` gives each replica free ones.
+pub const DEFAULT_PORTS: Ports = Ports {
+    grpc: 50071,
+    admin: 9171,
+};
+
 /// A written benchmark directory.
 #[derive(Debug, Clone)]
 pub struct Bench {
@@ -56,12 +63,13 @@ pub struct Bench {
     pub jwt: String,
     /// The same JWT with its signature broken (the self-test's bad caller).
     pub bad_jwt: String,
-    /// tokengate's ports.
-    pub ports: Ports,
+    /// The text appended to every tokengate config (`--config-extra`).
+    extra: String,
 }
 
 impl Bench {
-    /// Writes everything into `dir`; `extra` is appended to the config.
+    /// Writes everything into `dir`, with `tokengate.toml` listening on
+    /// `ports`; `extra` is appended to every config.
     pub fn write(dir: &Path, ports: Ports, extra: Option<&Path>) -> anyhow::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let dir = dir.canonicalize()?;
@@ -90,15 +98,11 @@ impl Bench {
         std::fs::write(dir.join("jwt"), &jwt)?;
         std::fs::write(dir.join("jwt.bad"), &bad_jwt)?;
 
-        let mut config = config_text(&dir, ports);
-        if let Some(extra) = extra {
-            config.push('\n');
-            config.push_str(
-                &std::fs::read_to_string(extra)
-                    .with_context(|| format!("cannot read {}", extra.display()))?,
-            );
-        }
-        std::fs::write(dir.join("tokengate.toml"), config)?;
+        let extra = match extra {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?,
+            None => String::new(),
+        };
 
         let issue = pb::IssueRtcTokenRequest {
             channel: CHANNEL.into(),
@@ -115,14 +119,32 @@ impl Bench {
             ..Default::default()
         };
         std::fs::write(dir.join("renew.bin"), grpc_frame(&renew.encode_to_vec())?)?;
-        Ok(Self {
+        let bench = Self {
             dir,
             app_id,
             certificate,
             jwt,
             bad_jwt,
-            ports,
-        })
+            extra,
+        };
+        bench.write_config("tokengate.toml", ports, "")?;
+        Ok(bench)
+    }
+
+    /// Writes a tokengate config named `name` listening on `ports`: the
+    /// benchmark's config, the extra text, then `tail` (a variant's limits).
+    /// Each replica of a run gets its own, as each needs its own ports.
+    pub fn write_config(&self, name: &str, ports: Ports, tail: &str) -> anyhow::Result<PathBuf> {
+        let mut config = config_text(&self.dir, ports);
+        for part in [self.extra.as_str(), tail] {
+            if !part.is_empty() {
+                config.push('\n');
+                config.push_str(part);
+            }
+        }
+        let path = self.path(name);
+        std::fs::write(&path, config)?;
+        Ok(path)
     }
 
     /// A file of the directory.
