@@ -164,7 +164,11 @@ async fn the_python_client_reads_a_rate_limits_wait_and_the_limit() {
     let second = python(&server, &jwt, "IssueRtcToken", request).await;
     assert_eq!(second["code"], "RESOURCE_EXHAUSTED", "{second}");
     assert_eq!(second["reason"], "rate_limited", "{second}");
-    assert_eq!(second["quota_subjects"], json!(["limit:per-caller"]), "{second}");
+    assert_eq!(
+        second["quota_subjects"],
+        json!(["limit:per-caller"]),
+        "{second}"
+    );
     let wait = second["retry_after_ms"].as_u64().unwrap();
     assert!((50_000..=60_000).contains(&wait), "{second}");
     server.shutdown().await;
