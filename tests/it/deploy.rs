@@ -92,11 +92,14 @@ fn yaml() -> BTreeMap<String, Vec<Value>> {
         .collect()
 }
 
-/// The one document of `kind` in the files under `folder`.
+/// The one document of `kind` in the files of `folder` (not its subfolders).
 fn one<'a>(all: &'a BTreeMap<String, Vec<Value>>, folder: &str, kind: &str) -> &'a Value {
     let found: Vec<&Value> = all
         .iter()
-        .filter(|(path, _)| path.starts_with(folder))
+        .filter(|(path, _)| {
+            path.strip_prefix(folder)
+                .is_some_and(|name| !name.contains('/'))
+        })
         .flat_map(|(_, docs)| docs)
         .filter(|d| d["kind"] == kind)
         .collect();
@@ -864,10 +867,13 @@ fn kubernetes_manifests_match_the_api_schemas() {
         validate.display()
     );
     // Every file whose documents are all built-in Kubernetes objects; Istio's
-    // and cert-manager's CRDs and kustomize's file have no schema there.
+    // and cert-manager's CRDs and kustomize's file have no schema there, and
+    // an overlay's patches are partial objects by design.
     let all = yaml();
+    let patches = overlay_patches(&all);
     let manifests: Vec<PathBuf> = all
         .iter()
+        .filter(|(path, _)| !patches.contains(*path))
         .filter(|(_, docs)| {
             !docs.is_empty()
                 && docs.iter().all(|d| {
@@ -884,6 +890,8 @@ fn kubernetes_manifests_match_the_api_schemas() {
         "kubernetes/deployment.yaml",
         "kubernetes/networkpolicy.yaml",
         "kubernetes/hpa.yaml",
+        "kubernetes/redis/redis.yaml",
+        "kubernetes/redis/networkpolicy.yaml",
     ] {
         assert!(
             manifests.contains(&deploy().join(expected)),
@@ -904,10 +912,197 @@ fn kubernetes_manifests_match_the_api_schemas() {
             !report.contains("Couldn't find schema"),
             "Kubernetes {version}:\n{report}"
         );
+        let documents: usize = manifests
+            .iter()
+            .map(|path| all[path.strip_prefix(deploy()).unwrap().to_str().unwrap()].len())
+            .sum();
         assert_eq!(
             report.matches(" passed ").count(),
-            manifests.len(),
+            documents,
             "Kubernetes {version}:\n{report}"
         );
     }
+}
+
+/// The files (relative to deploy/) that overlays name as patches.
+fn overlay_patches(all: &BTreeMap<String, Vec<Value>>) -> BTreeSet<String> {
+    all.iter()
+        .filter(|(path, _)| path.ends_with("/kustomization.yaml"))
+        .flat_map(|(path, docs)| {
+            let folder = path.trim_end_matches("kustomization.yaml").to_owned();
+            docs.iter()
+                .flat_map(|d| d["patches"].as_array().cloned().unwrap_or_default())
+                .filter_map(move |p| p["path"].as_str().map(|file| format!("{folder}{file}")))
+        })
+        .collect()
+}
+
+#[test]
+fn the_redis_overlay_is_the_base_plus_a_locked_down_redis_and_a_config_that_uses_it() {
+    let all = yaml();
+    let kustomization = one(&all, "kubernetes/redis/", "Kustomization");
+    let resources: BTreeSet<&str> = array(&kustomization["resources"])
+        .iter()
+        .map(str_of)
+        .collect();
+    assert!(resources.contains(".."), "the overlay builds on the base");
+    assert!(
+        !resources.contains("secret.yaml"),
+        "the Secret template is never applied"
+    );
+    for file in resources.iter().filter(|f| **f != "..") {
+        assert!(
+            all.contains_key(&format!("kubernetes/redis/{file}")),
+            "{file} is missing"
+        );
+    }
+    for patch in overlay_patches(&all) {
+        assert!(all.contains_key(&patch), "{patch} is missing");
+    }
+
+    // The config is the base's with the limits appended, and check-config accepts it.
+    let base = one(&all, "kubernetes/", "ConfigMap");
+    let overlay = &all["kubernetes/redis/configmap.yaml"][0];
+    let base_text = str_of(&base["data"]["tokengate.toml"]);
+    let text = str_of(&overlay["data"]["tokengate.toml"]);
+    assert!(
+        text.starts_with(base_text.trim_end()),
+        "the overlay's tokengate.toml drifted from the base's"
+    );
+    let table: toml::Table = toml::from_str(text).unwrap();
+    let redis = &table["limits"]["redis"];
+    let password_file = redis["password_file"].as_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("password"), "0123abcd").unwrap();
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        str_of(&base["data"]["policy.toml"]),
+    )
+    .unwrap();
+    let local = text.replace(password_file, dir.path().join("password").to_str().unwrap());
+    let path = dir.path().join("tokengate.toml");
+    std::fs::write(&path, &local).unwrap();
+    let output = check_config(&path, &dummy_env(&local));
+    assert!(
+        output.status.success(),
+        "check-config: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("shared through redis://tokengate-redis:6379/0"),
+        "{stdout}"
+    );
+
+    // The URL names the Service; the replica count is the HPA's minimum.
+    let redis_docs = &all["kubernetes/redis/redis.yaml"];
+    let service = redis_docs.iter().find(|d| d["kind"] == "Service").unwrap();
+    let url = redis["url"].as_str().unwrap();
+    let port = service["spec"]["ports"][0]["port"].as_u64().unwrap();
+    assert_eq!(
+        url,
+        format!("redis://{}:{port}/0", str_of(&service["metadata"]["name"]))
+    );
+    let hpa = one(&all, "kubernetes/", "HorizontalPodAutoscaler");
+    assert_eq!(
+        redis["replicas"].as_integer().map(|n| n as u64),
+        hpa["spec"]["minReplicas"].as_u64()
+    );
+
+    // tokengate mounts the password where password_file reads it, from the Secret.
+    let secret = one(&all, "kubernetes/redis/", "Secret");
+    let secret_name = str_of(&secret["metadata"]["name"]);
+    let patch = &all["kubernetes/redis/deployment.yaml"][0];
+    let pod = &patch["spec"]["template"]["spec"];
+    let mount = array(&pod["containers"][0]["volumeMounts"])
+        .iter()
+        .find(|m| m["name"] == "redis-password")
+        .expect("the password volume is mounted");
+    let volume = array(&pod["volumes"])
+        .iter()
+        .find(|v| v["name"] == "redis-password")
+        .unwrap();
+    assert_eq!(volume["secret"]["secretName"], secret_name);
+    let item = &volume["secret"]["items"][0];
+    assert_eq!(
+        format!("{}/{}", str_of(&mount["mountPath"]), str_of(&item["path"])),
+        password_file
+    );
+    assert_eq!(mount["readOnly"], true);
+
+    // Redis: one instance, not root, read-only, bounded, no persistence, ACLs.
+    let deployment = redis_docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .unwrap();
+    let spec = &deployment["spec"];
+    assert_eq!(spec["replicas"], 1);
+    let pod = &spec["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["automountServiceAccountToken"], false);
+    let container = &pod["containers"][0];
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        container["securityContext"]["allowPrivilegeEscalation"],
+        false
+    );
+    assert!(container["resources"]["limits"]["memory"].is_string());
+    let config = redis_docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap")
+        .unwrap();
+    let conf = str_of(&config["data"]["redis.conf"]);
+    for line in [
+        "save \"\"",
+        "appendonly no",
+        "maxmemory-policy volatile-ttl",
+        "aclfile /run/redis/users.acl",
+    ] {
+        assert!(
+            conf.lines().any(|l| l.trim() == line),
+            "redis.conf lacks {line:?}"
+        );
+    }
+    assert!(conf.lines().any(|l| l.starts_with("maxmemory ")));
+    let rules = str_of(&config["data"]["acl-rules"]);
+    let prefix = table["limits"]["redis"]
+        .get("key_prefix")
+        .and_then(toml::Value::as_str)
+        .unwrap_or("tokengate:rl:");
+    assert!(
+        rules.contains(&format!("~{prefix}*")),
+        "the ACL covers the key prefix: {rules}"
+    );
+    assert!(
+        rules.contains("-@all"),
+        "the ACL grants nothing else: {rules}"
+    );
+    assert_eq!(
+        redis["username"].as_str(),
+        Some("tokengate"),
+        "tokengate logs in as the ACL user"
+    );
+    let pod_labels = spec["template"]["metadata"]["labels"].as_object().unwrap();
+    for (key, value) in service["spec"]["selector"].as_object().unwrap() {
+        assert_eq!(
+            pod_labels.get(key),
+            Some(value),
+            "the Service selects {key}"
+        );
+    }
+
+    // Only tokengate reaches Redis, and tokengate may reach it.
+    let policy = one(&all, "kubernetes/redis/", "NetworkPolicy");
+    let from = &policy["spec"]["ingress"][0];
+    assert_eq!(
+        from["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
+        "tokengate"
+    );
+    assert_eq!(from["ports"][0]["port"], port);
+    assert_eq!(policy["spec"]["egress"], serde_json::json!([]));
+    let egress = array(&kustomization["patches"])
+        .iter()
+        .find_map(|p| p["patch"].as_str())
+        .expect("the overlay patches tokengate's egress");
+    assert!(egress.contains("tokengate-redis") && egress.contains(&format!("port: {port}")));
 }

@@ -421,3 +421,67 @@ async fn the_binary_logs_each_limits_fail_mode_a_redis_failure_once_and_its_reco
         serde_json::from_str(logs.iter().find(|l| failed(l)).unwrap()).unwrap();
     assert_eq!(warning["level"], "WARN", "{warning}");
 }
+
+#[tokio::test]
+async fn the_deploy_manifests_acl_user_is_all_tokengate_needs() {
+    // The rights deploy/kubernetes/redis grants the `tokengate` user.
+    let manifest = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/kubernetes/redis/redis.yaml"
+    ))
+    .unwrap();
+    let rules = manifest
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("acl-rules: "))
+        .map(|value| value.trim_matches('"').to_owned())
+        .expect("redis.yaml has acl-rules");
+    let dir = tempfile::tempdir().unwrap();
+    let acl = dir.path().join("users.acl");
+    std::fs::write(
+        &acl,
+        format!("user default off\nuser tokengate on >{PASSWORD} {rules}\n"),
+    )
+    .unwrap();
+    let redis = Redis::start_acl(acl, "tokengate", PASSWORD).await;
+    // The default user is off; and the tokengate user may not read other keys.
+    let denied = std::process::Command::new("/usr/bin/redis-cli")
+        .args([
+            "-p",
+            redis
+                .url()
+                .rsplit(':')
+                .next()
+                .unwrap()
+                .trim_end_matches("/0"),
+        ])
+        .args([
+            "--user",
+            "tokengate",
+            "--no-auth-warning",
+            "-a",
+            PASSWORD,
+            "GET",
+            "other",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&denied.stdout).contains("NOPERM"),
+        "{denied:?}"
+    );
+    let cluster = cluster_on(redis, "username = \"tokengate\"", 1).await;
+    cluster.rtc(0).await.unwrap();
+    cluster.rtm(0).await.unwrap();
+    let exposed = cluster.metrics(0).await;
+    assert!(
+        exposed.contains("tokengate_rate_limit_redis_up 1"),
+        "{exposed}"
+    );
+    for limit in ["rtc-per-caller", "rtm-per-caller"] {
+        let line = format!(
+            r#"tokengate_rate_limit_checks_total{{limit="{limit}",result="admitted",backend="redis"}} 1"#
+        );
+        assert!(exposed.contains(&line), "{line} not in:\n{exposed}");
+    }
+    cluster.shutdown().await;
+}

@@ -13,6 +13,8 @@ pub struct Redis {
     password: Option<String>,
     /// `(certificate, key, CA bundle)`: serve TLS only, with these files.
     tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    /// An ACL file (`--aclfile`) and the user redis-cli logs in as.
+    acl: Option<(PathBuf, String)>,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
@@ -44,7 +46,21 @@ impl Redis {
         Self::start_inner(password, Some(tls)).await
     }
 
+    /// Starts redis-server with the users of the ACL file `acl`; redis-cli
+    /// logs in as `user` with `password`.
+    pub async fn start_acl(acl: PathBuf, user: &str, password: &str) -> Self {
+        Self::start_full(Some(password), None, Some((acl, user.to_owned()))).await
+    }
+
     async fn start_inner(password: Option<&str>, tls: Option<(PathBuf, PathBuf, PathBuf)>) -> Self {
+        Self::start_full(password, tls, None).await
+    }
+
+    async fn start_full(
+        password: Option<&str>,
+        tls: Option<(PathBuf, PathBuf, PathBuf)>,
+        acl: Option<(PathBuf, String)>,
+    ) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -54,6 +70,7 @@ impl Redis {
             port,
             password: password.map(str::to_owned),
             tls,
+            acl,
             dir: tempfile::tempdir().unwrap(),
             child: None,
         };
@@ -107,8 +124,14 @@ impl Redis {
             .arg(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        if let Some(password) = &self.password {
-            command.args(["--requirepass", password]);
+        match (&self.acl, &self.password) {
+            (Some((file, _)), _) => {
+                command.arg("--aclfile").arg(file);
+            }
+            (None, Some(password)) => {
+                command.args(["--requirepass", password]);
+            }
+            (None, None) => {}
         }
         self.child = Some(command.spawn().expect("redis-server starts"));
         for _ in 0..200 {
@@ -134,6 +157,9 @@ impl Redis {
         command.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
         if let Some((_, _, ca)) = &self.tls {
             command.arg("--tls").arg("--cacert").arg(ca);
+        }
+        if let Some((_, user)) = &self.acl {
+            command.args(["--user", user]);
         }
         if let Some(password) = &self.password {
             command.args(["--no-auth-warning", "-a", password]);
