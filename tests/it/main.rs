@@ -15,6 +15,7 @@ mod cli_token;
 mod deploy;
 mod deploy_observability;
 mod ext_authz;
+mod fact_server_support;
 mod faults;
 mod hardening;
 mod identity_cache;

@@ -3,6 +3,9 @@
 //! * [`keys`]: RS256/PS256/ES256/EdDSA test keys generated in-process, their
 //!   public JWKs, and `mint(claims, key)` / `TestKey::mint` for JWTs.
 //! * [`jwks_server`]: a controllable JWKS + discovery server on `127.0.0.1:0`.
+//! * [`fact_server`]: a scriptable HTTP JSON service on `127.0.0.1:0` for
+//!   HTTP facts (`FactServer::start`, `respond(path, Reply::json(..))`,
+//!   recorded requests, delays, huge streamed bodies, stop / restart).
 //! * [`oidc`]: a real oidc-provider on loopback (`OidcProvider::start(alg)`).
 //! * [`fixtures`]: the shared rule sets and request builders.
 //! * [`server`]: the real server in process; [`binary`]: the real binary.
@@ -13,6 +16,7 @@
 pub mod authz;
 pub mod binary;
 pub mod certs;
+pub mod fact_server;
 pub mod fixtures;
 pub mod jwks_server;
 pub mod keys;
@@ -23,6 +27,7 @@ pub mod tools;
 
 use std::path::PathBuf;
 
+pub use fact_server::{FactServer, Recorded, Reply};
 pub use jwks_server::{JwksBody, JwksServer};
 pub use keys::{TestKey, jwks, mint};
 pub use oidc::OidcProvider;
