@@ -33,6 +33,7 @@ mod policy_example;
 mod policy_props;
 mod policy_rules;
 mod policy_workload;
+mod postgres_support;
 mod reload;
 mod server_api;
 mod server_churn;

@@ -9,6 +9,9 @@
 //! * [`oidc`]: a real oidc-provider on loopback (`OidcProvider::start(alg)`).
 //! * [`fixtures`]: the shared rule sets and request builders.
 //! * [`server`]: the real server in process; [`binary`]: the real binary.
+//! * [`redis`]: a real redis-server on loopback; [`postgres`]: a real
+//!   PostgreSQL on loopback (`Postgres::start()`, `start_tls`, `sql`).
+//! * [`certs`]: a CA and 127.0.0.1 server/client certificates for TLS tests.
 //!
 //! Not every test file uses every helper.
 #![allow(dead_code, unused_imports)]
@@ -21,6 +24,7 @@ pub mod fixtures;
 pub mod jwks_server;
 pub mod keys;
 pub mod oidc;
+pub mod postgres;
 pub mod redis;
 pub mod server;
 pub mod tools;
