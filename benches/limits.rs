@@ -172,6 +172,7 @@ fn bench_limits(c: &mut Criterion) {
                 routes: None,
                 trusted_proxies: None,
                 limits: Arc::new(config.rate_limits),
+                facts: tokengate::facts::FactSources::none(),
             }));
             let limiter = Arc::new(
                 Limiter::new(config.limiter.local_max_keys, config.limiter.redis).unwrap(),

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod entropy;
+pub mod facts;
 pub mod forwarded;
 pub mod gate;
 pub mod grpc;

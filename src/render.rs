@@ -60,6 +60,9 @@ pub fn status(refusal: &Refusal, request_id: &str) -> Status {
             if let Some(rule) = &denial.rule {
                 metadata.insert("rule".to_owned(), rule.clone());
             }
+            if let Some(fact) = &denial.fact {
+                metadata.insert("fact".to_owned(), fact.clone());
+            }
             details.set_error_info(refusal.reason(), ERROR_DOMAIN, metadata);
             format!("{}: {}", denial.reason.as_str(), denial.detail)
         }
@@ -337,6 +340,7 @@ mod tests {
                     reason,
                     rule: Some("r".into()),
                     detail: "d".into(),
+                    fact: None,
                 })
             });
         vec![
@@ -540,6 +544,7 @@ mod tests {
                 reason: DenyReason::RoleNotAllowed,
                 rule: Some("lobby".into()),
                 detail: "publisher is above max_role".into(),
+                fact: None,
             }),
             "r",
         );

@@ -309,6 +309,40 @@ pub fn summary(config: &Config) -> String {
             },
         );
     }
+    let facts = config.facts();
+    for (name, db) in &facts.databases {
+        let _ = writeln!(
+            out,
+            "database {name:?}: {} (pool {}, statement timeout {:?}{})",
+            db.url,
+            db.pool_size,
+            db.statement_timeout,
+            if db.ca_pem.is_some() { ", TLS" } else { "" }
+        );
+    }
+    for fact in &facts.facts {
+        let source = match &fact.source {
+            crate::facts::SourceSettings::Postgres(pg) => format!(
+                "postgres databases.{}{}",
+                pg.database,
+                pg.notify_channel
+                    .as_ref()
+                    .map(|c| format!(", dropped on NOTIFY {c}"))
+                    .unwrap_or_default()
+            ),
+            crate::facts::SourceSettings::Http(http) => format!("http {}", http.url.as_str()),
+        };
+        let _ = writeln!(
+            out,
+            "fact {:?}: {source}; timeout {:?}, ttl {:?}, negative ttl {:?}, error ttl {:?}, at most {} entries",
+            &*fact.name,
+            fact.timeout,
+            fact.ttl,
+            fact.negative_ttl,
+            fact.error_ttl,
+            fact.max_entries
+        );
+    }
     let cache = config.jwt_cache();
     if cache.enabled() {
         let _ = writeln!(

@@ -52,6 +52,12 @@ pub(crate) struct ConfigFile {
     /// The verified-JWT cache; on by default.
     #[serde(default)]
     pub jwt_cache: JwtCacheSection,
+    /// `[databases.<name>]`: the PostgreSQL databases facts query.
+    #[serde(default)]
+    pub databases: std::collections::BTreeMap<String, super::facts::DatabaseSection>,
+    /// `[[facts]]`: the company data rules read (`facts.<name>`).
+    #[serde(default)]
+    pub facts: Vec<super::facts::FactSection>,
 }
 
 /// `[logging]`.

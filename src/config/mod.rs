@@ -18,6 +18,7 @@
 //! writer's queue, into [`LogSettings`]).
 
 mod duration;
+mod facts;
 mod file;
 mod files;
 mod issuer;
@@ -36,6 +37,7 @@ use self::file::{
 };
 use self::secret::SecretSource;
 use crate::domain::Fingerprint;
+use crate::facts::FactsConfig;
 use crate::forwarded::{ForwardedError, TrustedProxies};
 use crate::gate::Project;
 use crate::identity::{
@@ -99,6 +101,7 @@ pub struct Config {
     logging: LogSettings,
     tls: Option<(TlsSettings, Material)>,
     trusted_proxy: Option<TrustedProxies>,
+    facts: FactsConfig,
     files: Vec<PathBuf>,
     parts: PartFingerprints,
 }
@@ -116,6 +119,8 @@ pub struct PartFingerprints {
     pub jwks_files: Vec<(String, Fingerprint)>,
     /// The rate limits, the rules' `limits` and `limits.max_in_flight`.
     pub rate_limits: Fingerprint,
+    /// `[databases]` and `[[facts]]` (passwords and secrets shown redacted).
+    pub facts: Fingerprint,
 }
 
 /// A [`Config`] taken apart, for the code that starts the service and needs ownership.
@@ -152,6 +157,8 @@ pub struct ConfigParts {
     pub tls: Option<(TlsSettings, Material)>,
     /// `[server.trusted_proxy]`: the proxies whose forwarded identity counts.
     pub trusted_proxy: Option<TrustedProxies>,
+    /// `[databases]` and `[[facts]]`, validated, secrets read, not connected.
+    pub facts: FactsConfig,
     /// Every file the config was read from (see [`Config::files`]).
     pub files: Vec<PathBuf>,
     /// The parts a reload compares by name.
@@ -281,6 +288,11 @@ impl Config {
         self.trusted_proxy.as_ref()
     }
 
+    /// `[databases]` and `[[facts]]`.
+    pub fn facts(&self) -> &FactsConfig {
+        &self.facts
+    }
+
     /// Every file the config was read from, as the config names them: the
     /// config file itself (when loaded from one), the rules file, App
     /// Certificate and HS secret files, JWKS files and the TLS PEM files.
@@ -312,6 +324,7 @@ impl Config {
             telemetry: self.telemetry,
             tls: self.tls,
             trusted_proxy: self.trusted_proxy,
+            facts: self.facts,
             files: self.files,
             parts: self.parts,
             logging: self.logging,
@@ -558,8 +571,10 @@ fn resolve(
             iss: i.issuer().to_vec(),
         })
         .collect();
+    let facts = facts::resolve(&file.databases, &file.facts, env)?;
     let (policy, warnings) =
-        Policy::compile_with_issuers(&file.rules, &names, &issuer_names).map_err(policy_error)?;
+        Policy::compile_with_facts(&file.rules, &names, &issuer_names, facts.declarations())
+            .map_err(policy_error)?;
     let (rate_limits, limiter) = limits::resolve(&file.limits, &file.rules, env)?;
     let parts = PartFingerprints {
         rules: file
@@ -570,6 +585,7 @@ fn resolve(
         ext_authz: debug_fingerprint(&file.ext_authz),
         jwks_files,
         rate_limits: debug_fingerprint(&(&file.limits.rate, file.limits.max_in_flight)),
+        facts: debug_fingerprint(&facts),
     };
     let mesh = Routes::compile(&file.ext_authz, &names).map_err(|e| ConfigError::Invalid {
         key: e.key,
@@ -592,6 +608,7 @@ fn resolve(
         logging,
         tls,
         trusted_proxy,
+        facts,
         files,
         parts,
     })
@@ -655,9 +672,21 @@ fn named_files(file: &ConfigFile) -> Vec<PathBuf> {
             .into_iter()
             .flatten()
     });
+    let databases = file.databases.values().flat_map(|db| {
+        [db.password_file.clone(), db.ca_file.clone()]
+            .into_iter()
+            .flatten()
+    });
+    let facts = file.facts.iter().flat_map(|fact| {
+        [fact.secret_file.clone(), fact.ca_file.clone()]
+            .into_iter()
+            .flatten()
+    });
     certificates
         .chain(issuers)
         .chain(tls)
+        .chain(databases)
+        .chain(facts)
         .chain(redis)
         .collect()
 }

@@ -3,7 +3,7 @@
 //! 109/110 diagnosis).
 
 use super::{Gate, GateError};
-use crate::policy::{Action, Caller};
+use crate::policy::{Action, Caller, Facts};
 use crate::token::inspect::{self, Expectation, Inspection, Keyring};
 
 impl Gate {
@@ -15,8 +15,9 @@ impl Gate {
         token: &str,
         expected: &Expectation,
         now: u64,
+        facts: &Facts,
     ) -> Result<Inspection, GateError> {
-        self.authorize(caller, Action::Inspect, now)?;
+        self.authorize(caller, Action::Inspect, now, facts)?;
         let keyrings: Vec<Keyring<'_>> = self
             .projects
             .values()

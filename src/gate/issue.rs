@@ -3,7 +3,7 @@
 
 use super::{Gate, GateError, PrivilegeExpiry, privilege_expiries};
 use crate::domain::{Fingerprint, Role, RtcIdentity};
-use crate::policy::{self, BoundIdentity, Caller, Decision, Grant, Request};
+use crate::policy::{self, BoundIdentity, Caller, Decision, Facts, Grant, Request};
 use crate::token::builders::{self, Issue, RtcPrivileges};
 use crate::token::services::Rtm2Permissions;
 use crate::token::{TokenError, v007};
@@ -67,19 +67,21 @@ impl Gate {
         now: u64,
         salt: u32,
     ) -> Result<Issued, GateError> {
-        self.build(self.decide(caller, request, now)?, salt)
+        self.build(self.decide(caller, request, now, &Facts::none())?, salt)
     }
 
     /// The first half of [`Gate::issue`]: the grant the rules give
     /// `caller` for `request` at `now`, or why there is none. (The
     /// pipeline calls the halves one by one, so each has its own span.)
+    /// `facts` are those fetched for the call ([`Gate::facts_needed`]).
     pub fn decide(
         &self,
         caller: Caller<'_>,
         request: &Request,
         now: u64,
+        facts: &Facts,
     ) -> Result<Grant, GateError> {
-        match self.policy.evaluate(caller, request, now) {
+        match self.policy.evaluate_with_facts(caller, request, now, facts) {
             Decision::Allow(grant) => Ok(grant),
             Decision::Permit(permit) => Err(GateError::NothingToIssue(permit.action)),
             Decision::Deny(denial) => Err(GateError::Denied(denial)),
@@ -471,7 +473,8 @@ mod tests {
             gate.authorize(
                 Caller::jwt(&principal),
                 Action::Inspect,
-                u64::from(ISSUE_TS)
+                u64::from(ISSUE_TS),
+                &Facts::none()
             )
             .is_ok()
         );

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::policy::{Action, Caller, Decision, Denial, Policy, Request};
+use crate::policy::{Action, Caller, Decision, Denial, FactQuery, Facts, Policy, Request};
 use crate::token::inspect::privilege_expiries;
 use crate::token::{AppCertificate, AppId, TokenError, v007};
 
@@ -136,9 +136,29 @@ impl Gate {
         self.policy.admits_workloads()
     }
 
-    /// Checks that `caller` may use `action` (inspect or explain), which issue nothing.
-    pub fn authorize(&self, caller: Caller<'_>, action: Action, now: u64) -> Result<(), GateError> {
-        match self.policy.evaluate(caller, &Request::new(action), now) {
+    /// Whether some rule reads a fact; see [`Policy::reads_facts`].
+    pub fn reads_facts(&self) -> bool {
+        self.policy.reads_facts()
+    }
+
+    /// The facts deciding `request` may read; see [`Policy::facts_needed`].
+    pub fn facts_needed(&self, caller: Caller<'_>, request: &Request) -> Vec<FactQuery> {
+        self.policy.facts_needed(caller, request)
+    }
+
+    /// Checks that `caller` may use `action` (inspect or explain), which
+    /// issue nothing, with the `facts` fetched for it.
+    pub fn authorize(
+        &self,
+        caller: Caller<'_>,
+        action: Action,
+        now: u64,
+        facts: &Facts,
+    ) -> Result<(), GateError> {
+        match self
+            .policy
+            .evaluate_with_facts(caller, &Request::new(action), now, facts)
+        {
             Decision::Allow(_) | Decision::Permit(_) => Ok(()),
             Decision::Deny(denial) => Err(GateError::Denied(denial)),
         }

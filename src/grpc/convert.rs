@@ -244,6 +244,7 @@ fn explanation_of(decision: &Decision, trace: &Trace) -> pb::ExplainAccessRespon
             rule: r.name.clone(),
             matched: matches!(r.outcome, policy::RuleOutcome::Matched { .. }),
             detail: r.outcome.to_string(),
+            facts: r.facts.iter().map(fact_trace).collect(),
         })
         .collect();
     match decision {
@@ -273,6 +274,25 @@ fn explanation_of(decision: &Decision, trace: &Trace) -> pb::ExplainAccessRespon
             grant: String::new(),
             limits: Vec::new(),
         },
+    }
+}
+
+/// One fact a rule read, for ExplainAccess.
+fn fact_trace(fact: &policy::FactTrace) -> pb::FactTrace {
+    let (value_json, error) = match &fact.result {
+        Ok(json) => (json.clone(), String::new()),
+        Err(reason) => (String::new(), reason.clone()),
+    };
+    pb::FactTrace {
+        name: fact.name.clone(),
+        inputs: fact.inputs.clone(),
+        value_json,
+        error,
+        cached: fact.cached,
+        took: Some(prost_types::Duration {
+            seconds: i64::try_from(fact.elapsed_us / 1_000_000).unwrap_or(i64::MAX),
+            nanos: i32::try_from((fact.elapsed_us % 1_000_000) * 1_000).unwrap_or(0),
+        }),
     }
 }
 

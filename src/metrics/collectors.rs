@@ -60,6 +60,15 @@ pub struct LimitsState {
     pub redis_up: Option<bool>,
 }
 
+/// The facts' caches and listeners at a scrape.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FactsState {
+    /// Each fact's name, cached entries and the most it holds.
+    pub caches: Vec<(String, u64, u64)>,
+    /// Each database with notify channels, and whether its listener is connected.
+    pub listeners: Vec<(String, bool)>,
+}
+
 /// Reports every issuer's key state; the server implements it over the authenticator.
 pub trait IssuerSnapshot: std::fmt::Debug + Send + Sync + 'static {
     /// The state of every configured issuer, in config order.
@@ -73,6 +82,11 @@ pub trait IssuerSnapshot: std::fmt::Debug + Send + Sync + 'static {
     /// The limiter's state; all zero without one.
     fn limits(&self) -> LimitsState {
         LimitsState::default()
+    }
+
+    /// The facts' caches and listeners; empty without facts.
+    fn facts(&self) -> FactsState {
+        FactsState::default()
     }
 }
 
@@ -339,6 +353,43 @@ impl Collector for Jwks {
         )?;
         if let Some(up) = limits.redis_up {
             ConstGauge::new(f64::from(u8::from(up))).encode(metric_encoder)?;
+        }
+        let facts = self.source.facts();
+        type Gauges = Family<Vec<(&'static str, String)>, Gauge<f64, std::sync::atomic::AtomicU64>>;
+        let (entries, capacity, listening) =
+            (Gauges::default(), Gauges::default(), Gauges::default());
+        for (fact, held, most) in &facts.caches {
+            entries
+                .get_or_create(&vec![("fact", fact.clone())])
+                .set(*held as f64);
+            capacity
+                .get_or_create(&vec![("fact", fact.clone())])
+                .set(*most as f64);
+        }
+        for (database, up) in &facts.listeners {
+            listening
+                .get_or_create(&vec![("database", database.clone())])
+                .set(f64::from(u8::from(*up)));
+        }
+        for (name, help, family) in [
+            (
+                "tokengate_fact_cache_entries",
+                "Entries a fact's cache holds",
+                &entries,
+            ),
+            (
+                "tokengate_fact_cache_capacity",
+                "The most entries a fact's cache holds",
+                &capacity,
+            ),
+            (
+                "tokengate_fact_listener_up",
+                "1 while a database's LISTEN connection is up (cached facts on its notify channels are dropped on change), 0 while it reconnects (they live at most their ttl)",
+                &listening,
+            ),
+        ] {
+            let metric_encoder = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            family.encode(metric_encoder)?;
         }
         Ok(())
     }

@@ -28,7 +28,9 @@ mod collectors;
 mod grpc;
 mod text;
 
-pub use collectors::{IssuerSnapshot, IssuerState, JwtCacheState, LimitsState, watch_log_drops};
+pub use collectors::{
+    FactsState, IssuerSnapshot, IssuerState, JwtCacheState, LimitsState, watch_log_drops,
+};
 pub use grpc::{CountedBody, GrpcMeter, Method, RpcMeter};
 pub use text::{OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE, wants_openmetrics};
 
@@ -95,6 +97,8 @@ pub struct Metrics {
     config_reloads: Family<Labels, Counter>,
     config_reloaded: Gauge,
     rate_limit_checks: Family<Labels, Counter>,
+    fact_lookups: Family<Labels, Counter>,
+    fact_fetch_seconds: Family<Labels, Histogram, fn() -> Histogram>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -250,6 +254,19 @@ impl Metrics {
             "Rate limit checks by limit, result (admitted, limited, unavailable) and backend (local, redis, local_fallback: counted locally while Redis fails)",
             rate_limit_checks.clone(),
         );
+        let fact_lookups = Family::default();
+        registry.register(
+            "tokengate_fact_lookups",
+            "Facts asked by the rules, by fact and result (hit, error_hit: a remembered failure, fetched, error, timeout)",
+            fact_lookups.clone(),
+        );
+        let fact_fetch_seconds: Family<Labels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "tokengate_fact_fetch_seconds",
+            "Time to fetch a fact from its source (cache misses only), seconds",
+            fact_fetch_seconds.clone(),
+        );
         let build_info = Family::<Labels, Gauge>::default();
         build_info
             .get_or_create(&vec![
@@ -287,6 +304,8 @@ impl Metrics {
             config_reloads,
             config_reloaded,
             rate_limit_checks,
+            fact_lookups,
+            fact_fetch_seconds,
         })
     }
 
@@ -349,6 +368,21 @@ impl Metrics {
                 ("backend", Cow::Borrowed(backend)),
             ])
             .inc();
+    }
+
+    /// Records one fact lookup; a fetch from the source is also timed.
+    pub fn record_fact(&self, fact: &str, result: &'static str, fetched: bool, seconds: f64) {
+        self.fact_lookups
+            .get_or_create(&vec![
+                ("fact", label(fact)),
+                ("result", Cow::Borrowed(result)),
+            ])
+            .inc();
+        if fetched {
+            self.fact_fetch_seconds
+                .get_or_create(&vec![("fact", label(fact))])
+                .observe(seconds);
+        }
     }
 
     /// Records one verified-JWT cache lookup: `hit`, `miss` or `stale`.

@@ -22,8 +22,8 @@ pub const AUDIT_TARGET: &str = "audit";
 /// `peer_identity` the caller's workload identity (a trusted proxy's
 /// forwarded one, not the proxy's own; none for an ext_authz `Check`
 /// unless Envoy is a trusted proxy). Version 3 added `limits` and the
-/// decisions `limited` and `shed`.
-pub const SCHEMA_VERSION: u64 = 3;
+/// decisions `limited` and `shed`. Version 4 added `facts`.
+pub const SCHEMA_VERSION: u64 = 4;
 
 /// One call's audit record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +76,9 @@ pub struct AuditEvent {
     pub route: Option<String>,
     /// The rate limits a `limited` call is over, comma-separated.
     pub limits: Option<String>,
+    /// The facts the rules asked, each `name:result` (hit, error_hit,
+    /// fetched, error, timeout), comma-separated; never their values.
+    pub facts: Option<String>,
     /// Time spent in the pipeline, microseconds.
     pub latency_us: u64,
     /// The entry point, for the metrics' `action` label.
@@ -116,10 +119,22 @@ impl AuditEvent {
             token: None,
             route: None,
             limits: None,
+            facts: None,
             latency_us: 0,
             call: rpc,
             issued_services: Vec::new(),
         }
+    }
+
+    /// Notes that the rules asked fact `name`, with `result`.
+    pub(super) fn fact(&mut self, name: &str, result: &str) {
+        let list = self.facts.get_or_insert_with(String::new);
+        if !list.is_empty() {
+            list.push(',');
+        }
+        list.push_str(name);
+        list.push(':');
+        list.push_str(result);
     }
 
     /// What the metrics count of this call.
@@ -200,6 +215,7 @@ impl AuditEvent {
             token = self.token.as_ref().map(display),
             route = self.route.as_deref(),
             limits = self.limits.as_deref(),
+            facts = self.facts.as_deref(),
             latency_us = self.latency_us,
         );
     }
@@ -283,6 +299,7 @@ mod tests {
             "token",
             "route",
             "limits",
+            "facts",
             "latency_us",
         ];
         assert_eq!(declared, &schema.map(str::to_owned).to_vec());

@@ -6,7 +6,7 @@ use super::audit::{AuditEvent, Audited};
 use super::{Call, InvalidRequest, Outcome, Pipeline};
 use crate::entropy;
 use crate::limits::{Budget, Subject};
-use crate::policy::{Decision, Request, Trace};
+use crate::policy::{Action, Decision, Request, Trace};
 
 /// What a dry run decided, with the trace of every rule considered.
 #[derive(Debug, Clone)]
@@ -35,7 +35,14 @@ impl Pipeline {
                 .await?;
             let request = request?;
             flow.event.channel = request.channel.as_ref().map(|c| c.as_str().to_owned());
-            let (decision, trace) = flow.live.gate.explain(who.caller(), &request, flow.now)?;
+            let permission = Request::new(Action::Explain);
+            let facts = self
+                .facts(&mut flow, who.caller(), &[&permission, &request])
+                .await;
+            let (decision, trace) =
+                flow.live
+                    .gate
+                    .explain(who.caller(), &request, flow.now, &facts)?;
             let limits = match &decision {
                 Decision::Allow(grant) => {
                     let subject = Subject {

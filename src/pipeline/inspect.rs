@@ -5,6 +5,7 @@ use tracing::Instrument as _;
 use super::audit::{AuditEvent, Audited};
 use super::{Call, InvalidRequest, Outcome, Pipeline};
 use crate::gate::{Expectation, Inspection};
+use crate::policy::{Action, Request};
 
 /// An inspection as the adapters convert it.
 #[derive(Debug, Clone)]
@@ -30,10 +31,15 @@ impl Pipeline {
                 .await?;
             let request = request?;
             flow.event.channel = request.expected.channel.clone();
-            Ok(flow
-                .live
-                .gate
-                .inspect(who.caller(), &request.token, &request.expected, flow.now)?)
+            let permission = Request::new(Action::Inspect);
+            let facts = self.facts(&mut flow, who.caller(), &[&permission]).await;
+            Ok(flow.live.gate.inspect(
+                who.caller(),
+                &request.token,
+                &request.expected,
+                flow.now,
+                &facts,
+            )?)
         }
         .instrument(span)
         .await;

@@ -42,7 +42,7 @@ impl Pipeline {
         self.decide_then_build(flow, caller, request).await
     }
 
-    /// The rules, the rate limits, then the build, each in its own span:
+    /// The facts, the rules, the rate limits, then the build, each in its own span:
     /// `decide` records the rule that decided, `limit` the limits a refused
     /// call is over, `build` the project that signs (never the token).
     pub(super) async fn decide_then_build(
@@ -51,9 +51,10 @@ impl Pipeline {
         caller: Caller<'_>,
         request: &Request,
     ) -> Result<Issued, Refusal> {
+        let facts = self.facts(flow, caller, &[request]).await;
         let decide = tracing::info_span!("decide", decision = Empty, rule = Empty);
         let decided = decide
-            .in_scope(|| flow.live.gate.decide(caller, request, flow.now))
+            .in_scope(|| flow.live.gate.decide(caller, request, flow.now, &facts))
             .map_err(Refusal::from);
         match &decided {
             Ok(grant) => {

@@ -41,6 +41,7 @@ use tracing::field::Empty;
 
 use crate::domain::{PeerIdentity, Principal};
 use crate::entropy;
+use crate::facts::FactSources;
 use crate::forwarded::{self, Direct, Forwarded, ForwardedError, TrustedProxies};
 use crate::gate::Gate;
 use crate::identity::{AuthError, Authenticator};
@@ -53,6 +54,7 @@ use crate::telemetry;
 mod audit;
 mod check;
 mod explain;
+mod facts;
 mod inspect;
 mod issue;
 mod limit;
@@ -90,6 +92,8 @@ pub struct Live {
     pub trusted_proxies: Option<Arc<TrustedProxies>>,
     /// The rate limits and the bound on calls in flight.
     pub limits: Arc<LimitSet>,
+    /// The facts the rules read: their sources and caches.
+    pub facts: Arc<FactSources>,
 }
 
 /// Which entry point a call came through; audit events name it.
@@ -266,6 +270,7 @@ impl Pipeline {
             routes,
             trusted_proxies: None,
             limits: Arc::new(LimitSet::unlimited()),
+            facts: FactSources::none(),
         })))
     }
 

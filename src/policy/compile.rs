@@ -14,6 +14,7 @@ use crate::domain::{Lifetime, Role, Rtm2PermissionType, Rtm2ResourceType, is_ago
 use super::PolicyError;
 use super::condition::Condition;
 use super::config::{Effect, Rtm2PermissionConfig, RuleConfig};
+use super::fact::FactDeclaration;
 use super::pattern::{ChannelPattern, Template};
 use super::request::{Action, AuthenticatedBy, Service};
 use super::spiffe::SpiffeIdPattern;
@@ -32,6 +33,8 @@ pub(crate) struct Rule {
     pub(crate) peer_spiffe_id: Option<SpiffeIdPattern>,
     pub(crate) authenticate: Authenticate,
     pub(crate) condition: Option<Condition>,
+    /// The facts the condition reads, as indices into the policy's declarations.
+    pub(crate) facts: Vec<usize>,
     pub(crate) project: Option<String>,
     pub(crate) max_role: Role,
     pub(crate) binding: Binding,
@@ -134,6 +137,7 @@ pub(crate) fn compile_rule(
     config: &RuleConfig,
     projects: &BTreeSet<String>,
     issuers: &[Issuer],
+    declared: &[FactDeclaration],
 ) -> Result<Rule, PolicyError> {
     let site = Site {
         index,
@@ -157,6 +161,14 @@ pub(crate) fn compile_rule(
         None => None,
     };
     let authenticate = compile_authenticate(&site, config, condition.as_ref())?;
+    let facts = compile_facts(
+        &site,
+        condition.as_ref(),
+        declared,
+        channel.as_ref(),
+        peer_spiffe_id.as_ref(),
+        authenticate,
+    )?;
     if let Some(issuer) = &config.issuer
         && issuer.is_empty()
     {
@@ -197,6 +209,7 @@ pub(crate) fn compile_rule(
         peer_spiffe_id,
         authenticate,
         condition,
+        facts,
         project,
         max_role,
         binding,
@@ -207,6 +220,66 @@ pub(crate) fn compile_rule(
         identity_prefix,
         rtm_permissions,
     })
+}
+
+/// The facts a condition reads: each must be declared (`[[facts]]`), each
+/// capture their inputs read must be one of the rule's, and a rule whose
+/// callers may have no JWT cannot ask a fact by the JWT.
+fn compile_facts(
+    site: &Site<'_>,
+    condition: Option<&Condition>,
+    declared: &[FactDeclaration],
+    channel: Option<&ChannelPattern>,
+    peer: Option<&SpiffeIdPattern>,
+    authenticate: Authenticate,
+) -> Result<Vec<usize>, PolicyError> {
+    let Some(condition) = condition else {
+        return Ok(Vec::new());
+    };
+    let mut facts = Vec::with_capacity(condition.facts().len());
+    for name in condition.facts() {
+        let Some(index) = declared.iter().position(|d| &*d.name == name.as_str()) else {
+            let known: Vec<&str> = declared.iter().map(|d| &*d.name).collect();
+            return Err(site.error(
+                "condition",
+                format!(
+                    "reads facts.{name}, which no [[facts]] declares (declared: {})",
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            ));
+        };
+        for input in &declared[index].inputs {
+            if let Some(missing) = input.captures().find(|capture| {
+                !channel.is_some_and(|c| c.has_capture(capture))
+                    && !peer.is_some_and(|p| p.has_capture(capture))
+            }) {
+                return Err(site.error(
+                    "condition",
+                    format!(
+                        "reads facts.{name}, whose input {:?} reads {{captures.{missing}}}, and neither the rule's channel nor its peer_spiffe_id captures {{{missing}}}",
+                        input.as_str()
+                    ),
+                ));
+            }
+            if authenticate == Authenticate::Mtls
+                && let Some(placeholder) = input.jwt_placeholder()
+            {
+                return Err(site.error(
+                    "condition",
+                    format!(
+                        "reads facts.{name}, whose input {:?} reads {{{placeholder}}} from the JWT, and the rule says authenticate = \"mtls\", so its callers may have none",
+                        input.as_str()
+                    ),
+                ));
+            }
+        }
+        facts.push(index);
+    }
+    Ok(facts)
 }
 
 /// `peer_spiffe_id`: a SPIFFE ID pattern whose captures do not clash with the channel's.

@@ -5,6 +5,10 @@
 //! only the per-rule `captures` map is added in a child scope, so a request
 //! that reaches the 25th rule pays for one claims conversion, not 25.
 //!
+//! `facts` is a rule's own too: the facts its condition reads (found in the
+//! syntax tree at load, `facts.<name>` or `facts["name"]`), fetched by the
+//! pipeline for this rule's captures, added beside `captures`.
+//!
 //! A caller without a JWT (a workload admitted by mTLS) has an empty
 //! `claims` and `caller`: a condition that reads them fails (and a deny
 //! rule's then denies), as for a JWT without the claim read. `peer` is there
@@ -19,6 +23,8 @@ use cel::common::types::{
 use cel::common::value::{CowVal, Val};
 use cel::context::VariableResolver;
 use cel::{Context, Env, Program, Value};
+
+use cel::common::ast::{EntryExpr, Expr, IdedExpr, LiteralValue, operators};
 
 use crate::domain::{ClaimValue, Principal};
 
@@ -44,6 +50,8 @@ pub(crate) struct Condition {
     source: String,
     program: Program,
     reads: Reads,
+    /// The facts it reads, by name, sorted.
+    facts: Vec<String>,
 }
 
 /// Which of the costly variables (the ones built from a map per call) a
@@ -73,9 +81,10 @@ pub(crate) struct Activation<'a> {
     root: Context<'a, 'a>,
 }
 
-/// Resolves `captures` on first use in a rule's scope.
-struct CapturesResolver<'c> {
+/// Resolves `captures` and `facts` on first use in a rule's scope.
+struct RuleResolver<'c> {
     captures: &'c Captures<'c>,
+    facts: &'c [(&'c str, &'c ClaimValue)],
 }
 
 /// Why a condition did not say `true` or `false`.
@@ -97,11 +106,21 @@ impl Condition {
     /// Checks the size limits and compiles `source` with `env`.
     pub(crate) fn compile(env: &Env, source: &str) -> Result<Self, String> {
         let (program, reads) = compile_program(env, source)?;
+        let mut facts = Vec::new();
+        fact_names(program.expression(), &mut facts)?;
+        facts.sort();
+        facts.dedup();
         Ok(Self {
             source: source.to_owned(),
             program,
             reads,
+            facts,
         })
+    }
+
+    /// The facts the expression reads, by name, sorted.
+    pub(crate) fn facts(&self) -> &[String] {
+        &self.facts
     }
 
     /// The costly variables the expression reads.
@@ -123,19 +142,20 @@ impl Condition {
             .find(|v| references.has_variable(v))
     }
 
-    /// Evaluates the condition with `captures` added to `activation`.
+    /// Evaluates the condition with `captures` and the rule's `facts` added to `activation`.
     pub(crate) fn evaluate(
         &self,
         activation: &Activation<'_>,
         captures: &Captures<'_>,
+        facts: &[(&str, &ClaimValue)],
     ) -> Result<bool, ConditionFailure> {
-        let result = if captures.is_empty() {
+        let result = if captures.is_empty() && facts.is_empty() {
             self.program.execute(&activation.root)
         } else {
             // The captures map is built only if the expression reads it: a
             // condition like `"g" in claims.groups && captures.team ...` that
             // is false at its first term then costs no allocation for it.
-            let resolver = CapturesResolver { captures };
+            let resolver = RuleResolver { captures, facts };
             let root: &Context<'_, '_> = &activation.root;
             let mut scope = root.new_inner_scope();
             scope.set_variable_resolver(&resolver);
@@ -202,9 +222,15 @@ impl Activation<'_> {
     }
 }
 
-impl VariableResolver for CapturesResolver<'_> {
+impl VariableResolver for RuleResolver<'_> {
     fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
-        (variable == "captures").then(|| CowVal::Owned(Box::new(captures_map(self.captures))))
+        match variable {
+            "captures" => Some(CowVal::Owned(Box::new(captures_map(self.captures)))),
+            // A fact too deep to convert is left out: reading it fails the
+            // condition, as a too-deep claim does.
+            "facts" => Some(CowVal::Owned(Box::new(facts_map(self.facts)))),
+            _ => None,
+        }
     }
 }
 
@@ -238,6 +264,73 @@ pub(crate) fn compile_program(env: &Env, source: &str) -> Result<(Program, Reads
         request: references.has_variable("request"),
     };
     Ok((program, reads))
+}
+
+/// Collects the names of the facts `expr` reads into `names`. A fact is
+/// read as `facts.<name>`, `has(facts.<name>)` or `facts["<name>"]`; any
+/// other use of `facts` (the whole map, a computed key) is refused, since
+/// the pipeline must know at load which facts a rule needs.
+fn fact_names(expr: &IdedExpr, names: &mut Vec<String>) -> Result<(), String> {
+    let is_facts = |e: &IdedExpr| matches!(&e.expr, Expr::Ident(name) if name == "facts");
+    match &expr.expr {
+        Expr::Select(select) if is_facts(&select.operand) => {
+            names.push(select.field.clone());
+            Ok(())
+        }
+        Expr::Call(call)
+            if call.func_name == operators::INDEX
+                && call.target.is_none()
+                && call.args.len() == 2
+                && is_facts(&call.args[0]) =>
+        {
+            match &call.args[1].expr {
+                Expr::Literal(LiteralValue::String(name)) => {
+                    names.push(name.inner().to_owned());
+                    Ok(())
+                }
+                _ => Err("reads facts with a computed key; name the fact: facts.<name>".to_owned()),
+            }
+        }
+        Expr::Ident(name) if name == "facts" => {
+            Err("reads `facts` as a whole; read one fact: facts.<name>".to_owned())
+        }
+        Expr::Unspecified | Expr::Ident(_) | Expr::Literal(_) => Ok(()),
+        Expr::Select(select) => fact_names(&select.operand, names),
+        Expr::Call(call) => {
+            if let Some(target) = &call.target {
+                fact_names(target, names)?;
+            }
+            call.args.iter().try_for_each(|a| fact_names(a, names))
+        }
+        Expr::Comprehension(c) => [
+            &c.iter_range,
+            &c.accu_init,
+            &c.loop_cond,
+            &c.loop_step,
+            &c.result,
+        ]
+        .into_iter()
+        .try_for_each(|e| fact_names(e, names)),
+        Expr::List(list) => list.elements.iter().try_for_each(|e| fact_names(e, names)),
+        Expr::Map(map) => map
+            .entries
+            .iter()
+            .try_for_each(|entry| entry_fact_names(&entry.expr, names)),
+        Expr::Struct(st) => st
+            .entries
+            .iter()
+            .try_for_each(|entry| entry_fact_names(&entry.expr, names)),
+    }
+}
+
+fn entry_fact_names(entry: &EntryExpr, names: &mut Vec<String>) -> Result<(), String> {
+    match entry {
+        EntryExpr::StructField(field) => fact_names(&field.value, names),
+        EntryExpr::MapEntry(pair) => {
+            fact_names(&pair.key, names)?;
+            fact_names(&pair.value, names)
+        }
+    }
 }
 
 /// Refuses expressions whose parse could exhaust the stack.
@@ -443,6 +536,15 @@ fn captures_map<'a>(captures: &Captures<'a>) -> CelMap<'a> {
     CelMap::from(map)
 }
 
+/// `facts`: fact name to value, for the facts that converted.
+fn facts_map<'a>(facts: &[(&'a str, &'a ClaimValue)]) -> CelMap<'a> {
+    let map: HashMap<CelMapKey<'a>, Box<dyn Val + 'a>> = facts
+        .iter()
+        .filter_map(|(name, value)| Some((CelMapKey::from(*name), claim_val(value, 1).ok()?)))
+        .collect();
+    CelMap::from(map)
+}
+
 /// A list of borrowed strings.
 fn string_list(items: &[String]) -> CelList<'_> {
     CelList::from(
@@ -488,6 +590,30 @@ pub(crate) fn truncate(message: &str) -> String {
 mod tests {
     use super::*;
 
+    fn facts(source: &str) -> Result<Vec<String>, String> {
+        let env = Env::stdlib();
+        Condition::compile(&env, source).map(|c| c.facts().to_vec())
+    }
+
+    #[test]
+    fn the_facts_a_condition_reads_are_found_and_only_named_reads_are_accepted() {
+        assert_eq!(facts("claims.x == 1").unwrap(), Vec::<String>::new());
+        assert_eq!(
+            facts("size(facts.membership) > 0 && facts.membership[0].role == \"host\" || has(facts.ticket) || facts[\"account\"].ok").unwrap(),
+            vec!["account", "membership", "ticket"]
+        );
+        assert_eq!(
+            facts("[1].exists(x, x in facts.rooms)").unwrap(),
+            vec!["rooms"]
+        );
+        assert!(facts("size(facts) > 0").unwrap_err().contains("as a whole"));
+        assert!(
+            facts("facts[channel].ok")
+                .unwrap_err()
+                .contains("computed key")
+        );
+    }
+
     fn reads(source: &str) -> Reads {
         let env = Env::stdlib();
         Condition::compile(&env, source).unwrap().reads()
@@ -520,6 +646,7 @@ mod tests {
         );
         let mut all = claims;
         all |= reads("caller.issuer == request.project");
+        assert_eq!(reads("size(facts.membership) > 0"), none);
         assert_eq!(
             all,
             Reads {

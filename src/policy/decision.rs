@@ -129,6 +129,8 @@ pub struct Denial {
     pub rule: Option<String>,
     /// A human explanation naming keys and claims, never claim values or secrets.
     pub detail: String,
+    /// For `fact_unavailable`, the fact that could not be had.
+    pub fact: Option<String>,
 }
 
 /// The identity a grant binds, one view over every kind (for replies and logs).
@@ -199,6 +201,10 @@ pub enum DenyReason {
     /// (`authenticate`: a workload without a JWT, or a JWT without the
     /// required client certificate), and no other rule decided.
     AuthenticationNotAccepted,
+    /// A fact a rule reads (`facts.<name>`) could not be had (a timeout, an
+    /// error, an oversized result): a deny rule that reads it denies, an
+    /// allow rule does not apply, and no other rule decided.
+    FactUnavailable,
 }
 
 impl Decision {
@@ -318,7 +324,7 @@ impl RtcGrant {
 
 impl DenyReason {
     /// Every reason, for documentation and exhaustive tests.
-    pub const ALL: [DenyReason; 19] = [
+    pub const ALL: [DenyReason; 20] = [
         DenyReason::NoMatchingRule,
         DenyReason::DeniedByRule,
         DenyReason::ConditionError,
@@ -338,6 +344,7 @@ impl DenyReason {
         DenyReason::AmbiguousChannel,
         DenyReason::JwtExpiresTooSoon,
         DenyReason::AuthenticationNotAccepted,
+        DenyReason::FactUnavailable,
     ];
 
     /// The stable snake_case code (`google.rpc.ErrorInfo.reason`, logs, metrics).
@@ -362,6 +369,7 @@ impl DenyReason {
             DenyReason::AmbiguousChannel => "ambiguous_channel",
             DenyReason::JwtExpiresTooSoon => "jwt_expires_too_soon",
             DenyReason::AuthenticationNotAccepted => "authentication_not_accepted",
+            DenyReason::FactUnavailable => "fact_unavailable",
         }
     }
 }

@@ -7,12 +7,19 @@
 //! project, channel, `peer_spiffe_id`, condition. `authenticate` comes
 //! before anything that reads the JWT, so a workload without one never
 //! reaches a `jwt` rule's issuer or condition.
+//!
+//! Facts (`facts.<name>`) are data: [`Policy::facts_needed`] says which the
+//! rules that can decide a call read, the pipeline fetches them, and the
+//! evaluation reads them from the [`Facts`] it is given. A rule whose fact
+//! is unavailable fails closed: an allow rule does not apply, a deny rule
+//! denies, and the reason is `fact_unavailable`, never a silent allow.
 
 use super::Policy;
 use super::compile::{Authenticate, Rule};
 use super::condition::{Activation, ConditionFailure};
 use super::config::Effect;
 use super::decision::{Decision, Denial, DenyReason};
+use super::fact::{FactQuery, FactTrace, Facts, Scope, Unreadable};
 use super::grant::Who;
 use super::pattern::{Captures, Split};
 use super::request::{Caller, ChannelScope, Request};
@@ -28,6 +35,8 @@ enum Match<'a> {
     Failed(&'a str, String),
     /// A deny rule's pattern splits the channel more than one way: fail closed.
     Ambiguous(Ambiguity<'a>),
+    /// A deny rule's fact is unavailable: fail closed.
+    Unavailable(Unreadable),
 }
 
 /// A channel that fits a rule's pattern with different values of a capture.
@@ -67,16 +76,19 @@ enum Miss<'a> {
     ConditionFalse(&'a str),
     /// See [`RuleOutcome::ConditionFailed`].
     ConditionFailed(&'a str, String),
+    /// See [`RuleOutcome::FactUnavailable`].
+    FactUnavailable(Unreadable),
 }
 
 /// An allow rule that did not apply although the request fits its pattern:
 /// if no later rule decides, it names the denial.
-#[derive(Clone, Copy)]
 enum Skipped<'a> {
     /// The channel splits the rule's pattern more than one way.
     Ambiguous(&'a Rule, Ambiguity<'a>),
     /// The caller did not authenticate as the rule says.
     Authentication(&'a Rule, &'static str, &'static str),
+    /// A fact the rule's condition reads is unavailable.
+    FactUnavailable(&'a Rule, Unreadable),
 }
 
 impl Policy {
@@ -88,7 +100,19 @@ impl Policy {
         request: &Request,
         now: u64,
     ) -> Decision {
-        self.decide(caller.into(), request, now, None)
+        self.decide(caller.into(), request, now, &Facts::none(), None)
+    }
+
+    /// Decides like [`Policy::evaluate`], with the `facts` fetched for the
+    /// call (those [`Policy::facts_needed`] named).
+    pub fn evaluate_with_facts<'c>(
+        &self,
+        caller: impl Into<Caller<'c>>,
+        request: &Request,
+        now: u64,
+        facts: &Facts,
+    ) -> Decision {
+        self.decide(caller.into(), request, now, facts, None)
     }
 
     /// Decides like [`Policy::evaluate`] and explains how.
@@ -98,10 +122,64 @@ impl Policy {
         request: &Request,
         now: u64,
     ) -> (Decision, Trace) {
+        self.explain_with_facts(caller, request, now, &Facts::none())
+    }
+
+    /// Decides like [`Policy::evaluate_with_facts`] and explains how,
+    /// with each rule's facts.
+    pub fn explain_with_facts<'c>(
+        &self,
+        caller: impl Into<Caller<'c>>,
+        request: &Request,
+        now: u64,
+        facts: &Facts,
+    ) -> (Decision, Trace) {
         let mut trace = Trace::new();
-        let decision = self.decide(caller.into(), request, now, Some(&mut trace));
+        let decision = self.decide(caller.into(), request, now, facts, Some(&mut trace));
         trace.decision = Some(decision.clone());
         (decision, trace)
+    }
+
+    /// The facts that evaluating `request` for `caller` may read: those of
+    /// each rule whose keys (action, authentication, issuer, project,
+    /// channel, SPIFFE ID) hold, up to the first such rule that has no
+    /// condition (it decides, so no later rule is reached), each query once.
+    /// A fact whose inputs cannot be rendered is not asked (the rule's
+    /// condition then fails, as for a missing claim).
+    pub fn facts_needed<'c>(
+        &self,
+        caller: impl Into<Caller<'c>>,
+        request: &Request,
+    ) -> Vec<FactQuery> {
+        let caller = caller.into();
+        let mut needed: Vec<FactQuery> = Vec::new();
+        if self.facts.is_empty() || self.check_project(request, &mut None).is_some() {
+            return needed;
+        }
+        for rule in &self.rules {
+            let captures = match self.match_keys(rule, caller, request) {
+                Ok(captures) => captures,
+                // A deny rule that splits the channel two ways decides.
+                Err(Match::Ambiguous(_)) => break,
+                Err(_) => continue,
+            };
+            if rule.condition.is_none() {
+                break;
+            }
+            let scope = Scope {
+                caller,
+                request,
+                captures: &captures,
+            };
+            for &index in &rule.facts {
+                if let Ok(query) = self.facts[index].query(scope)
+                    && !needed.contains(&query)
+                {
+                    needed.push(query);
+                }
+            }
+        }
+        needed
     }
 
     /// Whether some rule admits callers without a JWT (`authenticate = "mtls"`).
@@ -117,6 +195,7 @@ impl Policy {
         caller: Caller<'_>,
         request: &Request,
         now: u64,
+        facts: &Facts,
         mut trace: Option<&mut Trace>,
     ) -> Decision {
         if let Some(denial) = self.check_project(request, &mut trace) {
@@ -129,10 +208,19 @@ impl Policy {
         // channel splits two ways, or the caller authenticated otherwise):
         // if no later rule decides, it names the denial.
         let mut skipped: Option<Skipped<'_>> = None;
+        // The facts the rule being matched read, when tracing.
+        let mut used: Vec<FactTrace> = Vec::new();
         for (index, rule) in self.rules.iter().enumerate() {
-            match self.match_rule(rule, caller, request, now, &mut activation) {
+            let recorder = if trace.is_some() {
+                Some(&mut used)
+            } else {
+                None
+            };
+            let matched =
+                self.match_rule(rule, caller, request, now, facts, &mut activation, recorder);
+            match matched {
                 Match::No(Miss::Ambiguous(ambiguity)) => {
-                    note(&mut trace, index, rule, || {
+                    note(&mut trace, &mut used, index, rule, || {
                         Miss::Ambiguous(ambiguity).into_outcome()
                     });
                     skipped.get_or_insert(Skipped::Ambiguous(rule, ambiguity));
@@ -141,7 +229,7 @@ impl Policy {
                     required,
                     presented,
                 }) => {
-                    note(&mut trace, index, rule, || {
+                    note(&mut trace, &mut used, index, rule, || {
                         RuleOutcome::AuthenticationNotAccepted {
                             required: required.to_owned(),
                             presented: presented.to_owned(),
@@ -154,9 +242,20 @@ impl Policy {
                         skipped = Some(Skipped::Authentication(rule, required, presented));
                     }
                 }
-                Match::No(why) => note(&mut trace, index, rule, || why.into_outcome()),
+                Match::No(Miss::FactUnavailable(unreadable)) => {
+                    note(&mut trace, &mut used, index, rule, || {
+                        RuleOutcome::FactUnavailable {
+                            fact: unreadable.fact().to_owned(),
+                            reason: unreadable.to_string(),
+                        }
+                    });
+                    if skipped.is_none() {
+                        skipped = Some(Skipped::FactUnavailable(rule, unreadable));
+                    }
+                }
+                Match::No(why) => note(&mut trace, &mut used, index, rule, || why.into_outcome()),
                 Match::Ambiguous(ambiguity) => {
-                    note(&mut trace, index, rule, || {
+                    note(&mut trace, &mut used, index, rule, || {
                         Miss::Ambiguous(ambiguity).into_outcome()
                     });
                     let detail = format!(
@@ -165,20 +264,37 @@ impl Policy {
                     );
                     return deny(DenyReason::AmbiguousChannel, Some(rule), detail);
                 }
+                Match::Unavailable(unreadable) => {
+                    note(&mut trace, &mut used, index, rule, || {
+                        RuleOutcome::FactUnavailable {
+                            fact: unreadable.fact().to_owned(),
+                            reason: unreadable.to_string(),
+                        }
+                    });
+                    return fact_unavailable(
+                        rule,
+                        &unreadable,
+                        "a deny rule's fact is unavailable, so the request is refused",
+                    );
+                }
                 Match::Failed(condition, error) => {
-                    note(&mut trace, index, rule, || RuleOutcome::ConditionFailed {
-                        condition: condition.to_owned(),
-                        error,
+                    note(&mut trace, &mut used, index, rule, || {
+                        RuleOutcome::ConditionFailed {
+                            condition: condition.to_owned(),
+                            error,
+                        }
                     });
                     let detail = "a deny rule's condition failed, so the request is refused";
                     return deny(DenyReason::ConditionError, Some(rule), detail.to_owned());
                 }
                 Match::Yes(captures) => {
-                    note(&mut trace, index, rule, || RuleOutcome::Matched {
-                        captures: captures
-                            .iter()
-                            .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
-                            .collect(),
+                    note(&mut trace, &mut used, index, rule, || {
+                        RuleOutcome::Matched {
+                            captures: captures
+                                .iter()
+                                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                                .collect(),
+                        }
                     });
                     return match rule.effect {
                         Effect::Deny => {
@@ -212,6 +328,13 @@ impl Policy {
                 );
                 return deny(DenyReason::AuthenticationNotAccepted, Some(rule), detail);
             }
+            Some(Skipped::FactUnavailable(rule, unreadable)) => {
+                return fact_unavailable(
+                    rule,
+                    &unreadable,
+                    "the rule fits the request but a fact it reads is unavailable, so it does not apply, and no later rule matched",
+                );
+            }
             None => {}
         }
         let detail = "no rule matched the request".to_owned();
@@ -231,75 +354,43 @@ impl Policy {
         Some(deny(DenyReason::UnknownProject, None, detail))
     }
 
-    /// Whether `rule` matches: action, authentication, issuer, project,
-    /// channel (one split only), peer SPIFFE ID, then condition.
+    /// Whether `rule` matches: its keys ([`Policy::match_keys`]), then its
+    /// facts and its condition.
+    #[allow(clippy::too_many_arguments)] // One call site; a struct would only rename them.
     fn match_rule<'a>(
-        &self,
+        &'a self,
         rule: &'a Rule,
         caller: Caller<'a>,
         request: &'a Request,
         now: u64,
+        facts: &'a Facts,
         activation: &mut Option<Result<Activation<'a>, String>>,
+        used: Option<&mut Vec<FactTrace>>,
     ) -> Match<'a> {
-        if !rule.actions.contains(&request.action) {
-            return Match::No(Miss::Action);
-        }
-        if let Some(miss) = check_authentication(rule, caller) {
-            return Match::No(miss);
-        }
-        // A caller without a JWT has no issuer, so a rule that names one
-        // never applies to it.
-        if let Some(iss) = &rule.issuer
-            && caller.principal.is_none_or(|p| p.issuer != *iss)
-        {
-            return Match::No(Miss::Issuer);
-        }
-        if let (Some(wanted), Some(own)) = (&request.project, &rule.project)
-            && wanted != own
-        {
-            return Match::No(Miss::Project);
-        }
-        let mut captures = match (&rule.channel, &request.channel) {
-            (None, _) => Vec::new(),
-            (Some(_), None) => return Match::No(Miss::NoChannel),
-            (Some(p), Some(ChannelScope::Wildcard)) if p.is_star() => Vec::new(),
-            (Some(p), Some(ChannelScope::Named(name))) => match p.split(name.as_str()) {
-                Split::One(captures) => captures,
-                Split::NoMatch => return Match::No(Miss::Channel(p.as_str())),
-                Split::Ambiguous {
-                    capture,
-                    first,
-                    second,
-                } => {
-                    let ambiguity = Ambiguity {
-                        pattern: p.as_str(),
-                        capture,
-                        first,
-                        second,
-                    };
-                    // What a rule decides must not depend on the split: an
-                    // allow rule does not apply, a deny rule denies.
-                    return match rule.effect {
-                        Effect::Allow => Match::No(Miss::Ambiguous(ambiguity)),
-                        Effect::Deny => Match::Ambiguous(ambiguity),
-                    };
-                }
-            },
-            (Some(p), Some(ChannelScope::Wildcard)) => return Match::No(Miss::Channel(p.as_str())),
+        let captures = match self.match_keys(rule, caller, request) {
+            Ok(captures) => captures,
+            Err(miss) => return miss,
         };
-        if let Some(pattern) = &rule.peer_spiffe_id {
-            match peer_captures(pattern, caller) {
-                Ok(found) => captures.extend(found),
-                Err(miss) => return Match::No(miss),
-            }
-        }
         let Some(condition) = &rule.condition else {
             return Match::Yes(captures);
+        };
+        let values = match self.rule_facts(rule, caller, request, &captures, facts, used) {
+            Ok(values) => values,
+            Err(input @ Unreadable::Input { .. }) if rule.effect == Effect::Deny => {
+                return Match::Failed(condition.as_str(), input.to_string());
+            }
+            Err(input @ Unreadable::Input { .. }) => {
+                return Match::No(Miss::ConditionFailed(condition.as_str(), input.to_string()));
+            }
+            Err(unavailable) if rule.effect == Effect::Deny => {
+                return Match::Unavailable(unavailable);
+            }
+            Err(unavailable) => return Match::No(Miss::FactUnavailable(unavailable)),
         };
         let activation = activation
             .get_or_insert_with(|| Activation::new(&self.env, self.reads, caller, request, now));
         let result = match activation {
-            Ok(activation) => condition.evaluate(activation, &captures),
+            Ok(activation) => condition.evaluate(activation, &captures, &values),
             Err(e) => Err(ConditionFailure::Error(e.clone())),
         };
         match result {
@@ -313,6 +404,114 @@ impl Policy {
                 failure.to_string(),
             )),
         }
+    }
+
+    /// The values of the facts `rule` reads, from `facts`, recorded into
+    /// `used` when tracing; the first that cannot be had fails the rule.
+    fn rule_facts<'a>(
+        &'a self,
+        rule: &Rule,
+        caller: Caller<'a>,
+        request: &'a Request,
+        captures: &Captures<'a>,
+        facts: &'a Facts,
+        mut used: Option<&mut Vec<FactTrace>>,
+    ) -> Result<Vec<(&'a str, &'a crate::domain::ClaimValue)>, Unreadable> {
+        let mut values = Vec::with_capacity(rule.facts.len());
+        let scope = Scope {
+            caller,
+            request,
+            captures,
+        };
+        for &index in &rule.facts {
+            let declaration = &self.facts[index];
+            let query = declaration.query(scope)?;
+            let Some(fetched) = facts.get(&query) else {
+                return Err(Unreadable::Unavailable {
+                    fact: query.name,
+                    reason: "it was not fetched".to_owned(),
+                });
+            };
+            if let Some(used) = used.as_deref_mut() {
+                used.push(FactTrace::of(&query, fetched));
+            }
+            match &fetched.value {
+                Ok(value) => values.push((&*declaration.name, &**value)),
+                Err(reason) => {
+                    return Err(Unreadable::Unavailable {
+                        fact: query.name,
+                        reason: reason.clone(),
+                    });
+                }
+            }
+        }
+        Ok(values)
+    }
+
+    /// Whether the keys of `rule` hold for the call: action,
+    /// authentication, issuer, project, channel (one split only), peer
+    /// SPIFFE ID. `Ok` with the captures, or the `Match` that it is not.
+    fn match_keys<'a>(
+        &self,
+        rule: &'a Rule,
+        caller: Caller<'a>,
+        request: &'a Request,
+    ) -> Result<Captures<'a>, Match<'a>> {
+        if !rule.actions.contains(&request.action) {
+            return Err(Match::No(Miss::Action));
+        }
+        if let Some(miss) = check_authentication(rule, caller) {
+            return Err(Match::No(miss));
+        }
+        // A caller without a JWT has no issuer, so a rule that names one
+        // never applies to it.
+        if let Some(iss) = &rule.issuer
+            && caller.principal.is_none_or(|p| p.issuer != *iss)
+        {
+            return Err(Match::No(Miss::Issuer));
+        }
+        if let (Some(wanted), Some(own)) = (&request.project, &rule.project)
+            && wanted != own
+        {
+            return Err(Match::No(Miss::Project));
+        }
+        let mut captures = match (&rule.channel, &request.channel) {
+            (None, _) => Vec::new(),
+            (Some(_), None) => return Err(Match::No(Miss::NoChannel)),
+            (Some(p), Some(ChannelScope::Wildcard)) if p.is_star() => Vec::new(),
+            (Some(p), Some(ChannelScope::Named(name))) => match p.split(name.as_str()) {
+                Split::One(captures) => captures,
+                Split::NoMatch => return Err(Match::No(Miss::Channel(p.as_str()))),
+                Split::Ambiguous {
+                    capture,
+                    first,
+                    second,
+                } => {
+                    let ambiguity = Ambiguity {
+                        pattern: p.as_str(),
+                        capture,
+                        first,
+                        second,
+                    };
+                    // What a rule decides must not depend on the split: an
+                    // allow rule does not apply, a deny rule denies.
+                    return Err(match rule.effect {
+                        Effect::Allow => Match::No(Miss::Ambiguous(ambiguity)),
+                        Effect::Deny => Match::Ambiguous(ambiguity),
+                    });
+                }
+            },
+            (Some(p), Some(ChannelScope::Wildcard)) => {
+                return Err(Match::No(Miss::Channel(p.as_str())));
+            }
+        };
+        if let Some(pattern) = &rule.peer_spiffe_id {
+            match peer_captures(pattern, caller) {
+                Ok(found) => captures.extend(found),
+                Err(miss) => return Err(Match::No(miss)),
+            }
+        }
+        Ok(captures)
     }
 }
 
@@ -382,6 +581,7 @@ fn fits_but_for_authentication(rule: &Rule, caller: Caller<'_>, request: &Reques
 /// `evaluate` pays nothing for it.
 fn note(
     trace: &mut Option<&mut Trace>,
+    used: &mut Vec<FactTrace>,
     index: usize,
     rule: &Rule,
     outcome: impl FnOnce() -> RuleOutcome,
@@ -391,6 +591,7 @@ fn note(
             index,
             name: rule.name.clone(),
             outcome: outcome(),
+            facts: std::mem::take(used),
         });
     }
 }
@@ -429,6 +630,10 @@ impl Miss<'_> {
                 condition: condition.to_owned(),
                 error,
             },
+            Miss::FactUnavailable(unreadable) => RuleOutcome::FactUnavailable {
+                fact: unreadable.fact().to_owned(),
+                reason: unreadable.to_string(),
+            },
         }
     }
 }
@@ -439,6 +644,17 @@ fn deny(reason: DenyReason, rule: Option<&Rule>, detail: String) -> Decision {
         reason,
         rule: rule.map(|r| r.name.clone()),
         detail,
+        fact: None,
+    })
+}
+
+/// `fact_unavailable` by `rule`, naming the fact and why.
+fn fact_unavailable(rule: &Rule, unreadable: &Unreadable, why: &str) -> Decision {
+    Decision::Deny(Denial {
+        reason: DenyReason::FactUnavailable,
+        rule: Some(rule.name.clone()),
+        detail: format!("{why}: {unreadable}"),
+        fact: Some(unreadable.fact().to_owned()),
     })
 }
 

@@ -26,6 +26,11 @@ impl KeyExpression {
     pub fn compile(source: &str) -> Result<Self, String> {
         let env = Arc::new(Env::stdlib());
         let (program, reads) = condition::compile_program(&env, source)?;
+        if program.references().has_variable("facts") {
+            return Err(
+                "reads `facts`; a key is computed from the caller and the request alone".to_owned(),
+            );
+        }
         Ok(Self {
             source: source.to_owned(),
             program,

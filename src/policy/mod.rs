@@ -20,6 +20,7 @@ mod condition;
 mod config;
 mod decision;
 mod evaluate;
+mod fact;
 mod grant;
 mod key;
 mod pattern;
@@ -39,6 +40,7 @@ use compile::{Rule, compile_rule};
 use condition::Reads;
 
 pub use compile::Issuer;
+pub use fact::{FactDeclaration, FactQuery, FactTrace, Facts, Fetched, InputTemplate};
 pub use key::KeyExpression;
 
 /// Requests and grants name channels with the domain's scope, which the token layer also takes.
@@ -64,6 +66,8 @@ pub struct Policy {
     env: Arc<Env>,
     /// What the rules' conditions read, so an activation builds only that.
     reads: Reads,
+    /// The facts the config declares; rules refer to them by index.
+    facts: Vec<FactDeclaration>,
 }
 
 /// A problem that does not stop loading but that an operator should see.
@@ -148,6 +152,19 @@ impl Policy {
         projects: &[S],
         issuers: &[Issuer],
     ) -> Result<(Policy, Vec<PolicyWarning>), PolicyError> {
+        Self::compile_with_facts(rules, projects, issuers, Vec::new())
+    }
+
+    /// Checks and compiles `rules` like [`Policy::compile_with_issuers`],
+    /// with the `facts` their conditions may read (`facts.<name>`): a rule
+    /// that reads an undeclared fact, or a fact whose inputs read a capture
+    /// the rule does not have, is refused.
+    pub fn compile_with_facts<S: AsRef<str>>(
+        rules: &[RuleConfig],
+        projects: &[S],
+        issuers: &[Issuer],
+        facts: Vec<FactDeclaration>,
+    ) -> Result<(Policy, Vec<PolicyWarning>), PolicyError> {
         let env = Arc::new(Env::stdlib());
         let projects: BTreeSet<String> = projects.iter().map(|p| p.as_ref().to_owned()).collect();
         let mut compiled: Vec<Rule> = Vec::with_capacity(rules.len());
@@ -160,7 +177,9 @@ impl Policy {
                     reason: format!("rules[{first}] already has this name; names must be unique"),
                 });
             }
-            compiled.push(compile_rule(&env, index, config, &projects, issuers)?);
+            compiled.push(compile_rule(
+                &env, index, config, &projects, issuers, &facts,
+            )?);
         }
         let mut warnings = shadowing(&compiled);
         warnings.extend(ambiguity(&compiled));
@@ -182,6 +201,7 @@ impl Policy {
                     .collect(),
                 env,
                 reads,
+                facts,
             },
             warnings,
         ))
@@ -195,6 +215,11 @@ impl Policy {
     /// Whether the policy has no rules (and so denies everything).
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
+    }
+
+    /// Whether some rule reads a fact: without one, no call fetches any.
+    pub fn reads_facts(&self) -> bool {
+        self.rules.iter().any(|r| !r.facts.is_empty())
     }
 
     /// The rule names, in order.

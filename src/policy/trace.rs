@@ -4,6 +4,7 @@
 use std::fmt;
 
 use super::decision::Decision;
+use super::fact::FactTrace;
 
 /// The full story of one evaluation.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +26,8 @@ pub struct RuleTrace {
     pub name: String,
     /// What happened.
     pub outcome: RuleOutcome,
+    /// The facts its condition read, as fetched for this call.
+    pub facts: Vec<FactTrace>,
 }
 
 /// Why a rule did or did not match.
@@ -81,6 +84,14 @@ pub enum RuleOutcome {
         condition: String,
         /// The evaluation error, one line.
         error: String,
+    },
+    /// A fact the condition reads could not be had: an allow rule does not
+    /// apply, a deny rule denies (`fact_unavailable`).
+    FactUnavailable {
+        /// The fact's name.
+        fact: String,
+        /// Why it is unavailable.
+        reason: String,
     },
     /// Every match key held: this rule decided.
     Matched {
@@ -142,6 +153,9 @@ impl fmt::Display for RuleOutcome {
             RuleOutcome::ConditionFailed { condition, error } => {
                 write!(f, "condition failed ({error}): {condition}")
             }
+            RuleOutcome::FactUnavailable { fact, reason } => {
+                write!(f, "fact_unavailable: facts.{fact}: {reason}")
+            }
             RuleOutcome::Matched { captures } if captures.is_empty() => f.write_str("matched"),
             RuleOutcome::Matched { captures } => {
                 f.write_str("matched with")?;
@@ -161,6 +175,9 @@ impl fmt::Display for Trace {
         }
         for rule in &self.rules {
             writeln!(f, "rules[{}] {:?}: {}", rule.index, rule.name, rule.outcome)?;
+            for fact in &rule.facts {
+                writeln!(f, "  {fact}")?;
+            }
         }
         match &self.decision {
             Some(Decision::Allow(grant)) => write!(f, "allow by rule {:?}", grant.rule()),

@@ -496,6 +496,32 @@ pub(crate) fn announce_limits(
     );
 }
 
+/// Logs each configured fact at start and when a reload changes them:
+/// where it comes from and how long it is cached, never a secret.
+pub(crate) fn announce_facts(facts: &crate::facts::FactSources) {
+    use crate::facts::SourceSettings;
+    for fact in &facts.config().facts {
+        let (kind, source, notify) = match &fact.source {
+            SourceSettings::Postgres(pg) => (
+                "postgres",
+                format!("databases.{}", pg.database),
+                pg.notify_channel.as_deref(),
+            ),
+            SourceSettings::Http(http) => ("http", http.url.as_str().to_owned(), None),
+        };
+        tracing::info!(
+            fact = %fact.name,
+            kind,
+            source = %source,
+            ttl = ?fact.ttl,
+            negative_ttl = ?fact.negative_ttl,
+            timeout = ?fact.timeout,
+            notify_channel = notify,
+            "fact configured"
+        );
+    }
+}
+
 /// Binds the config's listen addresses, each with the config's listen
 /// backlog. Done after the config is validated, so a bad config never holds a port.
 pub async fn bind(
@@ -569,12 +595,20 @@ async fn serve_with(
             })?,
     );
     announce_limits(&config.rate_limits, config.limiter.redis.as_ref());
+    let facts = crate::facts::FactSources::start(config.facts).map_err(|e| {
+        crate::config::ConfigError::Invalid {
+            key: "facts".to_owned(),
+            message: e.to_string(),
+        }
+    })?;
+    announce_facts(&facts);
     let live = Arc::new(arc_swap::ArcSwap::from_pointee(crate::pipeline::Live {
         gate,
         authenticator,
         routes: routes_config.clone(),
         trusted_proxies: config.trusted_proxy.map(Arc::new),
         limits: Arc::new(config.rate_limits),
+        facts,
     }));
     let metrics = observe::metrics(&live, &limiter);
     metrics.config_loaded(config.fingerprint.as_str(), crate::entropy::unix_now());

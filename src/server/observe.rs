@@ -11,7 +11,7 @@ use crate::grpc::pb;
 use crate::identity::Freshness;
 use crate::limits::Limiter;
 use crate::metrics::{
-    BuildInfo, IssuerSnapshot, IssuerState, JwtCacheState, LimitsState, Method, Metrics,
+    BuildInfo, FactsState, IssuerSnapshot, IssuerState, JwtCacheState, LimitsState, Method, Metrics,
 };
 use crate::pipeline::Live;
 
@@ -111,6 +111,24 @@ impl IssuerSnapshot for Issuers {
             max_in_flight: self.0.load().limits.max_in_flight() as u64,
             local_keys: limiter.local().len() as u64,
             redis_up: limiter.redis().map(|redis| !redis.failing()),
+        }
+    }
+
+    fn facts(&self) -> FactsState {
+        let live = self.0.load();
+        FactsState {
+            caches: live
+                .facts
+                .cache_stats()
+                .into_iter()
+                .map(|c| (c.name.to_string(), c.entries as u64, c.capacity as u64))
+                .collect(),
+            listeners: live
+                .facts
+                .listeners()
+                .into_iter()
+                .filter_map(|(name, up)| Some((name, up?)))
+                .collect(),
         }
     }
 

@@ -117,6 +117,7 @@ struct Changes {
     jwt_cache_changed: bool,
     trusted_proxy_changed: bool,
     limits_changed: bool,
+    facts_changed: bool,
     tls: &'static str,
     needs_restart: Vec<&'static str>,
 }
@@ -353,6 +354,23 @@ impl Reloader {
             // Turning it on takes a restart too: the service is not registered.
             (false, _) => None,
         };
+        // Unchanged facts keep their pools, caches and listeners; changed
+        // ones start afresh (a database that is down only fails its facts).
+        let facts = match old.facts.restart(parts.facts) {
+            Ok(facts) => facts,
+            Err(error) => {
+                let error = ConfigError::Invalid {
+                    key: "facts".to_owned(),
+                    message: error.to_string(),
+                };
+                self.refuse(&error, trigger);
+                return;
+            }
+        };
+        changes.facts_changed = !Arc::ptr_eq(&facts, &old.facts);
+        if changes.facts_changed {
+            super::announce_facts(&facts);
+        }
         let trusted_proxies = parts.trusted_proxy.map(Arc::new);
         changes.trusted_proxy_changed = old.trusted_proxies != trusted_proxies;
         // TLS on or off needs a restart (`needs_restart` names `server.tls`).
@@ -386,6 +404,7 @@ impl Reloader {
             routes,
             trusted_proxies,
             limits: Arc::new(parts.rate_limits),
+            facts,
         }));
         // The old follower holds the old authenticator: stopping it lets
         // the removed issuers' refreshers stop once the last call on the
@@ -468,6 +487,7 @@ impl Changes {
             && !self.jwt_cache_changed
             && !self.trusted_proxy_changed
             && !self.limits_changed
+            && !self.facts_changed
             && self.tls == "unchanged"
     }
 
@@ -498,6 +518,7 @@ impl Changes {
             jwt_cache_changed = self.jwt_cache_changed,
             trusted_proxy_changed = self.trusted_proxy_changed,
             limits_changed = self.limits_changed,
+            facts_changed = self.facts_changed,
             tls = self.tls,
             needs_restart = ?self.needs_restart,
             "config reloaded"

@@ -1,0 +1,248 @@
+//! One fact's cache: its inputs to the value (or the failure) they gave, each
+//! entry expiring by its kind (`ttl`, `negative_ttl` for an empty result,
+//! `error_ttl` for a failure), bounded in entries.
+//!
+//! quick_cache for the same reasons as the verified-JWT cache (sharded, no
+//! global lock, a flood of one-shot keys cannot push out the keys in use),
+//! and for its placeholder: concurrent misses of one key wait for the one
+//! fetch in flight instead of each asking the database.
+//!
+//! Invalidation (a PostgreSQL notification) removes one key or clears the
+//! cache, and bumps a generation: a fetch that started before it does not
+//! store what it read, since it may predate the change.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::domain::ClaimValue;
+
+use super::{FactSettings, FetchOutcome};
+
+/// A fact's cache.
+pub(crate) struct Cache {
+    inner: Arc<Inner>,
+    ttl_ns: u64,
+    negative_ttl_ns: u64,
+    error_ttl_ns: u64,
+}
+
+/// The part an invalidator shares.
+struct Inner {
+    entries: quick_cache::sync::Cache<Vec<String>, Entry>,
+    generation: AtomicU64,
+}
+
+/// A handle that drops cached entries when the data behind them changes.
+#[derive(Clone)]
+pub(crate) struct Invalidator {
+    inner: Arc<Inner>,
+}
+
+#[derive(Clone)]
+struct Entry {
+    value: Result<Arc<ClaimValue>, Arc<str>>,
+    expires_ns: u64,
+}
+
+/// A fact's cache size.
+#[derive(Debug, Clone)]
+pub struct CacheStats {
+    /// The fact's name.
+    pub name: Arc<str>,
+    /// The entries held.
+    pub entries: usize,
+    /// The most it holds.
+    pub capacity: usize,
+}
+
+impl Cache {
+    pub(crate) fn new(settings: &FactSettings) -> Self {
+        let nanos = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        Self {
+            inner: Arc::new(Inner {
+                entries: quick_cache::sync::Cache::new(settings.max_entries.max(1)),
+                generation: AtomicU64::new(0),
+            }),
+            ttl_ns: nanos(settings.ttl),
+            negative_ttl_ns: nanos(settings.negative_ttl),
+            error_ttl_ns: nanos(settings.error_ttl),
+        }
+    }
+
+    pub(crate) fn invalidator(&self) -> Invalidator {
+        Invalidator {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+
+    pub(crate) fn stats(&self, name: &Arc<str>) -> CacheStats {
+        CacheStats {
+            name: Arc::clone(name),
+            entries: self.inner.entries.len(),
+            capacity: usize::try_from(self.inner.entries.capacity()).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// The value for `inputs` at `now_ns`: a live entry, else `fetch`'s
+    /// answer, stored for as long as its kind is kept.
+    pub(crate) async fn get_or_fetch<F, Fut>(
+        &self,
+        inputs: &[String],
+        now_ns: u64,
+        fetch: F,
+    ) -> (Result<Arc<ClaimValue>, String>, FetchOutcome)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = (Result<ClaimValue, String>, FetchOutcome)>,
+    {
+        if self.ttl_ns == 0 && self.negative_ttl_ns == 0 && self.error_ttl_ns == 0 {
+            let (value, outcome) = fetch().await;
+            return (value.map(Arc::new), outcome);
+        }
+        let guard = loop {
+            match self.inner.entries.get_value_or_guard_async(inputs).await {
+                Ok(entry) if entry.expires_ns > now_ns => {
+                    return match entry.value {
+                        Ok(value) => (Ok(value), FetchOutcome::Hit),
+                        Err(reason) => (Err(reason.to_string()), FetchOutcome::ErrorHit),
+                    };
+                }
+                // Expired: dropped (unless a fresher one replaced it), then asked again.
+                Ok(_) => {
+                    self.inner
+                        .entries
+                        .remove_if(inputs, |e| e.expires_ns <= now_ns);
+                }
+                Err(guard) => break guard,
+            }
+        };
+        let generation = self.inner.generation.load(Ordering::Acquire);
+        let (value, outcome) = fetch().await;
+        let value = value.map(Arc::new);
+        let keep_ns = match &value {
+            Ok(v) if is_empty(v) => self.negative_ttl_ns,
+            Ok(_) => self.ttl_ns,
+            Err(_) => self.error_ttl_ns,
+        };
+        // Stored only if nothing was invalidated while it was read; else
+        // the guard drops and the next caller fetches afresh.
+        if keep_ns > 0 && self.inner.generation.load(Ordering::Acquire) == generation {
+            let entry = Entry {
+                value: value.clone().map_err(|e| Arc::from(e.as_str())),
+                expires_ns: now_ns.saturating_add(keep_ns),
+            };
+            let _ = guard.insert(entry);
+        }
+        (value, outcome)
+    }
+}
+
+impl Invalidator {
+    /// Drops every entry.
+    pub(crate) fn clear(&self) {
+        self.inner.generation.fetch_add(1, Ordering::AcqRel);
+        self.inner.entries.clear();
+    }
+
+    /// Drops the entry of `inputs`.
+    pub(crate) fn remove(&self, inputs: &[String]) {
+        self.inner.generation.fetch_add(1, Ordering::AcqRel);
+        self.inner.entries.remove(inputs);
+    }
+}
+
+/// An empty result: no rows, `null`, `[]`, `{}`.
+fn is_empty(value: &ClaimValue) -> bool {
+    match value {
+        ClaimValue::Null => true,
+        ClaimValue::Array(items) => items.is_empty(),
+        ClaimValue::Object(fields) => fields.is_empty(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::facts::{HttpMethod, HttpSettings, SourceSettings, UrlTemplate};
+    use std::time::Duration;
+
+    fn settings(max_entries: usize) -> FactSettings {
+        FactSettings {
+            name: Arc::from("f"),
+            source: SourceSettings::Http(HttpSettings {
+                url: UrlTemplate::parse("http://127.0.0.1:1/{caller.subject}").unwrap(),
+                method: HttpMethod::Get,
+                headers: Vec::new(),
+                body: Vec::new(),
+                secret: None,
+                secret_header: "authorization".into(),
+                secret_prefix: "Bearer ".into(),
+                ca_pem: None,
+                max_response_bytes: 1024,
+            }),
+            timeout: Duration::from_millis(100),
+            ttl: Duration::from_secs(10),
+            negative_ttl: Duration::from_secs(2),
+            error_ttl: Duration::from_secs(1),
+            max_entries,
+        }
+    }
+
+    async fn get(
+        cache: &Cache,
+        key: &str,
+        now: u64,
+        answer: Result<ClaimValue, String>,
+    ) -> FetchOutcome {
+        let outcome = if answer.is_ok() {
+            FetchOutcome::Fetched
+        } else {
+            FetchOutcome::Failed
+        };
+        cache
+            .get_or_fetch(&[key.to_owned()], now, || async move { (answer, outcome) })
+            .await
+            .1
+    }
+
+    const S: u64 = 1_000_000_000;
+
+    #[tokio::test]
+    async fn entries_expire_by_kind_and_invalidation_drops_them() {
+        let cache = Cache::new(&settings(100));
+        let row = || Ok(ClaimValue::Array(vec![ClaimValue::Int(1)]));
+        let empty = || Ok(ClaimValue::Array(vec![]));
+        assert_eq!(get(&cache, "a", 0, row()).await, FetchOutcome::Fetched);
+        assert_eq!(get(&cache, "a", 9 * S, row()).await, FetchOutcome::Hit);
+        assert_eq!(get(&cache, "a", 10 * S, row()).await, FetchOutcome::Fetched);
+        assert_eq!(get(&cache, "e", 0, empty()).await, FetchOutcome::Fetched);
+        assert_eq!(get(&cache, "e", S, empty()).await, FetchOutcome::Hit);
+        assert_eq!(
+            get(&cache, "e", 2 * S, empty()).await,
+            FetchOutcome::Fetched
+        );
+        assert_eq!(
+            get(&cache, "x", 0, Err("down".into())).await,
+            FetchOutcome::Failed
+        );
+        assert_eq!(get(&cache, "x", S / 2, row()).await, FetchOutcome::ErrorHit);
+        assert_eq!(get(&cache, "x", S, row()).await, FetchOutcome::Fetched);
+        cache.invalidator().remove(&["a".to_owned()]);
+        assert_eq!(get(&cache, "a", 11 * S, row()).await, FetchOutcome::Fetched);
+        assert_eq!(get(&cache, "x", 2 * S, row()).await, FetchOutcome::Hit);
+        cache.invalidator().clear();
+        assert_eq!(get(&cache, "x", 2 * S, row()).await, FetchOutcome::Fetched);
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_keys_stays_within_the_bound() {
+        let cache = Cache::new(&settings(64));
+        for i in 0..10_000 {
+            get(&cache, &i.to_string(), 0, Ok(ClaimValue::Int(i))).await;
+        }
+        let stats = cache.stats(&Arc::from("f"));
+        assert!(stats.entries <= 64, "{}", stats.entries);
+    }
+}
