@@ -530,7 +530,11 @@ async fn explain_shows_each_rules_facts_their_values_the_cache_and_the_time() {
     assert!(fact.cached, "{fact:?}");
     let stranger = explain(&server, "carol", "room-r1").await;
     assert_eq!(stranger.deny_reason, "no_matching_rule");
-    let hosts = stranger.trace.iter().find(|r| r.rule == "room hosts").unwrap();
+    let hosts = stranger
+        .trace
+        .iter()
+        .find(|r| r.rule == "room hosts")
+        .unwrap();
     assert_eq!(hosts.facts[0].value_json, "[]");
     server.shutdown().await;
 }

@@ -31,6 +31,7 @@ mod log_writer;
 mod metrics;
 mod pipeline;
 mod policy_example;
+mod policy_facts;
 mod policy_props;
 mod policy_rules;
 mod policy_workload;

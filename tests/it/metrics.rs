@@ -14,24 +14,32 @@ use tonic::Code;
 use crate::support;
 use support::authz::{envoy_check, ext_authz_section, verdict};
 use support::binary::{Running, loopback};
+use support::fact_server::FactServer;
 use support::fixtures::ROOMS_AND_WEBINARS;
 use support::server::{TestServer, config_text};
 use tokengate::grpc::pb;
 use tokengate::grpc::pb::token_service_client::TokenServiceClient;
 
 /// A binary serving the rooms-and-webinars rules with ext_authz on.
-async fn start() -> (Running, support::JwksServer, support::TestKey) {
+async fn start() -> (Running, (support::JwksServer, FactServer), support::TestKey) {
     let (jwks, es256, _rs256) = support::server::test_keys().await;
-    // A generous rate limit, so its counter has samples to check.
+    // A generous rate limit, so its counter has samples to check; an HTTP
+    // fact a rule reads, so the fact families have samples too.
     let limit = "[[limits.rate]]\nname = \"per-caller\"\nkey = \"caller\"\nrate = \"1000/s\"\n";
+    let flags = FactServer::start().await;
+    let fact = format!(
+        "[[facts]]\nname = \"flag\"\nkind = \"http\"\nurl = \"{}/flags/{{caller.subject}}\"\n\n[[rules]]\nname = \"flagged\"\nactions = [\"rtc\"]\nchannel = \"flagged-*\"\ncondition = 'facts.flag != null'\nproject = \"main\"\naccount_claim = \"sub\"\n",
+        flags.url()
+    );
+    let rules = format!("{ROOMS_AND_WEBINARS}\n{fact}");
     let config = loopback(&format!(
         "{}\n{limit}\n{}",
-        config_text(&jwks.jwks_url(), ROOMS_AND_WEBINARS),
+        config_text(&jwks.jwks_url(), &rules),
         ext_authz_section("")
     ));
     let server = Running::start_config(&config);
     server.wait_ready().await;
-    (server, jwks, es256)
+    (server, (jwks, flags), es256)
 }
 
 /// One allowed, one denied and one unauthenticated `IssueRtcToken`, and one allowed Check.
@@ -73,6 +81,12 @@ async fn make_calls(server: &Running, es256: &support::TestKey) {
             .into_inner(),
     );
     assert!(matches!(got, support::authz::Verdict::Ok { .. }), "{got:?}");
+    // The flag service has no flag for alice (404, an empty fact): denied.
+    let flagged = client
+        .issue_rtc_token(TestServer::authed(&member, rtc("flagged-1")))
+        .await
+        .unwrap_err();
+    assert_eq!(flagged.code(), Code::PermissionDenied);
 }
 
 async fn scrape(server: &Running, accept: Option<&str>) -> (String, String) {
@@ -275,13 +289,18 @@ async fn a_real_prometheus_scrapes_the_counters_and_histograms() {
     let _prometheus = Kill(prometheus);
 
     let client = reqwest::Client::new();
-    let expectations: [(&str, f64); 7] = [
+    // make_calls: two denied IssueRtcToken calls (team-red-a, flagged-1) of four.
+    let expectations: [(&str, f64); 8] = [
         (
             r#"tokengate_decisions_total{action="rtc",decision="allow"}"#,
             1.0,
         ),
         (
             r#"tokengate_decisions_total{action="rtc",decision="deny",reason="no_matching_rule"}"#,
+            2.0,
+        ),
+        (
+            r#"tokengate_fact_lookups_total{fact="flag",result="fetched"}"#,
             1.0,
         ),
         (
@@ -298,7 +317,7 @@ async fn a_real_prometheus_scrapes_the_counters_and_histograms() {
         ),
         (
             r#"sum(grpc_server_handling_seconds_count{grpc_method="IssueRtcToken"})"#,
-            3.0,
+            4.0,
         ),
         (
             r#"sum(tokengate_tokens_issued_total{project="main",service="rtc"})"#,

@@ -377,12 +377,12 @@ async fn every_call_writes_exactly_one_audit_event_with_the_whole_schema() {
             .filter(|k| !matches!(*k, "target" | "level"))
             .collect();
         let mut schema = audit_fields();
-        assert_eq!(schema.len(), 24, "the README's schema: {schema:?}");
+        assert_eq!(schema.len(), 25, "the README's schema: {schema:?}");
         schema.sort_unstable();
         let mut keys: Vec<String> = keys.into_iter().map(str::to_owned).collect();
         keys.sort_unstable();
         assert_eq!(keys, schema, "every field in every event: {event}");
-        assert_eq!(event["schema"], 3);
+        assert_eq!(event["schema"], 4);
         assert!(event["latency_us"].is_u64(), "{event}");
     }
     // The gRPC events carry the request ids the replies returned.

@@ -348,6 +348,9 @@ uid_claim = "agora_uid"
         check(&p, who, request, expected);
         seen.insert(p.evaluate(who, request, NOW).deny_reason().unwrap());
     }
+    // A rule reading a fact that could not be had (tests/it/policy_facts.rs
+    // covers the cases; here, one that was never fetched).
+    seen.insert(crate::policy_facts::unfetched_fact_denial());
     let all: std::collections::BTreeSet<DenyReason> = DenyReason::ALL.into_iter().collect();
     assert_eq!(seen, all, "every deny reason must be covered by this table");
 }
@@ -377,6 +380,7 @@ fn deny_reason_codes_are_stable() {
             "ambiguous_channel",
             "jwt_expires_too_soon",
             "authentication_not_accepted",
+            "fact_unavailable",
         ]
     );
 }

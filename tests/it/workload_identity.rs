@@ -662,7 +662,7 @@ async fn the_audit_event_says_how_the_caller_authenticated_and_python_calls_with
         ],
         "{events:#?}"
     );
-    assert!(events.iter().all(|e| e["schema"] == 3), "{events:?}");
+    assert!(events.iter().all(|e| e["schema"] == 4), "{events:?}");
 
     // Python grpcio over mTLS, no JWT: the backend's SPIFFE ID is allowed,
     // billing's is denied.
