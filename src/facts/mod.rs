@@ -270,6 +270,7 @@ impl FactSources {
         }
         let databases: Vec<_> = databases.into_values().collect();
         for database in &databases {
+            database.warm();
             database.listen();
         }
         Ok(Arc::new(Self {

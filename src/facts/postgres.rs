@@ -205,6 +205,19 @@ impl Database {
         }
     }
 
+    /// Opens one pooled connection in the background, so the first call
+    /// does not pay for connecting; a failure is only logged (the pool
+    /// tries again on use).
+    pub(crate) fn warm(&self) {
+        let pool = self.pool.clone();
+        let name = self.name.clone();
+        tokio::spawn(async move {
+            if let Err(error) = pool.get().await {
+                tracing::warn!(database = %name, error = %error, "facts: the database is not reachable yet; its facts fail closed until it is");
+            }
+        });
+    }
+
     /// Starts the listener, if any fact subscribed.
     pub(crate) fn listen(self: &Arc<Self>) {
         let subscribers: Vec<(String, Invalidator)> = match self.subscribers.lock() {
@@ -394,9 +407,17 @@ impl Query {
 
     /// Runs the query with `inputs` as `$1`, `$2`, ...
     pub(crate) async fn run(&self, inputs: &[String]) -> Result<ClaimValue, SourceError> {
-        let client = self.database.pool.get().await.map_err(|e| {
-            SourceError::Failed(format!("no connection to {}: {e}", self.database.name))
-        })?;
+        // The connection is taken in a task of its own: when the call's
+        // timeout gives up on it, a connection being opened (TCP, TLS,
+        // SCRAM) is still finished and pooled rather than dropped half way,
+        // so a connect slower than the fact's timeout cannot starve every call.
+        let pool = self.database.pool.clone();
+        let client = tokio::spawn(async move { pool.get().await })
+            .await
+            .map_err(|e| SourceError::Failed(format!("the connection task failed: {e}")))?
+            .map_err(|e| {
+                SourceError::Failed(format!("no connection to {}: {e}", self.database.name))
+            })?;
         let statement = client.prepare_cached(&self.query).await.map_err(|e| {
             SourceError::Failed(format!("the query does not prepare: {}", db_error(&e)))
         })?;

@@ -576,3 +576,70 @@ async fn the_database_may_require_tls() {
     );
     server.shutdown().await;
 }
+
+/// A TCP proxy to `target` that holds each new connection `delay` before
+/// passing bytes: a database that is slow to connect to.
+async fn slow_proxy(target: u16, delay: Duration) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                if let Ok(mut outbound) =
+                    tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn a_connection_slower_than_the_facts_timeout_is_still_made_and_pooled() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut pg, password) = database(&dir).await;
+    let port = slow_proxy(pg.port(), Duration::from_millis(600)).await;
+    let facts = facts_config(&pg, &password, "", "")
+        .replace(&format!(":{}/", pg.port()), &format!(":{port}/"))
+        .replace(
+            "timeout = \"2s\"",
+            "timeout = \"200ms\"\nttl = \"0s\"\nnegative_ttl = \"0s\"\nerror_ttl = \"0s\"",
+        );
+    assert!(facts.contains(&format!(":{port}/")), "{facts}");
+    let server = start(&facts).await;
+    // Each call gives up after 200 ms, but the connection it started (600 ms
+    // to open) is finished and pooled: calls succeed from then on. Were it
+    // dropped with the call, every call would start a connection anew and
+    // none would ever finish.
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            issue(&server, "bob", "room-r1", pb::Role::Subscriber)
+                .await
+                .is_ok()
+        })
+        .await,
+        "no call ever got a connection"
+    );
+    for _ in 0..5 {
+        issue(&server, "bob", "room-r1", pb::Role::Subscriber)
+            .await
+            .unwrap();
+    }
+    // A restart kills the pooled connections: new ones are opened the same
+    // way, by calls that each give up before a connection is ready.
+    pg.restart().await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            issue(&server, "bob", "room-r1", pb::Role::Subscriber)
+                .await
+                .is_ok()
+        })
+        .await,
+        "no call got a connection after PostgreSQL restarted: {:?}",
+        issue(&server, "bob", "room-r1", pb::Role::Subscriber).await
+    );
+    server.shutdown().await;
+}

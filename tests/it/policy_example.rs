@@ -1,4 +1,8 @@
-//! Loads `deploy/examples/policy.toml` and checks each scenario it teaches.
+//! Loads `deploy/examples/policy.toml`, with the facts that
+//! `deploy/examples/tokengate.toml` declares, and checks each scenario it
+//! teaches; the webinar rules' facts are given as data here (as the
+//! pipeline hands them over), and `facts_example.rs` runs the same rules
+//! against a real PostgreSQL loaded with `deploy/examples/facts-schema.sql`.
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
@@ -8,8 +12,8 @@ use tokengate::domain::{
     Account, ChannelName, ClaimValue, Fingerprint, PeerIdentity, Principal, Role, RtcIdentity, Uid,
 };
 use tokengate::policy::{
-    Action, BoundIdentity, Caller, Decision, DenyReason, Grant, Peer, Policy, Request,
-    RequestedIdentity, Service,
+    Action, BoundIdentity, Caller, Decision, DenyReason, Facts, Fetched, Grant, Peer, Policy,
+    Request, RequestedIdentity, Service,
 };
 
 const NOW: u64 = 1_800_000_000;
@@ -17,11 +21,52 @@ const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/examples/poli
 const LOGIN: &str = "https://login.example.com";
 const BACKEND: &str = "https://backend-auth.example.com";
 
+/// The example's rules, compiled with the facts the example config declares.
 fn example() -> Policy {
     let text = std::fs::read_to_string(EXAMPLE).unwrap();
-    let (policy, warnings) = Policy::from_toml(&text, &["main", "events"]).unwrap();
+    let config: tokengate::policy::PolicyConfig = toml::from_str(&text).unwrap();
+    let declared = example_config().facts().declarations();
+    let (policy, warnings) =
+        Policy::compile_with_facts(&config.rules, &["main", "events"], &[], declared).unwrap();
     assert!(warnings.is_empty(), "{warnings:?}");
     policy
+}
+
+/// `deploy/examples/tokengate.toml`, loaded with dummy secrets.
+fn example_config() -> tokengate::config::Config {
+    let path = std::path::Path::new(EXAMPLE).with_file_name("tokengate.toml");
+    let env = |name: &str| match name {
+        "TOKENGATE_DB_PASSWORD" => Some("dummy".to_owned()),
+        _ if name.starts_with("AGORA_") => Some("5CFd2fd1755d40ecb72977518be15d3b".to_owned()),
+        _ => None,
+    };
+    tokengate::config::load_file(&path, &env).unwrap()
+}
+
+/// Evaluates `request` with the facts the rules ask for, each answered from
+/// `rows` (fact name to its rows for this caller and event; none: no rows).
+fn with_facts(
+    p: &Policy,
+    who: &Principal,
+    request: &Request,
+    rows: &[(&str, serde_json::Value)],
+) -> Decision {
+    let mut facts = Facts::none();
+    for query in p.facts_needed(who, request) {
+        let value = rows
+            .iter()
+            .find(|(name, _)| *name == &*query.name)
+            .map_or(ClaimValue::Array(vec![]), |(_, v)| to_claim(v));
+        facts.insert(
+            query,
+            Fetched {
+                value: Ok(std::sync::Arc::new(value)),
+                cached: false,
+                elapsed_us: 0,
+            },
+        );
+    }
+    p.evaluate_with_facts(who, request, NOW, &facts)
 }
 
 fn to_claim(value: &serde_json::Value) -> ClaimValue {
@@ -212,12 +257,34 @@ fn team_members_publish_in_their_team_rooms() {
 #[test]
 fn webinar_hosts_publish_and_attendees_watch() {
     let p = example();
-    let host = person(LOGIN, "host-7", &[], json!({"hosting": ["launch"]}));
-    let attendee = person(LOGIN, "guest-9", &[], json!({"tickets": ["launch"]}));
+    let host = person(LOGIN, "host-7", &[], json!({}));
+    let attendee = person(LOGIN, "guest-9", &[], json!({}));
     let stranger = person(LOGIN, "nobody", &[], json!({}));
+    let hosting = [("event_hosts", json!([{"user_id": "host-7"}]))];
+    let ticket = [("tickets", json!([{"tier": "standard"}]))];
+    let launch = |role| rtc("webinar-launch", role);
+
+    // The facts are asked for this event and this caller, and only those.
+    let needed = p.facts_needed(&attendee, &launch(Role::Subscriber));
+    let needed: Vec<(&str, Vec<&str>)> = needed
+        .iter()
+        .map(|q| (&*q.name, q.inputs.iter().map(String::as_str).collect()))
+        .collect();
+    assert_eq!(
+        needed,
+        vec![
+            ("event_hosts", vec!["launch", "guest-9"]),
+            ("tickets", vec!["launch", "guest-9"]),
+        ]
+    );
+    // Not for a team room: no rule that reads them can decide it.
+    assert!(
+        p.facts_needed(&attendee, &rtc("team-blue", Role::Subscriber))
+            .is_empty()
+    );
 
     let grant = allowed(
-        p.evaluate(&host, &rtc("webinar-launch", Role::Publisher), NOW),
+        with_facts(&p, &host, &launch(Role::Publisher), &hosting),
         "webinar hosts",
     );
     assert_eq!(
@@ -229,28 +296,72 @@ fn webinar_hosts_publish_and_attendees_watch() {
     assert_eq!(publish_secs(&grant), Some(3 * 3600));
 
     let grant = allowed(
-        p.evaluate(&attendee, &rtc("webinar-launch", Role::Subscriber), NOW),
+        with_facts(&p, &attendee, &launch(Role::Subscriber), &ticket),
         "webinar attendees",
     );
     assert_eq!(grant.role(), Role::Subscriber);
     assert_eq!(publish_secs(&grant), None);
     denied(
-        p.evaluate(&attendee, &rtc("webinar-launch", Role::Publisher), NOW),
+        with_facts(&p, &attendee, &launch(Role::Publisher), &ticket),
         DenyReason::RoleNotAllowed,
         Some("webinar attendees"),
     );
+    // A refunded ticket is no ticket.
     denied(
-        p.evaluate(&stranger, &rtc("webinar-launch", Role::Subscriber), NOW),
+        with_facts(
+            &p,
+            &attendee,
+            &launch(Role::Subscriber),
+            &[("tickets", json!([{"tier": "refunded"}]))],
+        ),
         DenyReason::NoMatchingRule,
         None,
     );
-    let mut too_long = rtc("webinar-launch", Role::Subscriber);
+    denied(
+        with_facts(&p, &stranger, &launch(Role::Subscriber), &[]),
+        DenyReason::NoMatchingRule,
+        None,
+    );
+    // Claims no longer make a host or an attendee: the facts do.
+    let claimed = person(
+        LOGIN,
+        "nobody",
+        &[],
+        json!({"hosting": ["launch"], "tickets": ["launch"]}),
+    );
+    denied(
+        with_facts(&p, &claimed, &launch(Role::Subscriber), &[]),
+        DenyReason::NoMatchingRule,
+        None,
+    );
+    let mut too_long = launch(Role::Subscriber);
     too_long.token_lifetime = NonZeroU32::new(5 * 3600);
     denied(
-        p.evaluate(&attendee, &too_long, NOW),
+        with_facts(&p, &attendee, &too_long, &ticket),
         DenyReason::TtlTooLong,
         Some("webinar attendees"),
     );
+    // The database down: the rules fail closed, naming the fact.
+    let down = p.facts_needed(&attendee, &launch(Role::Subscriber));
+    let mut facts = Facts::none();
+    for query in down {
+        facts.insert(
+            query,
+            Fetched {
+                value: Err("timed out after 250ms".to_owned()),
+                cached: false,
+                elapsed_us: 250_000,
+            },
+        );
+    }
+    match p.evaluate_with_facts(&attendee, &launch(Role::Subscriber), NOW, &facts) {
+        Decision::Deny(d) => {
+            assert_eq!(d.reason, DenyReason::FactUnavailable, "{d}");
+            assert_eq!(d.rule.as_deref(), Some("webinar hosts"));
+            assert_eq!(d.fact.as_deref(), Some("event_hosts"));
+        }
+        other => panic!("expected fact_unavailable, got {other:?}"),
+    }
 }
 
 #[test]
