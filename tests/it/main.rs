@@ -16,6 +16,7 @@ mod deploy;
 mod deploy_observability;
 mod ext_authz;
 mod fact_server_support;
+mod facts_http;
 mod facts_postgres;
 mod faults;
 mod hardening;
