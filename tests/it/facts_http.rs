@@ -4,7 +4,8 @@
 //!
 //! What is proved against the wire, not a mock: each templated URL part
 //! arrives percent-encoded (a capture full of `?#%&` or a subject with `/`
-//! stays one path segment), the fixed headers and the secret arrive, a POST
+//! stays one path segment, and one that is `..` is refused, never resolved
+//! to another path), the fixed headers and the secret arrive, a POST
 //! sends its JSON body; the cache, the negative cache (a 404) and the
 //! error cache each spare the service a request; a slow, huge, non-JSON,
 //! failing or redirecting service fails closed with `fact_unavailable` and
@@ -618,4 +619,37 @@ async fn the_binary_never_logs_the_secret_but_does_log_why_a_fetch_failed() {
             "the header is in a log line: {line}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_dot_segment_input_cannot_move_the_request_to_another_path() {
+    let service = FactServer::start().await;
+    let url = format!(
+        "{}/events/{{captures.event}}/tickets/{{caller.subject}}",
+        service.url()
+    );
+    let server = start(&fact(&url, "")).await;
+    // What a URL parser makes of `/events/../tickets/alice` and
+    // `/events/./tickets/alice` (`%2E` is no help: it resolves the same).
+    service.respond("/tickets/alice", Reply::json(200, json!({"seat": 1})));
+    service.respond(
+        "/events/tickets/alice",
+        Reply::json(200, json!({"seat": 1})),
+    );
+    service.respond("/events/e1/tickets", Reply::json(200, json!({"seat": 1})));
+    for (sub, channel) in [
+        ("alice", "event-.."),
+        ("alice", "event-."),
+        ("..", "event-e1"),
+    ] {
+        assert_unavailable(issue(&server, sub, channel).await, channel);
+        let trace = ticket_trace(&explain(&server, sub, channel).await);
+        assert!(trace.error.contains("path segment"), "{channel}: {trace:?}");
+    }
+    // Refused before asking: the service saw nothing.
+    assert_eq!(service.requests(), vec![]);
+    // Dots within a segment are a value like any other.
+    issue(&server, "alice", "event-...").await.unwrap_err();
+    assert_eq!(service.requests()[0].path, "/events/.../tickets/alice");
+    server.shutdown().await;
 }
