@@ -1,7 +1,9 @@
 //! HTTP facts: a JSON document from a company service, at a URL templated
 //! over the call (each templated part percent-encoded, so a capture can
-//! never add a path segment or a query), with fixed headers, an optional
-//! secret header, a timeout and a bound on the response's size.
+//! never add a path segment or a query, and one that would make a whole
+//! segment `.` or `..` is refused rather than resolved to another path),
+//! with fixed headers, an optional secret header, a timeout and a bound on
+//! the response's size.
 //!
 //! A 2xx answer is the document (which must be JSON); a 404 is `null`, an
 //! empty result cached for `negative_ttl`; any other status, a body larger
@@ -138,16 +140,46 @@ impl UrlTemplate {
         &self.source
     }
 
-    /// The URL with `values` (one per placeholder) percent-encoded in.
-    fn render(&self, values: &[String]) -> String {
+    /// The URL with `values` (one per placeholder) percent-encoded in, or
+    /// why it cannot be asked: a value that makes a whole path segment `.`
+    /// or `..`. Encoding cannot keep those in place (URL parsers resolve
+    /// `%2E%2E` like `..`), so `/events/{captures.event}/tickets` with the
+    /// capture `..` would ask `/tickets`, another resource.
+    fn render(&self, values: &[String]) -> Result<String, String> {
         let mut url = String::with_capacity(self.source.len() + 16);
+        // Where each value landed, to check the path segments they touch.
+        let mut spans = Vec::with_capacity(values.len());
         for (i, literal) in self.literals.iter().enumerate() {
             url.push_str(literal);
             if let Some(value) = values.get(i) {
+                let start = url.len();
                 encode_into(value, &mut url);
+                spans.push((start, url.len()));
             }
         }
-        url
+        // The path: from the first `/` after the authority to the query or
+        // fragment. An encoded value holds no `/`, `?` or `#`, so these are
+        // the template's own.
+        let after_scheme = url.find("://").map_or(0, |at| at + 3);
+        let Some(path_start) = url[after_scheme..].find('/').map(|at| after_scheme + at) else {
+            return Ok(url);
+        };
+        let path_end = url[path_start..]
+            .find(['?', '#'])
+            .map_or(url.len(), |at| path_start + at);
+        let mut start = path_start + 1;
+        for segment in url[path_start + 1..path_end].split('/') {
+            let end = start + segment.len();
+            let touched = spans.iter().any(|&(a, b)| a <= end && start <= b);
+            if touched && is_dot_segment(segment) {
+                return Err(
+                    "an input makes a `.` or `..` path segment, which would move the request to another path"
+                        .to_owned(),
+                );
+            }
+            start = end + 1;
+        }
+        Ok(url)
     }
 }
 
@@ -213,7 +245,8 @@ impl Fetcher {
         let url = self
             .settings
             .url
-            .render(&inputs[..in_url.min(inputs.len())]);
+            .render(&inputs[..in_url.min(inputs.len())])
+            .map_err(SourceError::Failed)?;
         let request = match self.settings.method {
             HttpMethod::Get => self.client.get(&url),
             HttpMethod::Post => {
@@ -279,6 +312,16 @@ impl Fetcher {
     }
 }
 
+/// Whether a URL parser resolves `segment` as `.` or `..` (the WHATWG URL
+/// standard's single- and double-dot segments, `%2e` in any case included).
+fn is_dot_segment(segment: &str) -> bool {
+    let lower = segment.to_ascii_lowercase();
+    matches!(
+        lower.as_str(),
+        "." | ".." | "%2e" | ".%2e" | "%2e." | "%2e%2e"
+    )
+}
+
 /// Percent-encodes everything but RFC 3986's unreserved characters, so a
 /// value is one path segment or one query value whatever it holds.
 fn encode_into(value: &str, out: &mut String) {
@@ -304,7 +347,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             t.render(&["a/b ?#".to_owned(), "é&x=1".to_owned()]),
-            "https://svc.internal/rooms/a%2Fb%20%3F%23/members?u=%C3%A9%26x%3D1"
+            Ok("https://svc.internal/rooms/a%2Fb%20%3F%23/members?u=%C3%A9%26x%3D1".to_owned())
         );
         assert!(UrlTemplate::parse("https://{captures.host}/x").is_err());
         assert!(UrlTemplate::parse("https://h.{captures.host}/x").is_err());
@@ -314,7 +357,47 @@ mod tests {
         assert!(UrlTemplate::parse("https://h/{nope}").is_err());
         assert_eq!(
             UrlTemplate::parse("http://h/x").unwrap().render(&[]),
-            "http://h/x"
+            Ok("http://h/x".to_owned())
         );
+    }
+
+    #[test]
+    fn a_value_that_makes_a_dot_segment_is_refused_wherever_it_lands() {
+        let render = |template: &str, values: &[&str]| {
+            let values: Vec<String> = values.iter().map(|v| (*v).to_owned()).collect();
+            UrlTemplate::parse(template).unwrap().render(&values)
+        };
+        for (template, values) in [
+            ("http://h/e/{captures.a}/t", &[".."][..]),
+            ("http://h/e/{captures.a}/t", &["."]),
+            ("http://h/e/{captures.a}", &[".."]),
+            ("http://h/{captures.a}{captures.b}/t", &[".", "."]),
+            ("http://h/e/.{captures.a}/t", &["."]),
+            ("http://h/e/%2E{captures.a}/t", &["."]),
+            ("http://h/e/.{captures.a}/t", &[""]),
+            ("http://h/e/{captures.a}?q=1", &[".."]),
+        ] {
+            assert!(render(template, values).is_err(), "{template} {values:?}");
+        }
+        // Dots that stay inside a segment, or sit in the query, are values like any other.
+        for (template, values, url) in [
+            (
+                "http://h/e/{captures.a}/t",
+                &["..."][..],
+                "http://h/e/.../t",
+            ),
+            ("http://h/e/{captures.a}/t", &["a.."], "http://h/e/a../t"),
+            ("http://h/e/x{captures.a}/t", &[".."], "http://h/e/x../t"),
+            ("http://h/e/{captures.a}/t", &["%2e"], "http://h/e/%252e/t"),
+            ("http://h/e?q={captures.a}", &[".."], "http://h/e?q=.."),
+            (
+                "http://h/e/t?q={captures.a}/x",
+                &[".."],
+                "http://h/e/t?q=../x",
+            ),
+            ("http://h/./{captures.a}", &["x"], "http://h/./x"),
+        ] {
+            assert_eq!(render(template, values), Ok(url.to_owned()), "{template}");
+        }
     }
 }

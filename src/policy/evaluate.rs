@@ -153,7 +153,7 @@ impl Policy {
     ) -> Vec<FactQuery> {
         let caller = caller.into();
         let mut needed: Vec<FactQuery> = Vec::new();
-        if self.facts.is_empty() || self.check_project(request, &mut None).is_some() {
+        if !self.reads_facts || self.check_project(request, &mut None).is_some() {
             return needed;
         }
         for rule in &self.rules {

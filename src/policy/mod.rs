@@ -68,6 +68,8 @@ pub struct Policy {
     reads: Reads,
     /// The facts the config declares; rules refer to them by index.
     facts: Vec<FactDeclaration>,
+    /// Whether some rule reads a fact (computed once: asked on every call).
+    reads_facts: bool,
 }
 
 /// A problem that does not stop loading but that an operator should see.
@@ -187,6 +189,7 @@ impl Policy {
         for condition in compiled.iter().filter_map(|rule| rule.condition.as_ref()) {
             reads |= condition.reads();
         }
+        let reads_facts = compiled.iter().any(|r| !r.facts.is_empty());
         let admits_workloads = compiled
             .iter()
             .any(|r| r.effect == Effect::Allow && r.authenticate == compile::Authenticate::Mtls);
@@ -202,6 +205,7 @@ impl Policy {
                 env,
                 reads,
                 facts,
+                reads_facts,
             },
             warnings,
         ))
@@ -219,7 +223,7 @@ impl Policy {
 
     /// Whether some rule reads a fact: without one, no call fetches any.
     pub fn reads_facts(&self) -> bool {
-        self.rules.iter().any(|r| !r.facts.is_empty())
+        self.reads_facts
     }
 
     /// The rule names, in order.

@@ -88,6 +88,8 @@ const LABELS: &[&str] = &[
     "result",
     "limit",
     "backend",
+    "fact",
+    "database",
 ];
 
 /// The `grpc_code` values the server writes (go-grpc-prometheus's spelling).

@@ -17,6 +17,7 @@ mod deploy_observability;
 mod ext_authz;
 mod fact_server_support;
 mod facts_example;
+mod facts_http;
 mod facts_postgres;
 mod faults;
 mod hardening;
