@@ -86,10 +86,16 @@ impl Cache {
 
     /// The value for `inputs` at `now_ns`: a live entry, else `fetch`'s
     /// answer, stored for as long as its kind is kept.
+    ///
+    /// A caller that finds another's fetch of the same key in flight waits
+    /// for it at most `wait` (the fact's timeout): were that fetch's answer
+    /// not stored (a failure with `error_ttl = 0`), waiters would otherwise
+    /// fetch one after another, each waiting for all before it.
     pub(crate) async fn get_or_fetch<F, Fut>(
         &self,
         inputs: &[String],
         now_ns: u64,
+        wait: std::time::Duration,
         fetch: F,
     ) -> (Result<Arc<ClaimValue>, String>, FetchOutcome)
     where
@@ -101,7 +107,16 @@ impl Cache {
             return (value.map(Arc::new), outcome);
         }
         let guard = loop {
-            match self.inner.entries.get_value_or_guard_async(inputs).await {
+            let found =
+                tokio::time::timeout(wait, self.inner.entries.get_value_or_guard_async(inputs))
+                    .await;
+            let Ok(found) = found else {
+                return (
+                    Err("timed out waiting for the same fact's fetch in flight".to_owned()),
+                    FetchOutcome::Timeout,
+                );
+            };
+            match found {
                 Ok(entry) if entry.expires_ns > now_ns => {
                     return match entry.value {
                         Ok(value) => (Ok(value), FetchOutcome::Hit),
@@ -202,7 +217,12 @@ mod tests {
             FetchOutcome::Failed
         };
         cache
-            .get_or_fetch(&[key.to_owned()], now, || async move { (answer, outcome) })
+            .get_or_fetch(
+                &[key.to_owned()],
+                now,
+                Duration::from_secs(1),
+                || async move { (answer, outcome) },
+            )
             .await
             .1
     }
@@ -234,6 +254,46 @@ mod tests {
         assert_eq!(get(&cache, "x", 2 * S, row()).await, FetchOutcome::Hit);
         cache.invalidator().clear();
         assert_eq!(get(&cache, "x", 2 * S, row()).await, FetchOutcome::Fetched);
+    }
+
+    #[tokio::test]
+    async fn a_caller_waits_for_a_fetch_in_flight_at_most_its_timeout() {
+        let mut unstored = settings(8);
+        unstored.error_ttl = Duration::ZERO;
+        let cache = Arc::new(Cache::new(&unstored));
+        let (release, held) = tokio::sync::oneshot::channel::<()>();
+        let first = {
+            let cache = Arc::clone(&cache);
+            tokio::spawn(async move {
+                cache
+                    .get_or_fetch(
+                        &["k".to_owned()],
+                        0,
+                        Duration::from_secs(5),
+                        || async move {
+                            let _ = held.await;
+                            (Err("down".to_owned()), FetchOutcome::Failed)
+                        },
+                    )
+                    .await
+                    .1
+            })
+        };
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The key's fetch is in flight and never answers in time: this
+        // caller gives up after its own wait, without fetching.
+        let key = ["k".to_owned()];
+        let waiter = cache.get_or_fetch(&key, 0, Duration::from_millis(50), || async {
+            (Ok(ClaimValue::Null), FetchOutcome::Fetched)
+        });
+        let (value, outcome) = tokio::time::timeout(Duration::from_secs(2), waiter)
+            .await
+            .expect("the waiter gives up on its own wait");
+        assert_eq!(outcome, FetchOutcome::Timeout);
+        assert!(value.unwrap_err().contains("in flight"));
+        let _ = release.send(());
+        assert_eq!(first.await.unwrap(), FetchOutcome::Failed);
     }
 
     #[tokio::test]

@@ -361,7 +361,7 @@ impl Fact {
         now_ns: u64,
     ) -> (Result<Arc<crate::domain::ClaimValue>, String>, FetchOutcome) {
         self.cache
-            .get_or_fetch(inputs, now_ns, || async {
+            .get_or_fetch(inputs, now_ns, self.settings.timeout, || async {
                 let (value, outcome) =
                     match tokio::time::timeout(self.settings.timeout, self.fetch(inputs)).await {
                         Ok(Ok(value)) => (Ok(value), FetchOutcome::Fetched),
