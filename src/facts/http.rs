@@ -84,6 +84,9 @@ impl UrlTemplate {
     /// Parses `text`, an `http://` or `https://` URL whose `{placeholders}`
     /// are in its path or query (never its scheme or host).
     pub fn parse(text: &str) -> Result<Self, String> {
+        // Errors quote the URL, and reach stderr and the reload log: never
+        // with a credential someone wrote into it.
+        let shown = without_userinfo(text);
         let mut literals = Vec::new();
         let mut placeholders = Vec::new();
         let mut rest = text;
@@ -91,7 +94,7 @@ impl UrlTemplate {
             match rest.find('{') {
                 None => {
                     if rest.contains('}') {
-                        return Err(format!("{text:?} has a `}}` that closes nothing"));
+                        return Err(format!("{shown:?} has a `}}` that closes nothing"));
                     }
                     literals.push(rest.to_owned());
                     break;
@@ -99,12 +102,12 @@ impl UrlTemplate {
                 Some(at) => {
                     let literal = &rest[..at];
                     if literal.contains('}') {
-                        return Err(format!("{text:?} has a `}}` that closes nothing"));
+                        return Err(format!("{shown:?} has a `}}` that closes nothing"));
                     }
                     literals.push(literal.to_owned());
                     let end = rest[at..]
                         .find('}')
-                        .ok_or_else(|| format!("{text:?} has a `{{` that is never closed"))?;
+                        .ok_or_else(|| format!("{shown:?} has a `{{` that is never closed"))?;
                     placeholders.push(InputTemplate::parse(&rest[at..at + end + 1])?);
                     rest = &rest[at + end + 1..];
                 }
@@ -116,17 +119,24 @@ impl UrlTemplate {
         let after_scheme = first
             .strip_prefix("https://")
             .or_else(|| first.strip_prefix("http://"))
-            .ok_or_else(|| format!("{text:?} is not an http:// or https:// URL"))?;
-        if !placeholders.is_empty() && !after_scheme.contains('/') {
+            .ok_or_else(|| format!("{shown:?} is not an http:// or https:// URL"))?;
+        if !placeholders.is_empty() && !after_scheme.contains(['/', '?']) {
             return Err(format!(
-                "{text:?} has a placeholder in its host; only the path and query may be templated"
+                "{shown:?} has a placeholder in its host; only the path and query may be templated"
             ));
         }
         let sample = literals.join("x");
         let parsed =
-            reqwest::Url::parse(&sample).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+            reqwest::Url::parse(&sample).map_err(|e| format!("{shown:?} is not a URL: {e}"))?;
         if parsed.host_str().is_none_or(str::is_empty) {
-            return Err(format!("{text:?} has no host"));
+            return Err(format!("{shown:?} has no host"));
+        }
+        // A credential in the URL would be sent as Basic auth, and printed
+        // by check-config and logged with the fact like the rest of the URL.
+        if !parsed.username().is_empty() || parsed.password().is_some() {
+            return Err(format!(
+                "{shown:?} holds a user name or password; put the credential in secret_file or secret_env (sent in secret_header)"
+            ));
         }
         Ok(Self {
             source: text.to_owned(),
@@ -322,6 +332,18 @@ fn is_dot_segment(segment: &str) -> bool {
     )
 }
 
+/// `text` with whatever precedes an `@` after the scheme shown as `***`:
+/// the user name and password a URL may hold (an `@` later in the path
+/// hides a little more than needed, which an error message can afford).
+fn without_userinfo(text: &str) -> String {
+    match (text.find("://"), text.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme + 3 => {
+            format!("{}***{}", &text[..scheme + 3], &text[at..])
+        }
+        _ => text.to_owned(),
+    }
+}
+
 /// Percent-encodes everything but RFC 3986's unreserved characters, so a
 /// value is one path segment or one query value whatever it holds.
 fn encode_into(value: &str, out: &mut String) {
@@ -359,6 +381,26 @@ mod tests {
             UrlTemplate::parse("http://h/x").unwrap().render(&[]),
             Ok("http://h/x".to_owned())
         );
+        for with_credentials in [
+            "https://svc:hunter2@h/{channel}",
+            "https://svc@h/{channel}",
+            "https://:hunter2@h/x",
+        ] {
+            let error = UrlTemplate::parse(with_credentials).unwrap_err();
+            assert!(error.contains("holds a user name or password"), "{error}");
+            assert!(
+                !error.contains("hunter2") && !error.contains("svc"),
+                "{error}"
+            );
+        }
+        // Nor does any other error quote the credential.
+        let error = UrlTemplate::parse("ftp://svc:hunter2@h/{channel}").unwrap_err();
+        assert!(error.contains("not an http://"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
+        // A placeholder may start the query of a URL without a path.
+        assert!(UrlTemplate::parse("https://h?u={caller.subject}").is_ok());
+        // An `@` in the path is no credential.
+        assert!(UrlTemplate::parse("https://h/users/{caller.subject}@corp").is_ok());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::support::fixtures::LOBBY;
 const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
 
 /// The certificates the example config reads from the environment (test values).
-const EXAMPLE_ENV: [(&str, &str); 3] = [
+pub(crate) const EXAMPLE_ENV: [(&str, &str); 3] = [
     (
         "AGORA_MAIN_CERT_PRIMARY",
         "5CFd2fd1755d40ecb72977518be15d3b",
@@ -37,7 +37,7 @@ fn example_dir() -> PathBuf {
 
 /// Runs the binary with only the given environment (plus PATH), never hanging.
 #[allow(clippy::disallowed_methods)] // The child process needs the runner's PATH to find its tools.
-fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+pub(crate) fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(BIN);
     command.args(args).env_clear();
     if let Some(path) = std::env::var_os("PATH") {
@@ -70,14 +70,14 @@ fn wait_bounded(mut child: std::process::Child) -> Output {
     );
 }
 
-fn text(output: &Output) -> (String, String) {
+pub(crate) fn text(output: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
 
-fn assert_no_certificate(all: &str) {
+pub(crate) fn assert_no_certificate(all: &str) {
     let lower = all.to_lowercase();
     for (_, cert) in EXAMPLE_ENV {
         assert!(
@@ -133,7 +133,7 @@ fn the_example_config_without_its_env_names_the_certificate() {
 }
 
 /// A valid config with one project, one issuer and one rule; each case edits it.
-fn base_config() -> String {
+pub(crate) fn base_config() -> String {
     r#"
 [server]
 grpc_listen = "127.0.0.1:0"

@@ -10,6 +10,7 @@ mod support;
 mod architecture;
 mod cli_config;
 mod cli_dev;
+mod cli_facts_config;
 mod cli_limits;
 mod cli_token;
 mod deploy;

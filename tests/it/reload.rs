@@ -3,7 +3,9 @@
 //! config written while a client calls without pause; SIGHUP and a file
 //! change each trigger a reload; an unchanged issuer keeps its refresher and
 //! a changed one restarts, and a removed one's stops; a changed listen
-//! address is reported as needing a restart; trusted proxies reload too.
+//! address is reported as needing a restart; trusted proxies reload too;
+//! unchanged facts keep their cache across a reload, changed ones start a
+//! fresh one, and an invalid fact keeps the old ones serving.
 
 use crate::support;
 
@@ -17,7 +19,7 @@ use serde_json::{Value, json};
 
 use support::binary::{Running, loopback};
 use support::server::{APP_ID, AUDIENCE, ISSUER, PRIMARY_CERT, SECONDARY_CERT, TestServer};
-use support::{JwksServer, TestKey};
+use support::{FactServer, JwksServer, Reply, TestKey};
 use tokengate::domain::Fingerprint;
 use tokengate::grpc::pb;
 use tokengate::grpc::pb::token_service_client::TokenServiceClient;
@@ -768,5 +770,167 @@ async fn a_reload_changes_the_rate_limits_and_keeps_the_budgets_spent() {
     for _ in 0..5 {
         call().await.unwrap();
     }
+    drop(client);
+}
+
+/// An HTTP fact `flag` read at `url/{caller.subject}`, cached for `ttl`,
+/// each fetch bounded by `timeout`, and the rule that reads it: `flagged-*`
+/// for callers whose flag is on.
+fn flag_fact(url: &str, ttl: &str, timeout: &str) -> String {
+    format!(
+        r#"
+[[facts]]
+name = "flag"
+kind = "http"
+url = "{url}/{{caller.subject}}"
+ttl = "{ttl}"
+timeout = "{timeout}"
+
+[[rules]]
+name = "flagged"
+channel = "flagged-*"
+actions = ["rtc"]
+condition = 'facts.flag != null && facts.flag.on == true'
+project = "main"
+max_role = "publisher"
+uid_claim = "agora_uid"
+default_ttl = "1h"
+max_ttl = "8h"
+"#
+    )
+}
+
+/// The "fact configured" log events so far.
+fn fact_announcements(server: &Running) -> Vec<Value> {
+    events(server)
+        .into_iter()
+        .filter(|e| e["message"] == "fact configured")
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn facts_keep_their_cache_across_an_unrelated_reload_and_start_afresh_when_changed() {
+    let es256 = TestKey::generate(Algorithm::ES256, "es-1");
+    let jwks = JwksServer::start(&[&es256]).await;
+    let flags = FactServer::start().await;
+    let certs = Certificates::new();
+    let old = certs.path("old");
+    let idp = issuer(&jwks.jwks_url());
+    let v1 = format!("{}/flags", flags.url());
+    let v2 = format!("{}/v2/flags", flags.url());
+    let text = |vip: &str, url: &str, ttl: &str, timeout: &str| {
+        let rules = format!("{}{}", rules(vip), flag_fact(url, ttl, timeout));
+        config(&[("old", &old)], "old", &idp, &rules)
+    };
+    flags.respond("/flags/alice", Reply::json(200, json!({"on": true})));
+    let first = text("vip-*", &v1, "10m", "2s");
+    let server = Running::start_config(&first);
+    server.wait_ready().await;
+    let alice = es256.mint(&TestServer::claims("alice", json!({"agora_uid": 42})));
+    let bob = es256.mint(&TestServer::claims("bob", json!({"agora_uid": 43})));
+    let client = TokenServiceClient::new(server.channel().await);
+    let call = |jwt: &str, channel: &str| {
+        let request =
+            TestServer::authed(jwt, support::fixtures::rtc(channel, pb::Role::Subscriber));
+        let mut client = client.clone();
+        async move {
+            client
+                .issue_rtc_token(request)
+                .await
+                .map(|_| ())
+                .map_err(|status| status.code())
+        }
+    };
+    let denied = Err(tonic::Code::PermissionDenied);
+
+    // One fetch, then the cache answers.
+    call(&alice, "flagged-1").await.unwrap();
+    call(&alice, "flagged-2").await.unwrap();
+    assert_eq!(flags.count("/flags/alice"), 1, "{:?}", flags.requests());
+    assert_eq!(fact_announcements(&server).len(), 1);
+    // From here the service says alice's flag is off: a call still allowed
+    // was answered by the cache, a denied one by a fresh fetch.
+    flags.respond("/flags/alice", Reply::json(200, json!({"on": false})));
+
+    // (a) Only an unrelated rule changes: the same sources, the same cache.
+    let narrowed = text("vip-1", &v1, "10m", "2s");
+    replace(server.config_path(), &narrowed);
+    let line = reloaded(&server, &narrowed).await;
+    assert_eq!(line["facts_changed"], false, "{line}");
+    assert_eq!(line["rules_changed"], "[\"vip\"]", "{line}");
+    assert_eq!(
+        call(&alice, "vip-2").await,
+        denied,
+        "the rule change applied"
+    );
+    call(&alice, "flagged-3").await.unwrap();
+    assert_eq!(flags.count("/flags/alice"), 1, "{:?}", flags.requests());
+    assert_eq!(fact_announcements(&server).len(), 1, "nothing re-announced");
+
+    // (b) The fact's ttl changes: new sources, an empty cache, a new fetch.
+    let longer = text("vip-1", &v1, "11m", "2s");
+    replace(server.config_path(), &longer);
+    let line = reloaded(&server, &longer).await;
+    assert_eq!(line["facts_changed"], true, "{line}");
+    assert_eq!(line["rules_changed"], "[]", "{line}");
+    assert_eq!(call(&alice, "flagged-4").await, denied);
+    assert_eq!(flags.count("/flags/alice"), 2, "{:?}", flags.requests());
+    assert_eq!(fact_announcements(&server).len(), 2, "announced again");
+    // ... and that cache is one too: the off flag is kept.
+    flags.respond("/flags/alice", Reply::json(200, json!({"on": true})));
+    assert_eq!(call(&alice, "flagged-5").await, denied);
+    assert_eq!(flags.count("/flags/alice"), 2, "{:?}", flags.requests());
+
+    // (b) The fact's URL changes: fetched at the new one.
+    flags.respond("/v2/flags/alice", Reply::json(200, json!({"on": true})));
+    let moved = text("vip-1", &v2, "11m", "2s");
+    replace(server.config_path(), &moved);
+    let line = reloaded(&server, &moved).await;
+    assert_eq!(line["facts_changed"], true, "{line}");
+    call(&alice, "flagged-6").await.unwrap();
+    assert_eq!(flags.count("/v2/flags/alice"), 1, "{:?}", flags.requests());
+    assert_eq!(flags.count("/flags/alice"), 2, "{:?}", flags.requests());
+    let announced = fact_announcements(&server);
+    assert_eq!(announced.len(), 3, "{announced:?}");
+    assert_eq!(
+        announced[2]["source"],
+        format!("{v2}/{{caller.subject}}"),
+        "{announced:?}"
+    );
+
+    // (c) An invalid fact: the whole config is refused, the key named, and
+    // the facts in force keep serving, their cache and their source.
+    let invalid = text("vip-1", &v2, "11m", "0s");
+    replace(server.config_path(), &invalid);
+    let refused = event(&server, "config reload refused", |e| {
+        e["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("config reload refused"))
+    })
+    .await;
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("facts[0].timeout: must be positive"),
+        "{refused}"
+    );
+    assert_eq!(refused["fingerprint"], fingerprint(&moved), "{refused}");
+    flags.respond("/v2/flags/alice", Reply::json(200, json!({"on": false})));
+    flags.respond("/v2/flags/bob", Reply::json(200, json!({"on": true})));
+    call(&alice, "flagged-7").await.unwrap();
+    assert_eq!(flags.count("/v2/flags/alice"), 1, "{:?}", flags.requests());
+    call(&bob, "flagged-7").await.unwrap();
+    assert_eq!(flags.count("/v2/flags/bob"), 1, "{:?}", flags.requests());
+    assert_eq!(flags.count("/flags/bob"), 0, "{:?}", flags.requests());
+    assert_eq!(fact_announcements(&server).len(), 3);
+    assert_eq!(
+        metric(
+            &server,
+            "tokengate_config_reloads_total{result=\"failure\"}"
+        )
+        .await,
+        Some(1.0)
+    );
     drop(client);
 }
