@@ -1,6 +1,6 @@
 //! `tokengate check-config` and `tokengate serve` on good and bad configs,
 //! through the real binary: exit codes, the key each error names, and that
-//! no certificate is ever printed.
+//! no certificate or database password is ever printed.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -12,8 +12,9 @@ use crate::support::fixtures::LOBBY;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
 
-/// The certificates the example config reads from the environment (test values).
-pub(crate) const EXAMPLE_ENV: [(&str, &str); 3] = [
+/// The secrets the example config reads from the environment (test values):
+/// three certificates, then the facts database's password.
+pub(crate) const EXAMPLE_ENV: [(&str, &str); 4] = [
     (
         "AGORA_MAIN_CERT_PRIMARY",
         "5CFd2fd1755d40ecb72977518be15d3b",
@@ -26,7 +27,19 @@ pub(crate) const EXAMPLE_ENV: [(&str, &str); 3] = [
         "AGORA_EVENTS_CERT_PRIMARY",
         "fedcba9876543210fedcba9876543210",
     ),
+    ("TOKENGATE_DB_PASSWORD", DB_PASSWORD),
 ];
+
+/// The example's database password: it must never be printed.
+const DB_PASSWORD: &str = "pg-Pa55word-of-the-test";
+
+/// The example's certificates: `EXAMPLE_ENV` but the password.
+fn example_certificates() -> impl Iterator<Item = &'static str> {
+    EXAMPLE_ENV
+        .iter()
+        .filter(|(name, _)| name.starts_with("AGORA_"))
+        .map(|(_, cert)| *cert)
+}
 
 /// A secret that is not a valid certificate: it must not be echoed either.
 const NOT_A_CERT: &str = "s3cr3t-but-not-hex";
@@ -79,13 +92,17 @@ pub(crate) fn text(output: &Output) -> (String, String) {
 
 pub(crate) fn assert_no_certificate(all: &str) {
     let lower = all.to_lowercase();
-    for (_, cert) in EXAMPLE_ENV {
+    for cert in example_certificates() {
         assert!(
             !lower.contains(&cert.to_lowercase()),
             "a certificate is printed: {all}"
         );
     }
     assert!(!all.contains(NOT_A_CERT), "a secret is printed: {all}");
+    assert!(
+        !lower.contains(&DB_PASSWORD.to_lowercase()),
+        "the database password is printed: {all}"
+    );
 }
 
 #[test]
@@ -95,7 +112,7 @@ fn the_example_config_passes_and_prints_only_fingerprints() {
     let (stdout, stderr) = text(&output);
     assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
     assert_no_certificate(&format!("{stdout}{stderr}"));
-    for (_, cert) in EXAMPLE_ENV {
+    for cert in example_certificates() {
         let fingerprint = AppCertificate::parse(cert)
             .unwrap()
             .fingerprint()
@@ -111,6 +128,10 @@ fn the_example_config_passes_and_prints_only_fingerprints() {
         "issuer \"backend-auth\"",
         "0.0.0.0:50051",
         "0.0.0.0:9090",
+        // The facts the webinar rules read, and their database by URL only.
+        "database \"app\": postgres://tokengate@postgres.app.svc:5432/app (pool 8",
+        "fact \"event_hosts\": postgres databases.app, dropped on NOTIFY event_hosts_changed",
+        "fact \"tickets\": postgres databases.app, dropped on NOTIFY tickets_changed",
     ] {
         assert!(stdout.contains(expected), "{expected:?} in {stdout}");
     }
@@ -130,6 +151,17 @@ fn the_example_config_without_its_env_names_the_certificate() {
     assert_eq!(output.status.code(), Some(64), "{stdout}\n{stderr}");
     assert!(stderr.contains("projects[0].certificates[1]"), "{stderr}");
     assert!(stderr.contains("AGORA_MAIN_CERT_SECONDARY"), "{stderr}");
+}
+
+#[test]
+fn the_example_config_without_its_database_password_names_the_variable() {
+    let path = example_dir().join("tokengate.toml");
+    let output = run(&["check-config", path.to_str().unwrap()], &EXAMPLE_ENV[..3]);
+    let (stdout, stderr) = text(&output);
+    assert_eq!(output.status.code(), Some(64), "{stdout}\n{stderr}");
+    assert!(stderr.contains("databases.app.password_env"), "{stderr}");
+    assert!(stderr.contains("TOKENGATE_DB_PASSWORD"), "{stderr}");
+    assert_no_certificate(&format!("{stdout}{stderr}"));
 }
 
 /// A valid config with one project, one issuer and one rule; each case edits it.

@@ -3,7 +3,9 @@
 //! the structure that makes them safe and consistent with each other, the
 //! Dockerfile builds and runs the right binary, and the real `tokengate
 //! check-config` accepts every tokengate config under deploy/, including the
-//! one embedded in the Kubernetes ConfigMap.
+//! one embedded in the Kubernetes ConfigMap, each of which declares the facts
+//! its rules read, with the password the pod is given and the network it
+//! needs to reach the database.
 //!
 //! Docker, kubectl, Envoy and Istio cannot run here, so their files are
 //! checked by structure; tokengate's own configs are checked by tokengate.
@@ -18,6 +20,8 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_tokengate");
 /// A syntactically valid App Certificate that is nobody's.
 const DUMMY_CERT: &str = "0123456789abcdef0123456789abcdef";
+/// A password or secret that is nobody's, long enough for an HS secret.
+const DUMMY_SECRET: &str = "dummy-secret-that-is-nobodys-0123456789";
 const TOKEN_SERVICE: &str = "tokengate.v1.TokenService";
 
 fn root() -> PathBuf {
@@ -131,6 +135,39 @@ fn certificate_vars(config_text: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// Every environment variable that a tokengate config names for another
+/// secret: a `password_env` (databases, Redis), `secret_env` (HTTP facts) or
+/// `hs_secret_env` (issuers), wherever it is.
+fn other_secret_vars(config_text: &str) -> BTreeSet<String> {
+    fn walk(value: &toml::Value, out: &mut BTreeSet<String>) {
+        match value {
+            toml::Value::Table(table) => {
+                for (key, value) in table {
+                    match value.as_str() {
+                        Some(var) if key.ends_with("_env") => {
+                            out.insert(var.to_owned());
+                        }
+                        _ => walk(value, out),
+                    }
+                }
+            }
+            toml::Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let table: toml::Value = toml::from_str(config_text).unwrap();
+    let mut out = BTreeSet::new();
+    walk(&table, &mut out);
+    out
+}
+
+/// Every environment variable a tokengate config reads a secret from.
+fn secret_vars(config_text: &str) -> BTreeSet<String> {
+    let mut vars = certificate_vars(config_text);
+    vars.extend(other_secret_vars(config_text));
+    vars
+}
+
 /// Runs `tokengate check-config path` with `env` as the whole environment.
 fn check_config(path: &Path, env: &BTreeMap<String, String>) -> std::process::Output {
     Command::new(BIN)
@@ -142,12 +179,19 @@ fn check_config(path: &Path, env: &BTreeMap<String, String>) -> std::process::Ou
         .unwrap()
 }
 
-/// Each certificate variable of `config_text` set to a dummy certificate.
+/// Each certificate variable of `config_text` set to a dummy certificate,
+/// each other secret variable to a dummy secret.
 fn dummy_env(config_text: &str) -> BTreeMap<String, String> {
-    certificate_vars(config_text)
+    let mut env: BTreeMap<String, String> = other_secret_vars(config_text)
         .into_iter()
-        .map(|v| (v, DUMMY_CERT.to_owned()))
-        .collect()
+        .map(|v| (v, DUMMY_SECRET.to_owned()))
+        .collect();
+    env.extend(
+        certificate_vars(config_text)
+            .into_iter()
+            .map(|v| (v, DUMMY_CERT.to_owned())),
+    );
+    env
 }
 
 /// Loads a tokengate config through the library, with dummy certificates.
@@ -167,6 +211,20 @@ fn configmap_config(all: &BTreeMap<String, Vec<Value>>) -> (tempfile::TempDir, P
     let path = dir.path().join("tokengate.toml");
     assert!(path.is_file(), "the ConfigMap has no tokengate.toml key");
     (dir, path)
+}
+
+/// The host and port of a `postgres://user@host:port/db` URL (5432 by default).
+fn postgres_host_port(url: &str) -> (&str, u64) {
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+        .unwrap_or_else(|| panic!("{url} is not a postgres:// URL"));
+    let authority = rest.split(['/', '?']).next().unwrap();
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    match host_port.rsplit_once(':') {
+        Some((host, port)) => (host, port.parse().unwrap()),
+        None => (host_port, 5432),
+    }
 }
 
 /// Turns a tokengate route template into a concrete path it matches.
@@ -601,7 +659,7 @@ fn kubernetes_objects_reference_each_other_correctly() {
         .flat_map(|rule| array(&rule["ports"]))
         .map(|p| p["port"].as_u64().unwrap())
         .collect();
-    assert_eq!(egress_ports, BTreeSet::from([53, 443]));
+    assert_eq!(egress_ports, BTreeSet::from([53, 443, 5432]));
     let account = one(&all, "kubernetes/", "ServiceAccount");
     assert_eq!(pod["serviceAccountName"], account["metadata"]["name"]);
 
@@ -637,11 +695,55 @@ fn kubernetes_objects_reference_each_other_correctly() {
         assert_eq!(reference["name"], secret["metadata"]["name"]);
         let key = str_of(&reference["key"]);
         assert!(secret_keys.contains(key), "the Secret has no key {key}");
+        // The template's keys are the variables' names (the README's
+        // `kubectl create secret` and the placeholder test rely on it).
+        assert_eq!(key, str_of(&var["name"]));
         env_vars.insert(str_of(&var["name"]).to_owned());
     }
-    // ... and they are exactly the certificates the config names.
+    // ... and they are exactly the secrets the config reads from the
+    // environment: the certificates and the facts database's password. A
+    // variable the config names and the pod lacks stops tokengate at start.
     let config_text = str_of(&configmap["data"]["tokengate.toml"]);
-    assert_eq!(env_vars, certificate_vars(config_text));
+    let named = secret_vars(config_text);
+    assert_eq!(env_vars, named);
+    assert!(
+        named.contains("TOKENGATE_DB_PASSWORD"),
+        "the ConfigMap's config reads no database password: {named:?}"
+    );
+    assert_eq!(
+        secret_keys,
+        named.iter().map(String::as_str).collect(),
+        "the Secret template's keys are the variables the config names"
+    );
+
+    // The NetworkPolicy lets the pods reach each database the config names:
+    // a rule on its port to the namespace of its `<service>.<namespace>.svc` host.
+    let table: toml::Table = toml::from_str(config_text).unwrap();
+    let databases = table["databases"].as_table().unwrap();
+    assert!(!databases.is_empty());
+    for (name, database) in databases {
+        let url = database["url"].as_str().unwrap();
+        let (host, port) = postgres_host_port(url);
+        let namespace = host
+            .strip_suffix(".svc")
+            .and_then(|h| h.split_once('.'))
+            .map(|(_, ns)| ns)
+            .unwrap_or_else(|| panic!("databases.{name}: {host} is not <service>.<namespace>.svc"));
+        let allowed = array(&policy["spec"]["egress"]).iter().any(|rule| {
+            array(&rule["ports"])
+                .iter()
+                .any(|p| p["port"] == port && p["protocol"] == "TCP")
+                && array(&rule["to"]).iter().any(|to| {
+                    to["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                        == namespace
+                        && to["podSelector"]["matchLabels"].is_object()
+                })
+        });
+        assert!(
+            allowed,
+            "databases.{name}: no egress to pods of namespace {namespace} on TCP {port}"
+        );
+    }
 
     // Kubernetes waits for the preStop sleep plus the drain before SIGKILL.
     let (_dir, path) = configmap_config(&all);
@@ -696,14 +798,103 @@ fn check_config_accepts_every_tokengate_config() {
             String::from_utf8_lossy(&output.stderr)
         );
         assert!(String::from_utf8_lossy(&output.stdout).starts_with("config ok"));
-        // The same config without its certificates is refused (exit 64, naming the variable).
-        if let Some(var) = env.keys().next() {
+        // The same config without any one of its secret variables (a
+        // certificate, the database password) is refused (exit 64, naming it).
+        assert!(!env.is_empty(), "{}", path.display());
+        for var in env.keys() {
             let mut missing = env.clone();
             missing.remove(var);
             let output = check_config(path, &missing);
-            assert_eq!(output.status.code(), Some(64), "{}", path.display());
-            assert!(String::from_utf8_lossy(&output.stderr).contains(var.as_str()));
+            assert_eq!(
+                output.status.code(),
+                Some(64),
+                "{} without {var}",
+                path.display()
+            );
+            assert!(
+                String::from_utf8_lossy(&output.stderr).contains(var.as_str()),
+                "{} without {var}: {}",
+                path.display(),
+                String::from_utf8_lossy(&output.stderr)
+            );
         }
+    }
+}
+
+/// A config's `[databases]` without their `url`s (which differ by setting),
+/// and its `[[facts]]`.
+fn facts_part(config_text: &str) -> (toml::Value, toml::Value) {
+    let table: toml::Table = toml::from_str(config_text).unwrap();
+    let mut databases = table
+        .get("databases")
+        .cloned()
+        .unwrap_or_else(|| toml::Value::Table(toml::Table::new()));
+    for (_, database) in databases.as_table_mut().unwrap().iter_mut() {
+        database.as_table_mut().unwrap().remove("url");
+    }
+    let facts = table
+        .get("facts")
+        .cloned()
+        .unwrap_or_else(|| toml::Value::Array(Vec::new()));
+    (databases, facts)
+}
+
+#[test]
+fn every_config_of_the_example_policy_declares_the_example_facts() {
+    let example_policy = std::fs::read_to_string(deploy().join("examples/policy.toml")).unwrap();
+    let example = std::fs::read_to_string(deploy().join("examples/tokengate.toml")).unwrap();
+    let expected = facts_part(&example);
+    assert!(
+        expected.1.as_array().is_some_and(|f| f.len() == 2),
+        "the example declares event_hosts and tickets"
+    );
+
+    // Each tokengate config under deploy/, the ConfigMap's and the Redis overlay's.
+    let all = yaml();
+    let mut configs: Vec<(String, String, String)> = tokengate_configs()
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let table: toml::Table = toml::from_str(&text).unwrap();
+            let rules = table
+                .get("rules_file")
+                .and_then(toml::Value::as_str)
+                .map(|file| std::fs::read_to_string(path.parent().unwrap().join(file)).unwrap())
+                .unwrap_or_default();
+            (path.display().to_string(), text, rules)
+        })
+        .collect();
+    for file in [
+        "kubernetes/configmap.yaml",
+        "kubernetes/redis/configmap.yaml",
+    ] {
+        let configmap = &all[file][0];
+        let policy = &all["kubernetes/configmap.yaml"][0]["data"]["policy.toml"];
+        configs.push((
+            file.to_owned(),
+            str_of(&configmap["data"]["tokengate.toml"]).to_owned(),
+            str_of(policy).to_owned(),
+        ));
+    }
+    let users: Vec<&(String, String, String)> = configs
+        .iter()
+        .filter(|(_, _, rules)| *rules == example_policy)
+        .collect();
+    assert!(
+        users.len() >= 4,
+        "{:?}",
+        users.iter().map(|u| &u.0).collect::<Vec<_>>()
+    );
+    for (name, text, _) in users {
+        assert_eq!(
+            facts_part(text),
+            expected,
+            "{name}: the facts drifted from the example's"
+        );
+        assert!(
+            secret_vars(text).contains("TOKENGATE_DB_PASSWORD"),
+            "{name}: the password is not read from TOKENGATE_DB_PASSWORD"
+        );
     }
 }
 
