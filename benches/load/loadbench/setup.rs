@@ -26,6 +26,9 @@ use tokengate::token::{AppCertificate, AppId};
 pub const APP_ID: &str = "970CA35de60c44645bbae8a215061b33";
 /// The channel every call asks for; the rule grants it to team `blue`.
 pub const CHANNEL: &str = "team-blue-standup";
+/// The webinar channel of `benches/load/facts.sh` (`issue-webinar.bin`),
+/// which the example's webinar rules grant from facts.
+pub const WEBINAR_CHANNEL: &str = "webinar-launch";
 /// The caller's `agora_uid` claim, bound into every token.
 pub const UID: u32 = 4242;
 /// The JWT issuer and audience.
@@ -110,6 +113,14 @@ impl Bench {
             ..Default::default()
         };
         std::fs::write(dir.join("issue.bin"), grpc_frame(&issue.encode_to_vec())?)?;
+        let webinar = pb::IssueRtcTokenRequest {
+            channel: WEBINAR_CHANNEL.into(),
+            ..issue
+        };
+        std::fs::write(
+            dir.join("issue-webinar.bin"),
+            grpc_frame(&webinar.encode_to_vec())?,
+        )?;
         for (name, jwt) in [("check.bin", &jwt), ("check.bad.bin", &bad_jwt)] {
             let check = check_request(jwt);
             std::fs::write(dir.join(name), grpc_frame(&check.encode_to_vec())?)?;
