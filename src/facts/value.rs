@@ -6,8 +6,10 @@ use std::collections::BTreeMap;
 
 use crate::domain::ClaimValue;
 
-/// The deepest nesting a fact's document may have.
-pub(crate) const MAX_DEPTH: usize = 32;
+/// The deepest nesting a fact's document may have: what conditions can
+/// read (claims' bound) less the two levels a PostgreSQL row adds (its list
+/// and its map), so a document that converts here never fails there.
+pub(crate) const MAX_DEPTH: usize = 12;
 
 /// Converts `value`, or says it nests too deeply.
 pub(crate) fn from_json(value: serde_json::Value) -> Result<ClaimValue, String> {

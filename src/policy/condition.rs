@@ -536,13 +536,37 @@ fn captures_map<'a>(captures: &Captures<'a>) -> CelMap<'a> {
     CelMap::from(map)
 }
 
-/// `facts`: fact name to value, for the facts that converted.
+/// `facts`: fact name to value. Each was checked with [`fact_fits`]
+/// before the rule ran (a fact that does not fit fails the rule closed), so
+/// none is left out here; one that did not convert would read as absent,
+/// which `has()` could turn into an allow.
 fn facts_map<'a>(facts: &[(&'a str, &'a ClaimValue)]) -> CelMap<'a> {
     let map: HashMap<CelMapKey<'a>, Box<dyn Val + 'a>> = facts
         .iter()
         .filter_map(|(name, value)| Some((CelMapKey::from(*name), claim_val(value, 1).ok()?)))
         .collect();
     CelMap::from(map)
+}
+
+/// Whether a fact's value converts for a condition (it nests no deeper
+/// than claims may), or why not.
+pub(crate) fn fact_fits(value: &ClaimValue) -> Result<(), String> {
+    fn depth(value: &ClaimValue) -> usize {
+        match value {
+            ClaimValue::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+            ClaimValue::Object(fields) => 1 + fields.values().map(depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+    // facts_map converts a fact at depth 1, and claim_val refuses beyond
+    // MAX_CLAIM_DEPTH: a value of `depth` levels reaches 1 + depth.
+    if 1 + depth(value) > MAX_CLAIM_DEPTH {
+        return Err(format!(
+            "the value nests deeper than {} levels, which conditions cannot read",
+            MAX_CLAIM_DEPTH - 1
+        ));
+    }
+    Ok(())
 }
 
 /// A list of borrowed strings.

@@ -14,6 +14,8 @@
 //! is unavailable fails closed: an allow rule does not apply, a deny rule
 //! denies, and the reason is `fact_unavailable`, never a silent allow.
 
+use std::sync::Arc;
+
 use super::Policy;
 use super::compile::{Authenticate, Rule};
 use super::condition::{Activation, ConditionFailure};
@@ -429,14 +431,22 @@ impl Policy {
             let Some(fetched) = facts.get(&query) else {
                 return Err(Unreadable::Unavailable {
                     fact: query.name,
-                    reason: "it was not fetched".to_owned(),
+                    reason: super::fact::NOT_FETCHED.to_owned(),
                 });
             };
             if let Some(used) = used.as_deref_mut() {
                 used.push(FactTrace::of(&query, fetched));
             }
             match &fetched.value {
-                Ok(value) => values.push((&*declaration.name, &**value)),
+                Ok(value) => {
+                    super::condition::fact_fits(value).map_err(|reason| {
+                        Unreadable::Unavailable {
+                            fact: Arc::clone(&query.name),
+                            reason,
+                        }
+                    })?;
+                    values.push((&*declaration.name, &**value));
+                }
                 Err(reason) => {
                     return Err(Unreadable::Unavailable {
                         fact: query.name,
@@ -648,12 +658,18 @@ fn deny(reason: DenyReason, rule: Option<&Rule>, detail: String) -> Decision {
     })
 }
 
-/// `fact_unavailable` by `rule`, naming the fact and why.
+/// `fact_unavailable` by `rule`, naming the fact and the kind of failure.
+/// The source's own error (a database message may quote an input) is for
+/// the trace and the log, not for the caller.
 fn fact_unavailable(rule: &Rule, unreadable: &Unreadable, why: &str) -> Decision {
     Decision::Deny(Denial {
         reason: DenyReason::FactUnavailable,
         rule: Some(rule.name.clone()),
-        detail: format!("{why}: {unreadable}"),
+        detail: format!(
+            "{why}: facts.{} is unavailable ({})",
+            unreadable.fact(),
+            unreadable.kind()
+        ),
         fact: Some(unreadable.fact().to_owned()),
     })
 }

@@ -122,6 +122,9 @@ pub(crate) enum Unreadable {
     Unavailable { fact: Arc<str>, reason: String },
 }
 
+/// The reason of a fact the pipeline did not hand over.
+pub(crate) const NOT_FETCHED: &str = "it was not fetched";
+
 /// What rendering a template reads from.
 #[derive(Clone, Copy)]
 pub(crate) struct Scope<'a> {
@@ -405,6 +408,20 @@ impl fmt::Display for FactTrace {
 }
 
 impl Unreadable {
+    /// The kind of failure, for callers: `timeout`, `oversized`, `not
+    /// fetched`, `input` or `error` (the full reason is in the trace).
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Unreadable::Input { .. } => "input",
+            Unreadable::Unavailable { reason, .. } if reason.starts_with("timed out") => "timeout",
+            Unreadable::Unavailable { reason, .. } if reason.starts_with("oversized") => {
+                "oversized"
+            }
+            Unreadable::Unavailable { reason, .. } if reason == NOT_FETCHED => "not fetched",
+            Unreadable::Unavailable { .. } => "error",
+        }
+    }
+
     /// The fact at fault.
     pub(crate) fn fact(&self) -> &str {
         match self {
