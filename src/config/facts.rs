@@ -243,6 +243,12 @@ fn resolve_fact(
     let negative_ttl = section
         .negative_ttl
         .map_or(Duration::from_secs(5).min(ttl), |d| d.0);
+    if negative_ttl > ttl {
+        return Err(invalid(
+            &format!("{key}.negative_ttl"),
+            "must be at most ttl: an empty answer is not kept longer than a found one",
+        ));
+    }
     let error_ttl = section.error_ttl.map_or(Duration::from_secs(1), |d| d.0);
     let max_entries = section.max_entries.unwrap_or(10_000);
     if max_entries == 0 || max_entries > MAX_ENTRIES {

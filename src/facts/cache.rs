@@ -8,12 +8,12 @@
 //! fetch in flight instead of each asking the database.
 //!
 //! Invalidation (a PostgreSQL notification) removes one key or clears the
-//! cache, and bumps a generation: a fetch that started before it does not
-//! store what it read, since it may predate the change.
+//! cache. quick_cache drops a key's pending placeholder with it, so a fetch
+//! that started before the change cannot store what it read (it may predate
+//! the change), while fetches of other keys are not disturbed.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::domain::ClaimValue;
 
@@ -30,7 +30,6 @@ pub(crate) struct Cache {
 /// The part an invalidator shares.
 struct Inner {
     entries: quick_cache::sync::Cache<Vec<String>, Entry>,
-    generation: AtomicU64,
 }
 
 /// A handle that drops cached entries when the data behind them changes.
@@ -62,7 +61,6 @@ impl Cache {
         Self {
             inner: Arc::new(Inner {
                 entries: quick_cache::sync::Cache::new(settings.max_entries.max(1)),
-                generation: AtomicU64::new(0),
             }),
             ttl_ns: nanos(settings.ttl),
             negative_ttl_ns: nanos(settings.negative_ttl),
@@ -102,7 +100,9 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = (Result<ClaimValue, String>, FetchOutcome)>,
     {
-        if self.ttl_ns == 0 && self.negative_ttl_ns == 0 && self.error_ttl_ns == 0 {
+        // Nothing that succeeds is kept: no single flight either, or every
+        // caller of a hot key would queue behind the one fetch in flight.
+        if self.ttl_ns == 0 && self.negative_ttl_ns == 0 {
             let (value, outcome) = fetch().await;
             return (value.map(Arc::new), outcome);
         }
@@ -132,7 +132,6 @@ impl Cache {
                 Err(guard) => break guard,
             }
         };
-        let generation = self.inner.generation.load(Ordering::Acquire);
         let (value, outcome) = fetch().await;
         let value = value.map(Arc::new);
         let keep_ns = match &value {
@@ -140,9 +139,9 @@ impl Cache {
             Ok(_) => self.ttl_ns,
             Err(_) => self.error_ttl_ns,
         };
-        // Stored only if nothing was invalidated while it was read; else
-        // the guard drops and the next caller fetches afresh.
-        if keep_ns > 0 && self.inner.generation.load(Ordering::Acquire) == generation {
+        // An invalidation while it was read removed the placeholder, and the
+        // insert fails: the next caller fetches afresh.
+        if keep_ns > 0 {
             let entry = Entry {
                 value: value.clone().map_err(|e| Arc::from(e.as_str())),
                 expires_ns: now_ns.saturating_add(keep_ns),
@@ -156,13 +155,11 @@ impl Cache {
 impl Invalidator {
     /// Drops every entry.
     pub(crate) fn clear(&self) {
-        self.inner.generation.fetch_add(1, Ordering::AcqRel);
         self.inner.entries.clear();
     }
 
     /// Drops the entry of `inputs`.
     pub(crate) fn remove(&self, inputs: &[String]) {
-        self.inner.generation.fetch_add(1, Ordering::AcqRel);
         self.inner.entries.remove(inputs);
     }
 }
@@ -294,6 +291,75 @@ mod tests {
         assert!(value.unwrap_err().contains("in flight"));
         let _ = release.send(());
         assert_eq!(first.await.unwrap(), FetchOutcome::Failed);
+    }
+
+    /// A fetch held until `release`, answering `value`.
+    fn held_fetch(
+        cache: &Arc<Cache>,
+        key: &'static str,
+        value: i64,
+    ) -> (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<FetchOutcome>,
+    ) {
+        let (release, held) = tokio::sync::oneshot::channel::<()>();
+        let cache = Arc::clone(cache);
+        let task = tokio::spawn(async move {
+            cache
+                .get_or_fetch(
+                    &[key.to_owned()],
+                    0,
+                    Duration::from_secs(5),
+                    || async move {
+                        let _ = held.await;
+                        (
+                            Ok(ClaimValue::Array(vec![ClaimValue::Int(value)])),
+                            FetchOutcome::Fetched,
+                        )
+                    },
+                )
+                .await
+                .1
+        });
+        (release, task)
+    }
+
+    #[tokio::test]
+    async fn an_invalidation_during_a_fetch_keeps_its_answer_out_and_spares_other_keys() {
+        let cache = Arc::new(Cache::new(&settings(8)));
+        let (release_a, a) = held_fetch(&cache, "a", 1);
+        let (release_b, b) = held_fetch(&cache, "b", 2);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // "a" changed while it was being read; "b" did not.
+        cache.invalidator().remove(&["a".to_owned()]);
+        let _ = release_a.send(());
+        let _ = release_b.send(());
+        assert_eq!(a.await.unwrap(), FetchOutcome::Fetched);
+        assert_eq!(b.await.unwrap(), FetchOutcome::Fetched);
+        let row = || Ok(ClaimValue::Array(vec![ClaimValue::Int(3)]));
+        assert_eq!(get(&cache, "a", S, row()).await, FetchOutcome::Fetched);
+        assert_eq!(get(&cache, "b", S, row()).await, FetchOutcome::Hit);
+    }
+
+    #[tokio::test]
+    async fn without_a_ttl_callers_of_one_key_do_not_queue() {
+        let mut uncached = settings(8);
+        uncached.ttl = Duration::ZERO;
+        uncached.negative_ttl = Duration::ZERO;
+        let cache = Arc::new(Cache::new(&uncached));
+        let (release, first) = held_fetch(&cache, "k", 1);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The first fetch is still in flight: this one does not wait for it.
+        let key = ["k".to_owned()];
+        let second = cache.get_or_fetch(&key, 0, Duration::from_millis(50), || async {
+            (Ok(ClaimValue::Null), FetchOutcome::Fetched)
+        });
+        let (_, outcome) = tokio::time::timeout(Duration::from_secs(2), second)
+            .await
+            .expect("a second caller does not queue behind the first");
+        assert_eq!(outcome, FetchOutcome::Fetched);
+        let _ = release.send(());
+        assert_eq!(first.await.unwrap(), FetchOutcome::Fetched);
     }
 
     #[tokio::test]

@@ -181,6 +181,14 @@ impl UrlTemplate {
         for segment in url[path_start + 1..path_end].split('/') {
             let end = start + segment.len();
             let touched = spans.iter().any(|&(a, b)| a <= end && start <= b);
+            // An empty value making a whole segment empty (`/users/`) asks
+            // another resource too, often a list.
+            if touched && segment.is_empty() {
+                return Err(
+                    "an input is empty and makes an empty path segment, which would ask another resource"
+                        .to_owned(),
+                );
+            }
             if touched && is_dot_segment(segment) {
                 return Err(
                     "an input makes a `.` or `..` path segment, which would move the request to another path"
@@ -209,6 +217,9 @@ impl Fetcher {
     pub(crate) fn new(settings: &HttpSettings) -> Result<Self, String> {
         let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            // The URL is the one the operator wrote: an HTTP(S)_PROXY in the
+            // environment would see the secret header of http:// facts.
+            .no_proxy()
             .user_agent(concat!("tokengate/", env!("CARGO_PKG_VERSION")));
         if let Some(pem) = &settings.ca_pem {
             for certificate in reqwest::Certificate::from_pem_bundle(pem)
@@ -397,6 +408,19 @@ mod tests {
         let error = UrlTemplate::parse("ftp://svc:hunter2@h/{channel}").unwrap_err();
         assert!(error.contains("not an http://"), "{error}");
         assert!(!error.contains("hunter2"), "{error}");
+        // An empty value may not make a whole path segment.
+        let users = UrlTemplate::parse("https://h/users/{caller.subject}/x").unwrap();
+        assert!(users.render(&[String::new()]).is_err());
+        let prefixed = UrlTemplate::parse("https://h/users/u-{caller.subject}").unwrap();
+        assert_eq!(
+            prefixed.render(&[String::new()]),
+            Ok("https://h/users/u-".to_owned())
+        );
+        let query = UrlTemplate::parse("https://h/users?u={caller.subject}").unwrap();
+        assert_eq!(
+            query.render(&[String::new()]),
+            Ok("https://h/users?u=".to_owned())
+        );
         // A placeholder may start the query of a URL without a path.
         assert!(UrlTemplate::parse("https://h?u={caller.subject}").is_ok());
         // An `@` in the path is no credential.

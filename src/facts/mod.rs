@@ -242,7 +242,11 @@ impl FactSources {
                             reason: "is not configured".to_owned(),
                         }
                     })?;
-                    Source::Postgres(postgres::Query::new(Arc::clone(database), pg))
+                    Source::Postgres(postgres::Query::new(
+                        Arc::clone(database),
+                        pg,
+                        settings.timeout,
+                    ))
                 }
                 SourceSettings::Http(http) => {
                     Source::Http(Box::new(http::Fetcher::new(http).map_err(|reason| {

@@ -74,6 +74,8 @@ pub struct PostgresSettings {
 pub(crate) struct Database {
     name: String,
     pool: Pool,
+    /// The longest a connection attempt (or a recycle check) may take.
+    connect_timeout: Duration,
     config: tokio_postgres::Config,
     tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
     subscribers: Mutex<Vec<(String, Invalidator)>>,
@@ -87,6 +89,8 @@ pub(crate) struct Query {
     database: Arc<Database>,
     query: String,
     max_rows: usize,
+    /// The fact's timeout: the longest a call waits for a free connection.
+    wait: Duration,
 }
 
 impl fmt::Debug for Database {
@@ -127,6 +131,12 @@ pub(crate) fn client_config(settings: &DatabaseSettings) -> Result<tokio_postgre
             "url says sslmode=require; give ca_file, the CAs that sign the server's certificate"
                 .to_owned(),
         );
+    }
+    // With a CA bundle the connection is TLS or nothing: the driver's
+    // default (`prefer`) would let an attacker on the path answer "no TLS"
+    // and then stand in for the database.
+    if settings.ca_pem.is_some() {
+        config.ssl_mode(tokio_postgres::config::SslMode::Require);
     }
     let statement_ms = settings.statement_timeout.as_millis().max(1);
     config
@@ -178,6 +188,7 @@ impl Database {
         Ok(Arc::new(Self {
             name: name.to_owned(),
             pool,
+            connect_timeout: settings.connect_timeout,
             config,
             tls,
             subscribers: Mutex::new(Vec::new()),
@@ -228,9 +239,17 @@ impl Database {
             return;
         }
         self.state.store(1, Ordering::Relaxed);
+        // A silently dropped connection (a NAT's idle timeout) would leave
+        // the listener deaf while it looks up: TCP keepalives find it.
+        let mut config = self.config.clone();
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30))
+            .keepalives_interval(Duration::from_secs(10))
+            .keepalives_retries(3);
         let listener = Listener {
             database: self.name.clone(),
-            config: self.config.clone(),
+            config,
             tls: self.tls.clone(),
             subscribers,
             state: Arc::clone(&self.state),
@@ -254,10 +273,17 @@ struct Listener {
 
 impl Listener {
     async fn run(self) {
-        let mut backoff = Duration::from_millis(250);
+        const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+        let mut backoff = FIRST_BACKOFF;
         loop {
-            match self.session().await {
-                Ok(()) => backoff = Duration::from_millis(250),
+            let listened = std::sync::atomic::AtomicBool::new(false);
+            let ended = self.session(&listened).await;
+            // A session that got as far as listening starts the backoff over.
+            if listened.load(Ordering::Relaxed) {
+                backoff = FIRST_BACKOFF;
+            }
+            match ended {
+                Ok(()) => {}
                 Err(error) => tracing::warn!(
                     database = %self.database,
                     error = %error,
@@ -274,7 +300,7 @@ impl Listener {
     }
 
     /// One connection's life: connect, LISTEN, dispatch until it ends.
-    async fn session(&self) -> Result<(), String> {
+    async fn session(&self, listened: &std::sync::atomic::AtomicBool) -> Result<(), String> {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let client = match &self.tls {
             Some(tls) => {
@@ -311,6 +337,7 @@ impl Listener {
         // Anything cached before now may have missed a notification.
         self.clear_all();
         self.state.store(2, Ordering::Relaxed);
+        listened.store(true, Ordering::Relaxed);
         tracing::info!(database = %self.database, channels = %channels.join(","), "facts: listening for notifications");
         while let Some(notification) = rx.recv().await {
             self.dispatch(notification.channel(), notification.payload());
@@ -393,11 +420,16 @@ fn rustls_pemfile_certs(
 }
 
 impl Query {
-    pub(crate) fn new(database: Arc<Database>, settings: &PostgresSettings) -> Self {
+    pub(crate) fn new(
+        database: Arc<Database>,
+        settings: &PostgresSettings,
+        wait: Duration,
+    ) -> Self {
         Self {
             database,
             query: settings.query.clone(),
             max_rows: settings.max_rows,
+            wait,
         }
     }
 
@@ -411,14 +443,32 @@ impl Query {
         // timeout gives up on it, a connection being opened (TCP, TLS,
         // SCRAM) is still finished and pooled rather than dropped half way,
         // so a connect slower than the fact's timeout cannot starve every call.
+        // The task waits for a free connection at most the fact's timeout
+        // (then the call has given up anyway), so tasks cannot pile up
+        // behind a pool that never frees one.
         let pool = self.database.pool.clone();
-        let client = tokio::spawn(async move { pool.get().await })
+        let timeouts = deadpool_postgres::Timeouts {
+            wait: Some(self.wait),
+            create: Some(self.database.connect_timeout),
+            recycle: Some(self.database.connect_timeout),
+        };
+        let client = tokio::spawn(async move { pool.timeout_get(&timeouts).await })
             .await
             .map_err(|e| SourceError::Failed(format!("the connection task failed: {e}")))?
             .map_err(|e| {
                 SourceError::Failed(format!("no connection to {}: {e}", self.database.name))
             })?;
+        // A prepared statement outlives a schema change (`0A000: cached plan
+        // must not change result type`): on any database error the
+        // connection's statements are forgotten, so the next call prepares
+        // afresh instead of failing on this connection until a restart.
+        let forget = |e: &tokio_postgres::Error| {
+            if e.as_db_error().is_some() {
+                client.statement_cache.clear();
+            }
+        };
         let statement = client.prepare_cached(&self.query).await.map_err(|e| {
+            forget(&e);
             SourceError::Failed(format!("the query does not prepare: {}", db_error(&e)))
         })?;
         let params = statement
@@ -441,12 +491,17 @@ impl Query {
                 params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)),
             )
             .await
-            .map_err(|e| SourceError::Failed(format!("the query failed: {}", db_error(&e))))?;
+            .map_err(|e| {
+                forget(&e);
+                SourceError::Failed(format!("the query failed: {}", db_error(&e)))
+            })?;
         let mut rows = std::pin::pin!(rows);
         let mut out = Vec::new();
         while let Some(row) = rows.next().await {
-            let row = row
-                .map_err(|e| SourceError::Failed(format!("the query failed: {}", db_error(&e))))?;
+            let row = row.map_err(|e| {
+                forget(&e);
+                SourceError::Failed(format!("the query failed: {}", db_error(&e)))
+            })?;
             if out.len() == self.max_rows {
                 return Err(SourceError::Oversized(format!(
                     "the query returned more than {} rows",

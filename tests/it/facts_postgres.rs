@@ -638,3 +638,58 @@ async fn a_connection_slower_than_the_facts_timeout_is_still_made_and_pooled() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_schema_change_under_a_prepared_statement_costs_one_call_not_every_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pg, password) = database(&dir).await;
+    let facts = facts_config(
+        &pg,
+        &password,
+        "",
+        "ttl = \"0s\"\nnegative_ttl = \"0s\"\nerror_ttl = \"0s\"",
+    )
+    .replace("pool_size = 4", "pool_size = 1");
+    let server = start(&facts).await;
+    issue(&server, "bob", "room-r1", pb::Role::Subscriber)
+        .await
+        .unwrap();
+    // The one pooled connection's prepared statement now returns a column
+    // whose type changed: PostgreSQL refuses it (0A000) once.
+    pg.sql("ALTER TABLE room_members ALTER COLUMN role TYPE varchar(20)");
+    let mut failures = 0;
+    for _ in 0..5 {
+        if issue(&server, "bob", "room-r1", pb::Role::Subscriber)
+            .await
+            .is_err()
+        {
+            failures += 1;
+        }
+    }
+    assert!(
+        failures <= 1,
+        "{failures} of 5 calls failed after the schema change"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_ca_file_means_tls_or_nothing() {
+    // A server without TLS: with ca_file set, tokengate must not fall back
+    // to plaintext (as the driver's default `prefer` would).
+    let dir = tempfile::tempdir().unwrap();
+    let (pg, password) = database(&dir).await;
+    let ca = support::certs::TlsFiles::new(&support::certs::Ca::new("database CA"));
+    let facts = facts_config(
+        &pg,
+        &password,
+        &format!("ca_file = \"{}\"", ca.path("ca.crt").display()),
+        "",
+    );
+    let server = start(&facts).await;
+    assert_eq!(
+        denied_reason(issue(&server, "bob", "room-r1", pb::Role::Subscriber).await),
+        "fact_unavailable"
+    );
+    server.shutdown().await;
+}
