@@ -330,8 +330,18 @@ impl FactSources {
             (query, fetched, record)
         });
         let mut facts = Facts::none();
-        let mut records = Vec::new();
-        for (query, fetched, record) in join_all(fetches).await {
+        let mut records = Vec::with_capacity(fetches.len());
+        // One query (the usual call) needs no join: awaited in place.
+        let fetched = if fetches.len() == 1 {
+            let mut fetches = fetches;
+            match fetches.next() {
+                Some(one) => vec![one.await],
+                None => Vec::new(),
+            }
+        } else {
+            join_all(fetches).await
+        };
+        for (query, fetched, record) in fetched {
             facts.insert(query, fetched);
             records.push(record);
         }
