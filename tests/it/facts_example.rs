@@ -8,11 +8,9 @@
 use std::time::Duration;
 
 use serde_json::json;
-use tonic::Code;
-use tonic_types::StatusExt as _;
 
 use crate::support;
-use support::fixtures::rtc;
+use support::calls::{denied_reason, eventually, issue_rtc};
 use support::postgres::Postgres;
 use support::server::{ISSUER, TestServer, config_text, test_keys};
 use tokengate::grpc::pb;
@@ -55,40 +53,7 @@ async fn issue(
     channel: &str,
     role: pb::Role,
 ) -> Result<pb::IssueRtcTokenResponse, tonic::Status> {
-    let jwt = server.mint(sub, json!({}));
-    server
-        .client()
-        .await
-        .issue_rtc_token(TestServer::authed(&jwt, rtc(channel, role)))
-        .await
-        .map(tonic::Response::into_inner)
-}
-
-fn reason(result: Result<pb::IssueRtcTokenResponse, tonic::Status>) -> String {
-    let status = result.expect_err("denied");
-    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
-    status
-        .get_error_details()
-        .error_info()
-        .unwrap()
-        .reason
-        .clone()
-}
-
-/// Whether `attempt` holds within `limit`, tried every 50 ms.
-async fn within<F, Fut>(limit: Duration, mut attempt: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline {
-        if attempt().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
+    issue_rtc(server, &server.mint(sub, json!({})), channel, role).await
 }
 
 #[tokio::test]
@@ -119,15 +84,15 @@ async fn the_example_webinar_rules_run_on_the_example_schema() {
         .await
         .unwrap();
     assert_eq!(
-        reason(issue(&server, "guest-9", launch, pb::Role::Publisher).await),
+        denied_reason(issue(&server, "guest-9", launch, pb::Role::Publisher).await),
         "role_not_allowed"
     );
     assert_eq!(
-        reason(issue(&server, "refund-1", launch, pb::Role::Subscriber).await),
+        denied_reason(issue(&server, "refund-1", launch, pb::Role::Subscriber).await),
         "no_matching_rule"
     );
     assert_eq!(
-        reason(issue(&server, "newcomer", launch, pb::Role::Subscriber).await),
+        denied_reason(issue(&server, "newcomer", launch, pb::Role::Subscriber).await),
         "no_matching_rule"
     );
 
@@ -135,7 +100,7 @@ async fn the_example_webinar_rules_run_on_the_example_schema() {
     // minutes; the triggers' NOTIFY drops just the changed key at once.
     pg.sql("INSERT INTO tickets VALUES ('launch', 'newcomer', 'standard')");
     assert!(
-        within(Duration::from_secs(2), || async {
+        eventually(Duration::from_secs(2), || async {
             issue(&server, "newcomer", launch, pb::Role::Subscriber)
                 .await
                 .is_ok()
@@ -145,7 +110,7 @@ async fn the_example_webinar_rules_run_on_the_example_schema() {
     );
     pg.sql("DELETE FROM event_hosts WHERE user_id = 'host-7'");
     assert!(
-        within(Duration::from_secs(2), || async {
+        eventually(Duration::from_secs(2), || async {
             issue(&server, "host-7", launch, pb::Role::Publisher)
                 .await
                 .is_err()
@@ -155,7 +120,7 @@ async fn the_example_webinar_rules_run_on_the_example_schema() {
     );
     pg.sql("UPDATE tickets SET tier = 'refunded' WHERE user_id = 'guest-9'");
     assert!(
-        within(Duration::from_secs(2), || async {
+        eventually(Duration::from_secs(2), || async {
             issue(&server, "guest-9", launch, pb::Role::Subscriber)
                 .await
                 .is_err()

@@ -17,10 +17,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tonic::Code;
-use tonic_types::StatusExt as _;
 
 use crate::support;
 use support::binary::{Running, loopback};
+use support::calls::{denied_reason, eventually, explain_rtc, issue_rtc, refusal};
 use support::fixtures::rtc;
 use support::server::{TestServer, config_text, test_keys};
 use support::{FactServer, Reply};
@@ -79,30 +79,7 @@ async fn issue(
     channel: &str,
 ) -> Result<pb::IssueRtcTokenResponse, tonic::Status> {
     let jwt = server.mint(sub, json!({"agora_uid": 42}));
-    server
-        .client()
-        .await
-        .issue_rtc_token(TestServer::authed(&jwt, rtc(channel, pb::Role::Subscriber)))
-        .await
-        .map(tonic::Response::into_inner)
-}
-
-/// The ErrorInfo reason and metadata of a refusal with `code`.
-fn refusal(
-    status: &tonic::Status,
-    code: Code,
-) -> (String, std::collections::HashMap<String, String>) {
-    assert_eq!(status.code(), code, "{status:?}");
-    let info = status
-        .get_error_details()
-        .error_info()
-        .cloned()
-        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
-    (info.reason, info.metadata)
-}
-
-fn denied_reason(result: Result<pb::IssueRtcTokenResponse, tonic::Status>) -> String {
-    refusal(&result.expect_err("denied"), Code::PermissionDenied).0
+    issue_rtc(server, &jwt, channel, pb::Role::Subscriber).await
 }
 
 /// Asserts `result` is `fact_unavailable` naming the fact and the rule.
@@ -123,22 +100,7 @@ fn assert_unavailable(result: Result<pb::IssueRtcTokenResponse, tonic::Status>, 
 }
 
 async fn explain(server: &TestServer, sub: &str, channel: &str) -> pb::ExplainAccessResponse {
-    let jwt = server.mint(sub, json!({"agora_uid": 42}));
-    server
-        .client()
-        .await
-        .explain_access(TestServer::authed(
-            &jwt,
-            pb::ExplainAccessRequest {
-                request: Some(pb::explain_access_request::Request::Rtc(rtc(
-                    channel,
-                    pb::Role::Subscriber,
-                ))),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
+    explain_rtc(server, &server.mint(sub, json!({"agora_uid": 42})), channel).await
 }
 
 /// The `ticket` fact as the ticket rule's trace shows it.
@@ -151,22 +113,6 @@ fn ticket_trace(reply: &pb::ExplainAccessResponse) -> pb::FactTrace {
     assert_eq!(rule.facts.len(), 1, "{rule:?}");
     assert_eq!(rule.facts[0].name, "ticket");
     rule.facts[0].clone()
-}
-
-/// Calls `attempt` every 50 ms until it holds, for at most `limit`.
-async fn eventually<F, Fut>(limit: Duration, mut attempt: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline {
-        if attempt().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
 }
 
 /// A file in `dir` holding `secret` (with the newline an editor leaves).

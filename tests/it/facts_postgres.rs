@@ -14,10 +14,9 @@ use std::time::Duration;
 
 use serde_json::json;
 use tonic::Code;
-use tonic_types::StatusExt as _;
 
 use crate::support;
-use support::fixtures::rtc;
+use support::calls::{denied_reason, eventually, explain_rtc, issue_rtc, refusal};
 use support::postgres::Postgres;
 use support::server::{TestServer, config_text, test_keys};
 use tokengate::grpc::pb;
@@ -109,66 +108,11 @@ async fn issue(
     channel: &str,
     role: pb::Role,
 ) -> Result<pb::IssueRtcTokenResponse, tonic::Status> {
-    let jwt = server.mint(sub, json!({}));
-    server
-        .client()
-        .await
-        .issue_rtc_token(TestServer::authed(&jwt, rtc(channel, role)))
-        .await
-        .map(tonic::Response::into_inner)
-}
-
-/// The ErrorInfo reason and metadata of a refusal with `code`.
-fn refusal(
-    status: &tonic::Status,
-    code: Code,
-) -> (String, std::collections::HashMap<String, String>) {
-    assert_eq!(status.code(), code, "{status:?}");
-    let info = status
-        .get_error_details()
-        .error_info()
-        .cloned()
-        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
-    (info.reason, info.metadata)
-}
-
-fn denied_reason(result: Result<pb::IssueRtcTokenResponse, tonic::Status>) -> String {
-    refusal(&result.expect_err("denied"), Code::PermissionDenied).0
+    issue_rtc(server, &server.mint(sub, json!({})), channel, role).await
 }
 
 async fn explain(server: &TestServer, sub: &str, channel: &str) -> pb::ExplainAccessResponse {
-    let jwt = server.mint(sub, json!({}));
-    server
-        .client()
-        .await
-        .explain_access(TestServer::authed(
-            &jwt,
-            pb::ExplainAccessRequest {
-                request: Some(pb::explain_access_request::Request::Rtc(rtc(
-                    channel,
-                    pb::Role::Subscriber,
-                ))),
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-/// Calls `attempt` every 50 ms until it holds, for at most `limit`.
-async fn eventually<F, Fut>(limit: Duration, mut attempt: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline {
-        if attempt().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
+    explain_rtc(server, &server.mint(sub, json!({})), channel).await
 }
 
 #[tokio::test]

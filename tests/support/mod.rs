@@ -8,6 +8,7 @@
 //!   recorded requests, delays, huge streamed bodies, stop / restart).
 //! * [`oidc`]: a real oidc-provider on loopback (`OidcProvider::start(alg)`).
 //! * [`fixtures`]: the shared rule sets and request builders.
+//! * [`calls`]: an RTC issue or explain call, a refusal's ErrorInfo, a bounded wait.
 //! * [`server`]: the real server in process; [`binary`]: the real binary.
 //! * [`redis`]: a real redis-server on loopback; [`postgres`]: a real
 //!   PostgreSQL on loopback (`Postgres::start()`, `start_tls`, `sql`).
@@ -18,6 +19,7 @@
 
 pub mod authz;
 pub mod binary;
+pub mod calls;
 pub mod certs;
 pub mod fact_server;
 pub mod fixtures;
