@@ -13,7 +13,7 @@ use std::hint::black_box;
 use std::io::Write as _;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use hmac::{Hmac, Mac as _};
+use hmac::{Hmac, KeyInit as _, Mac as _};
 use sha2::Sha256;
 use tokengate::domain::{ChannelName, Role, RtcIdentity, Uid};
 use tokengate::token::builders::{self, Issue};

@@ -106,6 +106,15 @@ impl Cache {
             let (value, outcome) = fetch().await;
             return (value.map(Arc::new), outcome);
         }
+        // A live entry is answered at once: no timer, no placeholder.
+        if let Some(entry) = self.inner.entries.get(inputs)
+            && entry.expires_ns > now_ns
+        {
+            return match entry.value {
+                Ok(value) => (Ok(value), FetchOutcome::Hit),
+                Err(reason) => (Err(reason.to_string()), FetchOutcome::ErrorHit),
+            };
+        }
         let guard = loop {
             let found =
                 tokio::time::timeout(wait, self.inner.entries.get_value_or_guard_async(inputs))
