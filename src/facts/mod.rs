@@ -205,11 +205,6 @@ impl FactsConfig {
             })
             .collect()
     }
-
-    /// Whether any fact is declared.
-    pub fn is_empty(&self) -> bool {
-        self.facts.is_empty()
-    }
 }
 
 impl FactSources {
@@ -291,11 +286,6 @@ impl FactSources {
             return Ok(Arc::clone(self));
         }
         Self::start(config)
-    }
-
-    /// Whether any fact is configured.
-    pub fn is_empty(&self) -> bool {
-        self.facts.is_empty()
     }
 
     /// The settings these sources were built from.

@@ -171,11 +171,6 @@ impl InputTemplate {
         &self.source
     }
 
-    /// Whether the template has any placeholder.
-    pub fn has_placeholders(&self) -> bool {
-        self.parts.iter().any(|p| matches!(p, Part::Value(_)))
-    }
-
     /// The channel or SPIFFE ID captures it reads.
     pub(crate) fn captures(&self) -> impl Iterator<Item = &str> {
         self.parts.iter().filter_map(|p| match p {
@@ -354,21 +349,6 @@ impl Facts {
     /// What fetching `query` gave, if it was fetched.
     pub fn get(&self, query: &FactQuery) -> Option<&Fetched> {
         self.fetched.get(query)
-    }
-
-    /// Every fact fetched, in no order.
-    pub fn iter(&self) -> impl Iterator<Item = (&FactQuery, &Fetched)> {
-        self.fetched.iter()
-    }
-
-    /// How many facts were fetched.
-    pub fn len(&self) -> usize {
-        self.fetched.len()
-    }
-
-    /// Whether no fact was fetched.
-    pub fn is_empty(&self) -> bool {
-        self.fetched.is_empty()
     }
 }
 
