@@ -118,11 +118,8 @@ fn parse(text: &str) -> anyhow::Result<Summary> {
         if let Some(rest) = line.strip_prefix("finished in ") {
             // finished in 1.00s, 5254.00 req/s, 1.54MB/s
             let mut parts = rest.split(", ");
-            summary.seconds = parts
-                .next()
-                .and_then(|s| s.strip_suffix('s'))
-                .context("finished in")?
-                .parse()?;
+            // A run shorter than a second is printed in ms ("997.86ms").
+            summary.seconds = seconds(parts.next().context("finished in")?)?;
             summary.req_per_s = parts
                 .next()
                 .and_then(|s| s.strip_suffix(" req/s"))
@@ -148,6 +145,20 @@ fn parse(text: &str) -> anyhow::Result<Summary> {
     }
     ensure!(summary.seconds > 0.0, "no `finished in` line");
     Ok(summary)
+}
+
+/// h2load's duration text (`1.00s`, `997.86ms`, `125us`) in seconds.
+fn seconds(text: &str) -> anyhow::Result<f64> {
+    let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = text.strip_suffix("us") {
+        (n, 1e-6)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1.0)
+    } else {
+        anyhow::bail!("{text:?} is not a duration");
+    };
+    Ok(number.parse::<f64>().with_context(|| format!("{text:?}"))? * scale)
 }
 
 /// The number before `label` in a comma-separated list of "N label".
@@ -199,6 +210,16 @@ mod tests {
         assert_eq!(s.non_2xx, 2);
         assert_eq!(s.data_bytes, 1_466_166);
         assert!((s.req_per_s - 5254.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn reads_a_run_shorter_than_a_second() {
+        let text = "finished in 997.86ms, 464.00 req/s, 163.12KB/s\n\
+            requests: 464 total, 465 started, 464 done, 464 succeeded, 0 failed, 0 errored, 0 timeout\n";
+        let s = parse(text).unwrap();
+        assert!((s.seconds - 0.99786).abs() < 1e-9, "{}", s.seconds);
+        assert!((seconds("125us").unwrap() - 0.000125).abs() < 1e-12);
+        assert!(seconds("3").is_err());
     }
 
     #[test]
