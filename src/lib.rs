@@ -13,6 +13,7 @@ pub mod config;
 pub mod domain;
 pub mod entropy;
 pub mod facts;
+pub mod forward_auth;
 pub mod forwarded;
 pub mod gate;
 pub mod grpc;

@@ -14,8 +14,10 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, QuotaViolation, StatusExt};
 
+use crate::domain::RtcIdentity;
 use crate::identity::AuthError;
-use crate::pipeline::Refusal;
+use crate::pipeline::{Checked, Refusal};
+use crate::policy::BoundIdentity;
 
 /// The `ErrorInfo.domain` of every error tokengate returns.
 pub const ERROR_DOMAIN: &str = "tokengate.v1";
@@ -133,11 +135,17 @@ pub fn tag_request_id(metadata: &mut tonic::metadata::MetadataMap, request_id: &
     }
 }
 
+/// The header of an HTTP denial that repeats the body's `error`, for the
+/// proxies that answer the client themselves and drop the check's body
+/// (nginx's `auth_request` copies headers into variables, never the body).
+pub const ERROR_HEADER: &str = "x-tokengate-error";
+
 /// The HTTP denial for `refusal`.
 pub fn http_denial(refusal: &Refusal, request_id: &str) -> HttpDenial {
     let mut headers = vec![
         ("content-type", "application/json".to_owned()),
         (REQUEST_ID_HEADER, request_id.to_owned()),
+        (ERROR_HEADER, refusal.reason().to_owned()),
     ];
     match refusal {
         // RFC 6750 §3.1: a request without credentials gets no error code.
@@ -169,6 +177,66 @@ pub fn http_denial(refusal: &Refusal, request_id: &str) -> HttpDenial {
         headers,
         body: body.to_string(),
     }
+}
+
+/// What an allowed HTTP check does to the upstream request: the headers it
+/// sets (each replacing any copy the client sent) and the ones it removes.
+/// Envoy's gRPC `Check` and forward-auth both answer from this, so the two
+/// cannot disagree on which headers a grant owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamHeaders<'a> {
+    /// Set, overwriting: the token, the bound identity, expiry and rule.
+    pub set: Vec<(&'a str, String)>,
+    /// Removed: the identity header this grant does not bind (so a client
+    /// cannot slip a uid in next to our account), the JWT header when the
+    /// routes say so, and every header we own on a pass-through route.
+    pub remove: Vec<&'a str>,
+}
+
+/// The upstream headers of an allowed check.
+pub fn upstream_headers(checked: &Checked) -> UpstreamHeaders<'_> {
+    let (issued, routes) = match checked {
+        Checked::Allowed { issued, routes, .. } => (issued, routes),
+        Checked::PassThrough { routes, .. } => {
+            return UpstreamHeaders {
+                set: Vec::new(),
+                remove: routes.response_headers().all().to_vec(),
+            };
+        }
+    };
+    let names = routes.response_headers();
+    let mut set = vec![
+        (names.token.as_str(), issued.token.clone()),
+        (names.expires_at.as_str(), issued.expires_at.to_string()),
+        (names.rule.as_str(), issued.rule().to_owned()),
+    ];
+    let mut remove = Vec::with_capacity(2);
+    match issued.grant.identity() {
+        BoundIdentity::Rtc(RtcIdentity::Uid(uid)) => {
+            set.push((&names.uid, uid.get().to_string()));
+            remove.push(names.account.as_str());
+        }
+        BoundIdentity::Rtc(RtcIdentity::AnyUid) => {
+            set.push((&names.uid, "0".to_owned()));
+            remove.push(names.account.as_str());
+        }
+        BoundIdentity::Rtc(RtcIdentity::Account(account)) => {
+            set.push((&names.account, account.as_str().to_owned()));
+            remove.push(names.uid.as_str());
+        }
+        BoundIdentity::User(user) => {
+            set.push((&names.account, user.as_str().to_owned()));
+            remove.push(names.uid.as_str());
+        }
+        BoundIdentity::App => {
+            remove.push(names.uid.as_str());
+            remove.push(names.account.as_str());
+        }
+    }
+    if routes.remove_jwt_header() {
+        remove.push(routes.jwt_header());
+    }
+    UpstreamHeaders { set, remove }
 }
 
 /// A call the gRPC transport refused before the pipeline saw it.
@@ -259,6 +327,27 @@ pub fn transport_status(refusal: &TransportRefusal, request_id: &str) -> Status 
     let mut status = Status::with_error_details(refusal.code(), message, details);
     tag_request_id(status.metadata_mut(), request_id);
     status
+}
+
+/// A transport refusal as an HTTP denial (the forward-auth port's own
+/// deadline): 504 for the deadline, with the same body and headers as
+/// every other denial.
+pub fn transport_http_denial(refusal: &TransportRefusal, request_id: &str) -> HttpDenial {
+    let status = match refusal {
+        TransportRefusal::Malformed(_) => 400,
+        TransportRefusal::TooLarge(_) => 413,
+        TransportRefusal::DeadlineExceeded => 504,
+    };
+    let reason = refusal.reason();
+    HttpDenial {
+        status,
+        headers: vec![
+            ("content-type", "application/json".to_owned()),
+            (REQUEST_ID_HEADER, request_id.to_owned()),
+            (ERROR_HEADER, reason.to_owned()),
+        ],
+        body: serde_json::json!({ "error": reason }).to_string(),
+    }
 }
 
 /// [`transport_status`] as a trailers-only gRPC HTTP response, for the

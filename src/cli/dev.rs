@@ -43,6 +43,10 @@ pub struct DevArgs {
     /// The development issuer's address: discovery, JWKS and /mint (loopback only).
     #[arg(long, default_value = "127.0.0.1:9091")]
     issuer_listen: SocketAddr,
+    /// The forward-auth address, answering `/check` as Caddy or Traefik ask
+    /// (`X-Forwarded-Method`, `X-Forwarded-Uri`) (loopback only).
+    #[arg(long, default_value = "127.0.0.1:9191")]
+    forward_auth_listen: SocketAddr,
     /// The log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: super::logging::LogFormat,
@@ -106,7 +110,12 @@ pub fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: DevArgs) -> anyhow::Result<ExitCode> {
-    for addr in [args.grpc_listen, args.admin_listen, args.issuer_listen] {
+    for addr in [
+        args.grpc_listen,
+        args.admin_listen,
+        args.issuer_listen,
+        args.forward_auth_listen,
+    ] {
         DevIssuer::check_loopback(addr)?;
     }
     crate::identity::install_crypto_provider();
@@ -131,8 +140,15 @@ async fn serve(args: DevArgs) -> anyhow::Result<ExitCode> {
     let admin = TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.admin_listen))?;
-    let grpc_addr = grpc.local_addr()?;
-    let admin_addr = admin.local_addr()?;
+    let forward_auth = TcpListener::bind(args.forward_auth_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.forward_auth_listen))?;
+    let addrs = Addresses {
+        grpc: grpc.local_addr()?,
+        admin: admin.local_addr()?,
+        forward_auth: forward_auth.local_addr()?,
+        issuer: issuer_url.clone(),
+    };
 
     let demo = MintRequest {
         sub: DEMO_SUBJECT.to_owned(),
@@ -140,11 +156,13 @@ async fn serve(args: DevArgs) -> anyhow::Result<ExitCode> {
         ttl_secs: 3600,
     };
     let jwt = issuer.mint(&demo, entropy::unix_now())?;
-    print!(
-        "{}",
-        banner(&grpc_addr, &admin_addr, &issuer_url, &jwt, generated)
-    );
-    crate::server::serve(config, grpc, admin, super::shutdown_signal()).await?;
+    print!("{}", banner(&addrs, &jwt, generated));
+    let listeners = crate::server::Listeners {
+        grpc,
+        admin,
+        forward_auth: Some(forward_auth),
+    };
+    crate::server::serve(config, listeners, super::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -193,8 +211,22 @@ fn dev_config(args: &DevArgs, issuer: &DevIssuer, project: &DemoProject) -> anyh
     })
 }
 
+/// The path of the demo ext_authz route, and of the forward-auth check.
+const DEMO_ROUTE: &str = "/rooms/{channel}/join";
+const FORWARD_AUTH_PREFIX: &str = "/check";
+
+/// Where `dev` listens, for the banner.
+struct Addresses {
+    grpc: SocketAddr,
+    admin: SocketAddr,
+    forward_auth: SocketAddr,
+    issuer: String,
+}
+
 /// The dev config's TOML: loopback listeners, the demo project, the
-/// development issuer and the embedded demo rules. Built as a TOML table and
+/// development issuer, the embedded demo rules, and the mesh path (a demo
+/// `[[ext_authz.routes]]` served by Envoy's gRPC `Check` and by
+/// forward-auth on its loopback port). Built as a TOML table and
 /// serialized, so values from the environment cannot break the syntax.
 fn dev_config_text(
     args: &DevArgs,
@@ -210,6 +242,19 @@ fn dev_config_text(
             "grpc_listen": args.grpc_listen.to_string(),
             "admin_listen": args.admin_listen.to_string(),
             "grace_period": "2s",
+        },
+        "ext_authz": {
+            "enabled": true,
+            "routes": [
+                { "path": DEMO_ROUTE, "role": "publisher" },
+                { "path": "/public/**", "pass_through": true },
+            ],
+        },
+        "forward_auth": {
+            "enabled": true,
+            "listen": args.forward_auth_listen.to_string(),
+            "path_prefix": FORWARD_AUTH_PREFIX,
+            "original_request": "x-forwarded",
         },
         "projects": [{
             "name": "demo",
@@ -244,20 +289,22 @@ fn random_hex32() -> anyhow::Result<String> {
     Ok(hex::encode(bytes))
 }
 
-/// What `dev` prints: a warning, the demo JWT and grpcurl lines that work as written.
-fn banner(
-    grpc: &SocketAddr,
-    admin: &SocketAddr,
-    issuer: &str,
-    jwt: &str,
-    generated: bool,
-) -> String {
+/// What `dev` prints: a warning, the demo JWT, and grpcurl and curl lines
+/// that work as written (a test runs them).
+fn banner(addrs: &Addresses, jwt: &str, generated: bool) -> String {
     let warning = if generated {
         "\n!!! No AGORA_APP_ID / AGORA_APP_CERTIFICATE set: the demo project uses a GENERATED\n\
          !!! App ID and certificate. Tokens are well-formed but Agora will reject them.\n"
     } else {
         ""
     };
+    let Addresses {
+        grpc,
+        admin,
+        forward_auth,
+        issuer,
+    } = addrs;
+    let path = DEMO_ROUTE.replace("{channel}", "demo-lobby");
     format!(
         "\n\
 =====================================================================\n\
@@ -265,9 +312,10 @@ fn banner(
 \x20NEVER use this in production; run `tokengate serve --config FILE`.\n\
 =====================================================================\n\
 {warning}\n\
-gRPC:   {grpc}\n\
-admin:  http://{admin}/readyz\n\
-issuer: {issuer} (mint more JWTs: tokengate dev mint-jwt --issuer-url {issuer} --sub alice)\n\
+gRPC:         {grpc}\n\
+admin:        http://{admin}/readyz\n\
+forward-auth: http://{forward_auth}{FORWARD_AUTH_PREFIX}\n\
+issuer:       {issuer} (mint more JWTs: tokengate dev mint-jwt --issuer-url {issuer} --sub alice)\n\
 \n\
 A JWT for {DEMO_SUBJECT} (agora_uid {DEMO_UID}), valid for one hour:\n\
 \n\
@@ -284,6 +332,12 @@ grpcurl -plaintext -H \"authorization: Bearer $TOKENGATE_JWT\" -d '{{\"token\": 
 \n\
 Explain a denied request:\n\
 grpcurl -plaintext -H \"authorization: Bearer $TOKENGATE_JWT\" -d '{{\"rtc\": {{\"channel\": \"admin-panel\", \"role\": \"ROLE_PUBLISHER\"}}}}' {grpc} tokengate.v1.TokenService/ExplainAccess\n\
+\n\
+The mesh path: Envoy's ext_authz Check for GET {path} (the token is in the x-agora-token header it returns):\n\
+grpcurl -plaintext -d '{{\"attributes\": {{\"request\": {{\"http\": {{\"method\": \"GET\", \"path\": \"{path}\", \"headers\": {{\"authorization\": \"Bearer '\"$TOKENGATE_JWT\"'\"}}}}}}}}}}' {grpc} envoy.service.auth.v3.Authorization/Check\n\
+\n\
+The same check as Caddy's forward_auth or Traefik's ForwardAuth asks it (the token is in the x-agora-token response header):\n\
+curl -i -H \"authorization: Bearer $TOKENGATE_JWT\" -H \"X-Forwarded-Method: GET\" -H \"X-Forwarded-Uri: {path}\" http://{forward_auth}{FORWARD_AUTH_PREFIX}\n\
 \n"
     )
 }
@@ -328,6 +382,7 @@ mod tests {
             grpc_listen: "127.0.0.1:0".parse().unwrap(),
             admin_listen: "127.0.0.1:1".parse().unwrap(),
             issuer_listen: "127.0.0.1:2".parse().unwrap(),
+            forward_auth_listen: "127.0.0.1:3".parse().unwrap(),
             log_format: super::super::logging::LogFormat::Text,
         }
     }

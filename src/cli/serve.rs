@@ -95,11 +95,11 @@ fn run(
         env: std::sync::Arc::new(process_env),
     };
     runtime.block_on(async move {
-        let (grpc, admin) = match server::bind(&config).await {
+        let listeners = match server::bind(&config).await {
             Ok(listeners) => listeners,
             Err(e) => return Ok(report(&e)),
         };
-        match server::serve_reloading(config, source, grpc, admin, super::shutdown_signal()).await {
+        match server::serve_reloading(config, source, listeners, super::shutdown_signal()).await {
             Ok(()) => {
                 tracing::info!("drained; exiting");
                 Ok(ExitCode::SUCCESS)
@@ -153,6 +153,21 @@ pub fn summary(config: &Config) -> String {
     let limits = config.limits();
     let _ = writeln!(out, "grpc listen:  {}", server.grpc_listen());
     let _ = writeln!(out, "admin listen: {}", server.admin_listen());
+    match config.forward_auth() {
+        Some(forward) => {
+            let _ = writeln!(
+                out,
+                "forward auth: {} (path prefix {}, original request from {}, max {} connections)",
+                forward.listen,
+                forward.path_prefix,
+                forward.original_request.as_str(),
+                forward.max_connections
+            );
+        }
+        None => {
+            let _ = writeln!(out, "forward auth: off");
+        }
+    }
     let _ = writeln!(
         out,
         "limits: max message {} bytes, timeout {:?}, concurrency {}, grace {:?}",

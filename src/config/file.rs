@@ -58,6 +58,9 @@ pub(crate) struct ConfigFile {
     /// `[[facts]]`: the company data rules read (`facts.<name>`).
     #[serde(default)]
     pub facts: Vec<super::facts::FactSection>,
+    /// `[forward_auth]`: the HTTP check for nginx, Caddy, Traefik and Envoy's HTTP ext_authz.
+    #[serde(default)]
+    pub forward_auth: super::forward_auth::ForwardAuthSection,
 }
 
 /// `[logging]`.

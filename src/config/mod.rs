@@ -21,6 +21,7 @@ mod duration;
 mod facts;
 mod file;
 mod files;
+mod forward_auth;
 mod issuer;
 mod limits;
 mod logging;
@@ -38,6 +39,7 @@ use self::file::{
 use self::secret::SecretSource;
 use crate::domain::Fingerprint;
 use crate::facts::FactsConfig;
+use crate::forward_auth::ForwardAuthSettings;
 use crate::forwarded::{ForwardedError, TrustedProxies};
 use crate::gate::Project;
 use crate::identity::{
@@ -97,6 +99,7 @@ pub struct Config {
     notices: Vec<String>,
     fingerprint: Fingerprint,
     ext_authz: Option<Routes>,
+    forward_auth: Option<ForwardAuthSettings>,
     telemetry: Option<TelemetrySettings>,
     logging: LogSettings,
     tls: Option<(TlsSettings, Material)>,
@@ -151,6 +154,8 @@ pub struct ConfigParts {
     pub fingerprint: Fingerprint,
     /// The compiled `[ext_authz]` section, when `enabled = true`.
     pub ext_authz: Option<Routes>,
+    /// `[forward_auth]`, when `enabled = true`.
+    pub forward_auth: Option<ForwardAuthSettings>,
     /// Trace export, when `[telemetry]` turns it on.
     pub telemetry: Option<TelemetrySettings>,
     /// TLS on the gRPC port, with the files as loaded and checked.
@@ -265,6 +270,11 @@ impl Config {
         self.ext_authz.as_ref()
     }
 
+    /// `[forward_auth]`, when `enabled = true`.
+    pub fn forward_auth(&self) -> Option<&ForwardAuthSettings> {
+        self.forward_auth.as_ref()
+    }
+
     /// Trace export, when `[telemetry]` turns it on.
     pub fn telemetry(&self) -> Option<&TelemetrySettings> {
         self.telemetry.as_ref()
@@ -321,6 +331,7 @@ impl Config {
             notices: self.notices,
             fingerprint: self.fingerprint,
             ext_authz: self.ext_authz,
+            forward_auth: self.forward_auth,
             telemetry: self.telemetry,
             tls: self.tls,
             trusted_proxy: self.trusted_proxy,
@@ -591,8 +602,17 @@ fn resolve(
         key: e.key,
         message: e.message,
     })?;
+    let forward_auth = forward_auth::resolve(
+        &file.forward_auth,
+        file.ext_authz.enabled,
+        &[
+            ("server.grpc_listen", server.grpc_listen()),
+            ("server.admin_listen", server.admin_listen()),
+        ],
+    )?;
     Ok(Config {
         ext_authz: file.ext_authz.enabled.then_some(mesh),
+        forward_auth,
         server,
         limits,
         rate_limits,

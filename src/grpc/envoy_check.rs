@@ -20,15 +20,11 @@ use envoy_types::ext_authz::v3::{
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest as EnvoyHttp;
 use tonic::{Request, Response, Status};
 
-use crate::domain::RtcIdentity;
 use crate::forwarded::Forwarded;
-use crate::gate::Issued;
 use crate::pipeline::{
     Call, Checked, Credential, HttpRequest, InvalidRequest, Pipeline, Refusal, Rpc,
 };
-use crate::policy::BoundIdentity;
 use crate::render;
-use crate::routes::Routes;
 
 /// The ext_authz service.
 pub struct EnvoyCheck {
@@ -56,61 +52,21 @@ impl EnvoyCheck {
         Self { pipeline }
     }
 
-    /// An OK response that forwards the token and identity headers upstream.
-    fn allow(routes: &Routes, issued: &Issued) -> CheckResponse {
-        let names = routes.response_headers();
+    /// An OK response that sets the token and identity headers upstream
+    /// (overwriting, never appending: a client-supplied copy must not
+    /// survive next to ours) and removes the ones this grant does not own.
+    fn allow(checked: &Checked) -> CheckResponse {
+        let upstream = render::upstream_headers(checked);
         let mut ok = OkHttpResponseBuilder::new();
-        // Overwrite, never append: a client-supplied copy must not survive next to ours.
-        let mut set = |name: &str, value: String| {
+        for (name, value) in upstream.set {
             ok.add_header(
                 name,
                 value,
                 Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
                 false,
             );
-        };
-        set(&names.token, issued.token.clone());
-        set(&names.expires_at, issued.expires_at.to_string());
-        set(&names.rule, issued.rule().to_owned());
-        let (identity_header, other_header) = match &issued.grant.identity() {
-            BoundIdentity::Rtc(RtcIdentity::Uid(uid)) => {
-                set(&names.uid, uid.get().to_string());
-                (&names.uid, &names.account)
-            }
-            BoundIdentity::Rtc(RtcIdentity::AnyUid) => {
-                set(&names.uid, "0".to_owned());
-                (&names.uid, &names.account)
-            }
-            BoundIdentity::Rtc(RtcIdentity::Account(account)) => {
-                set(&names.account, account.as_str().to_owned());
-                (&names.account, &names.uid)
-            }
-            BoundIdentity::User(user) => {
-                set(&names.account, user.as_str().to_owned());
-                (&names.account, &names.uid)
-            }
-            BoundIdentity::App => (&names.token, &names.uid),
-        };
-        // The output header this grant does not set is removed, so a client
-        // cannot slip in a uid next to our account (or the reverse).
-        if other_header != identity_header {
-            ok.remove_header(other_header.as_str());
         }
-        if matches!(issued.grant.identity(), BoundIdentity::App) {
-            ok.remove_header(names.account.as_str());
-        }
-        if routes.remove_jwt_header() {
-            ok.remove_header(routes.jwt_header());
-        }
-        let mut response = CheckResponse::with_status(render::allowed());
-        response.set_http_response(ok);
-        response
-    }
-
-    /// An OK response for a pass-through route: no token, and every header we own removed.
-    fn pass_through(routes: &Routes) -> CheckResponse {
-        let mut ok = OkHttpResponseBuilder::new();
-        for name in routes.response_headers().all() {
+        for name in upstream.remove {
             ok.remove_header(name);
         }
         let mut response = CheckResponse::with_status(render::allowed());
@@ -141,8 +97,7 @@ impl Authorization for EnvoyCheck {
         };
         let outcome = self.pipeline.check(call, http).await;
         Ok(Response::new(match outcome.result {
-            Ok(Checked::Allowed { issued, routes, .. }) => Self::allow(&routes, &issued),
-            Ok(Checked::PassThrough { routes, .. }) => Self::pass_through(&routes),
+            Ok(checked) => Self::allow(&checked),
             Err(refusal) => deny(&refusal, &outcome.request_id),
         }))
     }

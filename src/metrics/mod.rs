@@ -57,7 +57,7 @@ pub struct BuildInfo {
 /// One call as the pipeline saw it, for the decision metrics.
 #[derive(Debug, Clone, Copy)]
 pub struct CallRecord<'a> {
-    /// The action label: `rtc`, `rtm`, `chat`, `renew`, `inspect`, `explain` or `ext_authz`.
+    /// The action label: `rtc`, `rtm`, `chat`, `renew`, `inspect`, `explain`, `ext_authz` or `forward_auth`.
     pub action: &'static str,
     /// The audit decision.
     pub decision: &'static str,
@@ -336,11 +336,14 @@ impl Metrics {
                     .inc();
             }
         }
-        if call.action == "ext_authz" {
+        // Both HTTP checks, Envoy's gRPC one and forward-auth, count here;
+        // `via` tells them apart (the action label: `ext_authz`, `forward_auth`).
+        if call.action == "ext_authz" || call.action == "forward_auth" {
             self.ext_authz_checks
                 .get_or_create(&vec![
                     ("outcome", Cow::Borrowed(check_outcome(call.decision))),
                     ("route", label(call.route.unwrap_or("none"))),
+                    ("via", Cow::Borrowed(call.action)),
                 ])
                 .inc();
         }

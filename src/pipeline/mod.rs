@@ -113,6 +113,9 @@ pub enum Rpc {
     ExplainAccess,
     /// Envoy's `Authorization/Check`.
     ExtAuthz,
+    /// A forward-auth HTTP check (nginx `auth_request`, Caddy
+    /// `forward_auth`, Traefik ForwardAuth, Envoy's HTTP ext_authz).
+    ForwardAuth,
 }
 
 /// What an adapter knows about a call besides its request.
@@ -226,6 +229,7 @@ impl Rpc {
             Rpc::InspectToken => "inspect",
             Rpc::ExplainAccess => "explain",
             Rpc::ExtAuthz => "ext_authz",
+            Rpc::ForwardAuth => "forward_auth",
         }
     }
 
@@ -239,6 +243,7 @@ impl Rpc {
             Rpc::InspectToken => "tokengate.v1.TokenService/InspectToken",
             Rpc::ExplainAccess => "tokengate.v1.TokenService/ExplainAccess",
             Rpc::ExtAuthz => "envoy.service.auth.v3.Authorization/Check",
+            Rpc::ForwardAuth => "tokengate.forward_auth/Check",
         }
     }
 
@@ -252,6 +257,7 @@ impl Rpc {
             Rpc::InspectToken => "InspectToken",
             Rpc::ExplainAccess => "ExplainAccess",
             Rpc::ExtAuthz => "ext_authz",
+            Rpc::ForwardAuth => "forward_auth",
         }
     }
 }

@@ -11,6 +11,7 @@
 
 mod admin;
 mod calls;
+mod forward_auth;
 mod listen;
 mod observe;
 mod reload;
@@ -90,6 +91,32 @@ pub struct ServeOptions {
     /// Counts the token and ext_authz calls from their arrival against
     /// `limits.max_in_flight`; `None` leaves the pipeline to count them.
     pub shedder: Option<calls::Shedder>,
+    /// The forward-auth check, served on `Listeners::forward_auth`.
+    pub forward_auth: Option<crate::forward_auth::ForwardAuth>,
+    /// The most open connections on the forward-auth port.
+    pub forward_auth_max_connections: usize,
+}
+
+/// The bound listeners the service answers on.
+#[derive(Debug)]
+pub struct Listeners {
+    /// The gRPC port.
+    pub grpc: TcpListener,
+    /// The admin port.
+    pub admin: TcpListener,
+    /// The forward-auth port, when `[forward_auth]` is on.
+    pub forward_auth: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// The gRPC and admin ports, without forward-auth.
+    pub fn new(grpc: TcpListener, admin: TcpListener) -> Self {
+        Self {
+            grpc,
+            admin,
+            forward_auth: None,
+        }
+    }
 }
 
 impl Default for ServeOptions {
@@ -113,6 +140,8 @@ impl Default for ServeOptions {
             metrics: None,
             tls: None,
             shedder: None,
+            forward_auth: None,
+            forward_auth_max_connections: 1000,
         }
     }
 }
@@ -139,6 +168,8 @@ impl ServeOptions {
             metrics: None,
             tls: None,
             shedder: None,
+            forward_auth: None,
+            forward_auth_max_connections: 1000,
         }
     }
 
@@ -147,6 +178,13 @@ impl ServeOptions {
             max_connections: self.max_connections,
             header_read_timeout: self.header_read_timeout,
             idle_timeout: self.idle_timeout,
+        }
+    }
+
+    fn forward_auth_limits(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: self.forward_auth_max_connections,
+            ..self.grpc_limits()
         }
     }
 
@@ -203,17 +241,23 @@ impl Default for Readiness {
 }
 
 /// Serves `routes` (the token service, and ext_authz when enabled) with
-/// health and reflection on `grpc`, and the admin endpoints on `admin`,
-/// until `shutdown` completes; then reports NOT_SERVING, stops accepting, and
-/// lets in-flight calls finish within the grace period.
+/// health and reflection on the gRPC listener, the admin endpoints on the
+/// admin one, and forward-auth checks on its own when both it and
+/// `options.forward_auth` are given, until `shutdown` completes; then
+/// reports NOT_SERVING, stops accepting, and lets in-flight calls finish
+/// within the grace period.
 pub async fn run(
-    grpc: TcpListener,
-    admin: TcpListener,
+    listeners: Listeners,
     routes: Routes,
     readiness: Readiness,
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
+    let Listeners {
+        grpc,
+        admin,
+        forward_auth,
+    } = listeners;
     let reflection_v1 = reflection_builder(&options.advertised_services).build_v1()?;
     let reflection_v1alpha = reflection_builder(&options.advertised_services).build_v1alpha()?;
 
@@ -256,6 +300,19 @@ pub async fn run(
         admin_phase_rx,
     ));
     let (grpc_phase, grpc_phase_rx) = watch::channel(Phase::Serving);
+    // Forward-auth checks drain with the gRPC calls: both are the request path.
+    let forward_auth_task = match (forward_auth, options.forward_auth.clone()) {
+        (Some(listener), Some(check)) => Some(tokio::spawn(forward_auth::serve(
+            listener,
+            check,
+            options.forward_auth_limits(),
+            usize::try_from(options.max_header_list_size).unwrap_or(usize::MAX),
+            options.request_timeout,
+            options.metrics.clone(),
+            grpc_phase_rx.clone(),
+        ))),
+        _ => None,
+    };
     let grpc_task = tokio::spawn(serve_grpc(grpc, routes, options.clone(), grpc_phase_rx));
 
     // On the shutdown signal: stop accepting, ask every connection to finish,
@@ -266,6 +323,9 @@ pub async fn run(
     drain(&grpc_phase, grace, "grpc").await;
     health_task.abort();
     let _ = grpc_task.await;
+    if let Some(task) = forward_auth_task {
+        let _ = task.await;
+    }
     // Probes are answered at once; a keep-alive connection is closed as soon as it is idle.
     drain(&admin_phase, ADMIN_DRAIN, "admin").await;
     let _ = admin_task.await;
@@ -462,6 +522,9 @@ pub enum StartError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The listeners given do not fit the config (a caller's bug).
+    #[error("{0}")]
+    Listener(&'static str),
     /// Reflection could not load a descriptor set (a build bug).
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -522,18 +585,21 @@ pub(crate) fn announce_facts(facts: &crate::facts::FactSources) {
     }
 }
 
-/// Binds the config's listen addresses, each with the config's listen
-/// backlog. Done after the config is validated, so a bad config never holds a port.
-pub async fn bind(
-    config: &crate::config::Config,
-) -> Result<(TcpListener, TcpListener), StartError> {
+/// Binds the config's listen addresses (forward-auth's when it is on),
+/// each with the config's listen backlog. Done after the config is
+/// validated, so a bad config never holds a port.
+pub async fn bind(config: &crate::config::Config) -> Result<Listeners, StartError> {
     let backlog = config.limits().listen_backlog();
     let bind =
         |addr| listen::bind(addr, backlog).map_err(|source| StartError::Bind { addr, source });
-    Ok((
-        bind(config.server().grpc_listen())?,
-        bind(config.server().admin_listen())?,
-    ))
+    Ok(Listeners {
+        grpc: bind(config.server().grpc_listen())?,
+        admin: bind(config.server().admin_listen())?,
+        forward_auth: config
+            .forward_auth()
+            .map(|settings| bind(settings.listen))
+            .transpose()?,
+    })
 }
 
 /// Runs tokengate for a validated `config` on the given listeners until `shutdown`:
@@ -542,11 +608,10 @@ pub async fn bind(
 /// never reloaded (see [`serve_reloading`]).
 pub async fn serve(
     config: crate::config::Config,
-    grpc: TcpListener,
-    admin: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    serve_with(config, None, grpc, admin, shutdown).await
+    serve_with(config, None, listeners, shutdown).await
 }
 
 /// Like [`serve`], reloading the config from `source` on SIGHUP and when
@@ -554,18 +619,16 @@ pub async fn serve(
 pub async fn serve_reloading(
     config: crate::config::Config,
     source: ReloadSource,
-    grpc: TcpListener,
-    admin: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
-    serve_with(config, Some(source), grpc, admin, shutdown).await
+    serve_with(config, Some(source), listeners, shutdown).await
 }
 
 async fn serve_with(
     config: crate::config::Config,
     reload: Option<ReloadSource>,
-    grpc: TcpListener,
-    admin: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     use std::sync::Arc;
@@ -628,6 +691,23 @@ async fn serve_with(
     ];
     // Registered at start only: turning ext_authz on or off takes a restart
     // (a reload says so); its routes reload.
+    let forward_auth = match (config.forward_auth, &listeners.forward_auth) {
+        (Some(settings), Some(_)) => Some(crate::forward_auth::ForwardAuth::new(
+            Arc::clone(&pipeline),
+            settings,
+        )),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(StartError::Listener(
+                "forward_auth is on but no listener was bound for it",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(StartError::Listener(
+                "a forward_auth listener was bound but [forward_auth] is off",
+            ));
+        }
+    };
     if routes_config.is_some() {
         advertised_services.push(EXT_AUTHZ_SERVICE_NAME.to_owned());
         let check = crate::grpc::envoy_check::EnvoyCheck::new(pipeline);
@@ -639,6 +719,10 @@ async fn serve_with(
     let mut options =
         ServeOptions::from_config(&config.server, &config.limits, advertised_services);
     options.shedder = Some(calls::Shedder::new(Arc::clone(&live), limiter));
+    if let Some(check) = &forward_auth {
+        options.forward_auth_max_connections = check.settings().max_connections;
+    }
+    options.forward_auth = forward_auth;
     options.tls = config.tls.map(|(settings, material)| {
         crate::tls::Acceptor::start(settings, material, Some(Arc::clone(&metrics)))
     });
@@ -658,12 +742,18 @@ async fn serve_with(
         tokio::spawn(reloader.run(triggers))
     });
     options.metrics = Some(metrics);
+    let forward_auth_addr = listeners
+        .forward_auth
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|addr| addr.to_string());
     tracing::info!(
-        grpc = %grpc.local_addr().map_err(|source| StartError::Bind { addr: config.server.grpc_listen(), source })?,
-        admin = %admin.local_addr().map_err(|source| StartError::Bind { addr: config.server.admin_listen(), source })?,
+        grpc = %listeners.grpc.local_addr().map_err(|source| StartError::Bind { addr: config.server.grpc_listen(), source })?,
+        admin = %listeners.admin.local_addr().map_err(|source| StartError::Bind { addr: config.server.admin_listen(), source })?,
+        forward_auth = forward_auth_addr,
         "tokengate listening"
     );
-    let served = run(grpc, admin, routes, readiness, options, shutdown).await;
+    let served = run(listeners, routes, readiness, options, shutdown).await;
     if let Some(reloader) = reloader {
         // No reload after the drain; dropping the reloader stops its follower.
         reloader.abort();

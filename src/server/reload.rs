@@ -35,6 +35,7 @@ use crate::config::{
     ServerSettings, TelemetrySettings,
 };
 use crate::domain::Fingerprint;
+use crate::forward_auth::ForwardAuthSettings;
 use crate::gate::{Gate, Project};
 use crate::identity::{Authenticator, Restarted, VerifiedCacheSettings};
 use crate::metrics::Metrics;
@@ -96,6 +97,7 @@ pub(super) struct Running {
     logging: LogSettings,
     tls_on: bool,
     ext_authz_on: bool,
+    forward_auth: Option<ForwardAuthSettings>,
     projects: Vec<(String, Fingerprint)>,
     jwt_cache: VerifiedCacheSettings,
     parts: PartFingerprints,
@@ -134,6 +136,7 @@ impl Running {
             logging: parts.logging,
             tls_on: parts.tls.is_some(),
             ext_authz_on: parts.ext_authz.is_some(),
+            forward_auth: parts.forward_auth.clone(),
             projects: project_fingerprints(&parts.projects),
             jwt_cache: parts.jwt_cache,
             parts: parts.parts.clone(),
@@ -149,7 +152,27 @@ impl Running {
     /// The keys that differ in `new` but only take effect after a restart.
     fn needs_restart(&self, new: &ConfigParts) -> Vec<&'static str> {
         let (old, limits) = (&self.server, &self.limits);
+        // The forward-auth port is bound and configured once, at start.
+        let (old_fa, new_fa) = (self.forward_auth.as_ref(), new.forward_auth.as_ref());
+        let fa_differs = |field: fn(&ForwardAuthSettings) -> String| match (old_fa, new_fa) {
+            (Some(old), Some(new)) => field(old) != field(new),
+            _ => false,
+        };
         let checks = [
+            ("forward_auth.enabled", old_fa.is_some() != new_fa.is_some()),
+            ("forward_auth.listen", fa_differs(|s| s.listen.to_string())),
+            (
+                "forward_auth.path_prefix",
+                fa_differs(|s| s.path_prefix.clone()),
+            ),
+            (
+                "forward_auth.original_request",
+                fa_differs(|s| s.original_request.as_str().to_owned()),
+            ),
+            (
+                "forward_auth.max_connections",
+                fa_differs(|s| s.max_connections.to_string()),
+            ),
             (
                 "server.grpc_listen",
                 old.grpc_listen() != new.server.grpc_listen(),

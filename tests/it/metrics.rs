@@ -308,7 +308,7 @@ async fn a_real_prometheus_scrapes_the_counters_and_histograms() {
             1.0,
         ),
         (
-            r#"tokengate_ext_authz_checks_total{outcome="allowed",route="/rooms/{channel}/join"}"#,
+            r#"tokengate_ext_authz_checks_total{outcome="allowed",route="/rooms/{channel}/join",via="ext_authz"}"#,
             1.0,
         ),
         (

@@ -482,8 +482,7 @@ async fn a_server_bug_is_internal_and_logged_never_the_callers_fault() {
     readiness.set(true);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(tokengate::server::run(
-        grpc,
-        admin,
+        tokengate::server::Listeners::new(grpc, admin),
         routes,
         readiness,
         ServeOptions::default(),

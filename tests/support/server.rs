@@ -40,6 +40,9 @@ pub struct InProcess {
     pub addr: SocketAddr,
     /// The admin HTTP address.
     pub admin: SocketAddr,
+    /// The forward-auth address, when the config turns `[forward_auth]` on
+    /// (bound on 127.0.0.1:0 whatever its `listen` says).
+    pub forward_auth: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     join: Option<JoinHandle<Result<(), tokengate::server::StartError>>>,
 }
@@ -194,20 +197,28 @@ impl InProcess {
         let config = config::load(text, &test_env).expect("test config loads");
         let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let forward_auth_listener = match config.forward_auth() {
+            Some(_) => Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            None => None,
+        };
         let addr = grpc.local_addr().unwrap();
         let admin = admin_listener.local_addr().unwrap();
+        let forward_auth = forward_auth_listener
+            .as_ref()
+            .map(|l| l.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
-        let join = tokio::spawn(tokengate::server::serve(
-            config,
+        let listeners = tokengate::server::Listeners {
             grpc,
-            admin_listener,
-            async move {
-                let _ = rx.await;
-            },
-        ));
+            admin: admin_listener,
+            forward_auth: forward_auth_listener,
+        };
+        let join = tokio::spawn(tokengate::server::serve(config, listeners, async move {
+            let _ = rx.await;
+        }));
         Self {
             addr,
             admin,
+            forward_auth,
             shutdown: Some(tx),
             join: Some(join),
         }
