@@ -530,7 +530,85 @@ fn bad_configs() -> Vec<BadConfig> {
     ]
     .into_iter()
     .chain(bad_limits(&env))
+    .chain(bad_forward_auth(&env))
     .collect()
+}
+
+/// An `[ext_authz]` section with one route, for `[forward_auth]` to match.
+const EXT_AUTHZ: &str =
+    "\n[ext_authz]\nenabled = true\n\n[[ext_authz.routes]]\npath = \"/rooms/{channel}/join\"\n";
+
+/// `[forward_auth]` with `keys` (after `enabled = true`).
+fn forward_auth(keys: &str) -> String {
+    format!(
+        "{}{EXT_AUTHZ}\n[forward_auth]\nenabled = true\n{keys}\n",
+        base_config()
+    )
+}
+
+/// `[forward_auth]` mistakes, each named by its key.
+fn bad_forward_auth(env: &[(&'static str, &'static str)]) -> Vec<BadConfig> {
+    let nginx = "original_request = \"x-original\"\n";
+    let cases: Vec<(&'static str, String, &'static str)> = vec![
+        (
+            "forward-auth without ext_authz",
+            format!("{}\n[forward_auth]\nenabled = true\n{nginx}", base_config()),
+            "forward_auth.enabled",
+        ),
+        (
+            "no proxy named",
+            forward_auth(""),
+            "forward_auth.original_request",
+        ),
+        (
+            "an unknown proxy form",
+            forward_auth("original_request = \"nginx\""),
+            "forward_auth.original_request",
+        ),
+        (
+            "path mode on every path",
+            forward_auth("original_request = \"path\""),
+            "forward_auth.path_prefix",
+        ),
+        (
+            "a prefix with a trailing slash",
+            forward_auth(&format!("{nginx}path_prefix = \"/check/\"")),
+            "forward_auth.path_prefix",
+        ),
+        (
+            "a prefix with a dot segment",
+            forward_auth(&format!("{nginx}path_prefix = \"/a/../check\"")),
+            "forward_auth.path_prefix",
+        ),
+        (
+            "a relative prefix",
+            forward_auth(&format!("{nginx}path_prefix = \"check\"")),
+            "forward_auth.path_prefix",
+        ),
+        (
+            "no connections",
+            forward_auth(&format!("{nginx}max_connections = 0")),
+            "forward_auth.max_connections",
+        ),
+        (
+            "the gRPC port's address",
+            forward_auth(&format!("{nginx}listen = \"127.0.0.1:9191\"")).replacen(
+                "grpc_listen = \"127.0.0.1:0\"",
+                "grpc_listen = \"127.0.0.1:9191\"",
+                1,
+            ),
+            "forward_auth.listen",
+        ),
+        (
+            "an unknown key",
+            forward_auth(&format!("{nginx}prefix = \"/check\"")),
+            "forward_auth.prefix",
+        ),
+    ];
+    cases
+        .into_iter()
+        .map(|(name, config, key)| (name, config, env.to_vec(), key))
+        .collect()
 }
 
 /// `[limits]` mistakes: each rate limit key, the rules' `limits`, Redis.
@@ -814,6 +892,28 @@ fn an_hs_issuer_passes_with_its_secret_set() {
         !format!("{stdout}{stderr}").contains(HS_SECRET),
         "the secret is printed"
     );
+}
+
+#[test]
+fn check_config_prints_the_forward_auth_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (base_config(), "forward auth: off".to_owned()),
+        (
+            forward_auth(
+                "listen = \"127.0.0.1:9292\"\npath_prefix = \"/check\"\noriginal_request = \"x-forwarded\"\nmax_connections = 50",
+            ),
+            "forward auth: 127.0.0.1:9292 (path prefix /check, original request from x-forwarded, max 50 connections)".to_owned(),
+        ),
+    ];
+    for (i, (config, line)) in cases.into_iter().enumerate() {
+        let path = dir.path().join(format!("fa-{i}.toml"));
+        std::fs::write(&path, config).unwrap();
+        let output = run(&["check-config", path.to_str().unwrap()], &EXAMPLE_ENV[..1]);
+        let (stdout, stderr) = text(&output);
+        assert_eq!(output.status.code(), Some(0), "{stdout}\n{stderr}");
+        assert!(stdout.contains(&line), "{line:?} in {stdout}");
+    }
 }
 
 #[test]

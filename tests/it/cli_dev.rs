@@ -53,6 +53,8 @@ impl Dev {
                 "127.0.0.1:0",
                 "--issuer-listen",
                 "127.0.0.1:0",
+                "--forward-auth-listen",
+                "127.0.0.1:0",
             ])
             .args(extra)
             .env_remove("AGORA_APP_ID")
@@ -94,7 +96,7 @@ impl Dev {
             logs,
             log_reader: Some(log_reader),
         };
-        // The banner is complete once the last grpcurl line (ExplainAccess) is out.
+        // The banner is complete once its last line (the forward-auth curl) is out.
         loop {
             let line = rx.recv_timeout(PATIENCE).unwrap_or_else(|_| {
                 panic!(
@@ -105,7 +107,7 @@ impl Dev {
             });
             dev.banner.push_str(&line);
             dev.banner.push('\n');
-            if line.starts_with("grpcurl") && line.ends_with("/ExplainAccess") {
+            if line.starts_with("curl") {
                 break;
             }
         }
@@ -370,6 +372,30 @@ async fn the_printed_lines_work_with_a_generated_project() {
     let token = issued(&paste(issue_line, &alice).await);
     assert_eq!(token["account"], "alice", "{token}");
 
+    // The mesh path: Envoy's Check through grpcurl, and forward-auth through curl.
+    let check_line = dev.line_after("The mesh path:");
+    let check: Value = serde_json::from_str(paste(check_line, &jwt).await.success())
+        .unwrap_or_else(|e| panic!("the Check printed no JSON: {e}"));
+    let set = check["okResponse"]["headers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{check}"));
+    let mesh_token = set
+        .iter()
+        .find(|h| h["header"]["key"] == "x-agora-token")
+        .and_then(|h| h["header"]["value"].as_str())
+        .unwrap_or_else(|| panic!("no token header in {check}"));
+    check_rtc(mesh_token, "demo-lobby", "demo-user");
+    let curl_line = dev.line_after("The same check as Caddy");
+    let curl = paste(curl_line, &jwt).await;
+    let answer = curl.success();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let forward_token = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("x-agora-token: "))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no token header in {answer}"));
+    check_rtc(forward_token, "demo-lobby", "demo-user");
+
     let issued_token = token["token"].as_str().unwrap().to_owned();
     let logs = dev.stop().await;
     assert!(
@@ -381,7 +407,17 @@ async fn the_printed_lines_work_with_a_generated_project() {
         !logs.contains('\x1b'),
         "ANSI escapes in logs written to a pipe:\n{logs:?}"
     );
-    for secret in [&jwt, &bob, &issued_token] {
+    assert!(
+        logs.contains("forward_auth"),
+        "the forward-auth check was not logged:\n{logs}"
+    );
+    for secret in [
+        &jwt,
+        &bob,
+        &issued_token,
+        &mesh_token.to_owned(),
+        &forward_token.to_owned(),
+    ] {
         assert!(
             !logs.contains(secret.as_str()),
             "a secret reached the logs:\n{logs}"
@@ -432,16 +468,18 @@ async fn tokens_verify_with_the_certificate_from_the_environment() {
 
 #[tokio::test]
 async fn dev_refuses_non_loopback_addresses() {
-    for flag in ["--grpc-listen", "--admin-listen", "--issuer-listen"] {
+    let flags = [
+        "--grpc-listen",
+        "--admin-listen",
+        "--issuer-listen",
+        "--forward-auth-listen",
+    ];
+    for flag in flags {
         let mut command = Command::new(BIN);
         command.args(["dev", flag, "0.0.0.0:0"]);
-        for (other, addr) in [
-            ("--grpc-listen", "127.0.0.1:0"),
-            ("--admin-listen", "127.0.0.1:0"),
-            ("--issuer-listen", "127.0.0.1:0"),
-        ] {
+        for other in flags {
             if other != flag {
-                command.args([other, addr]);
+                command.args([other, "127.0.0.1:0"]);
             }
         }
         let out = blocking(move || run(&mut command)).await;

@@ -21,6 +21,7 @@ mod facts_example;
 mod facts_http;
 mod facts_postgres;
 mod faults;
+mod forward_auth;
 mod hardening;
 mod identity_cache;
 mod identity_catalogue;

@@ -5,7 +5,8 @@
 //! a changed one restarts, and a removed one's stops; a changed listen
 //! address is reported as needing a restart; trusted proxies reload too;
 //! unchanged facts keep their cache across a reload, changed ones start a
-//! fresh one, and an invalid fact keeps the old ones serving.
+//! fresh one, and an invalid fact keeps the old ones serving; forward-auth
+//! follows reloaded routes and names its restart-only keys.
 
 use crate::support;
 
@@ -933,4 +934,77 @@ async fn facts_keep_their_cache_across_an_unrelated_reload_and_start_afresh_when
         Some(1.0)
     );
     drop(client);
+}
+
+/// The forward-auth answer's status for nginx's form of `GET path` at `prefix`.
+async fn forward_auth_status(
+    addr: std::net::SocketAddr,
+    prefix: &str,
+    path: &str,
+    jwt: &str,
+) -> u16 {
+    reqwest::Client::new()
+        .get(format!("http://{addr}{prefix}"))
+        .header("authorization", format!("Bearer {jwt}"))
+        .header("x-original-method", "GET")
+        .header("x-original-uri", path)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_auth_follows_reloaded_routes_and_names_its_restart_keys() {
+    let (jwks, es256, _rs256) = support::server::test_keys().await;
+    let base =
+        support::server::config_text(&jwks.jwks_url(), support::fixtures::ROOMS_AND_WEBINARS);
+    let forward_auth = "\n[forward_auth]\nenabled = true\nlisten = \"127.0.0.1:0\"\npath_prefix = \"/check\"\noriginal_request = \"x-original\"\n";
+    let first = loopback(&format!(
+        "{base}\n{}{forward_auth}",
+        support::authz::ext_authz_section("")
+    ));
+    let server = Running::start_config(&first);
+    server.wait_ready().await;
+    let addr = server
+        .forward_auth
+        .expect("the forward-auth address is logged");
+    let jwt = es256.mint(&TestServer::claims(
+        "alice",
+        json!({"teams": ["blue"], "agora_uid": 4242}),
+    ));
+    let lobby = "/lobby/team-blue-standup";
+    assert_eq!(
+        forward_auth_status(addr, "/check", lobby, &jwt).await,
+        403,
+        "no such route yet"
+    );
+
+    // A new route applies at once; a new prefix and proxy need a restart.
+    let route = "\n[[ext_authz.routes]]\npath = \"/lobby/{channel}\"\n";
+    let second = loopback(&format!(
+        "{base}\n{}{route}{}",
+        support::authz::ext_authz_section(""),
+        forward_auth
+            .replace("/check", "/auth")
+            .replace("x-original", "x-forwarded")
+    ));
+    replace(server.config_path(), &second);
+    let line = reloaded(&server, &second).await;
+    assert_eq!(
+        line["needs_restart"], "[\"forward_auth.path_prefix\", \"forward_auth.original_request\"]",
+        "{line}"
+    );
+    assert_eq!(line["routes_changed"], true, "{line}");
+    assert_eq!(
+        forward_auth_status(addr, "/check", lobby, &jwt).await,
+        200,
+        "the new route"
+    );
+    assert_eq!(
+        forward_auth_status(addr, "/auth", lobby, &jwt).await,
+        404,
+        "the old prefix holds"
+    );
 }

@@ -19,6 +19,8 @@ pub struct Running {
     grpc: SocketAddr,
     /// The admin HTTP address.
     pub admin: SocketAddr,
+    /// The forward-auth address, when the config turns it on.
+    pub forward_auth: Option<SocketAddr>,
     logs: Arc<Mutex<Vec<String>>>,
     reader: Option<std::thread::JoinHandle<()>>,
     /// While set, the reader stops reading stderr, so the pipe fills up and
@@ -110,7 +112,7 @@ impl Running {
                             .unwrap_or(Value::Null)
                     };
                     let _ = tx
-                        .send(serde_json::json!({"grpc": field("grpc"), "admin": field("admin")}));
+                        .send(serde_json::json!({"grpc": field("grpc"), "admin": field("admin"), "forward_auth": field("forward_auth")}));
                 }
                 sink.lock().unwrap().push(line);
                 while hold.load(std::sync::atomic::Ordering::SeqCst) {
@@ -122,6 +124,7 @@ impl Running {
             child: Some(child),
             grpc: "127.0.0.1:1".parse().unwrap(),
             admin: "127.0.0.1:1".parse().unwrap(),
+            forward_auth: None,
             logs,
             reader: Some(reader),
             paused,
@@ -135,6 +138,7 @@ impl Running {
             .unwrap_or_else(|_| panic!("no listening line; logs: {:?}", running.logs()));
         running.grpc = fields["grpc"].as_str().unwrap().parse().unwrap();
         running.admin = fields["admin"].as_str().unwrap().parse().unwrap();
+        running.forward_auth = fields["forward_auth"].as_str().map(|a| a.parse().unwrap());
         running
     }
 
