@@ -132,6 +132,36 @@ fn readme_metrics() -> BTreeMap<String, (String, BTreeSet<String>)> {
 
 /// `(family, type)` from the classic exposition's TYPE lines, and the label
 /// names seen on each family's samples.
+/// The label names of a sample's label set, `rest` starting right after its
+/// `{`: values are quoted and may hold `,`, `=`, `}` (a route template's
+/// `{channel}`) and escaped quotes, so they are skipped as quoted strings.
+fn label_names(rest: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut chars = rest.chars();
+    let mut name = String::new();
+    while let Some(c) = chars.next() {
+        match c {
+            '}' => break,
+            ',' | ' ' => {}
+            '=' => {
+                assert_eq!(chars.next(), Some('"'), "a quoted value in {rest}");
+                while let Some(v) = chars.next() {
+                    match v {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        _ => {}
+                    }
+                }
+                names.push(std::mem::take(&mut name));
+            }
+            c => name.push(c),
+        }
+    }
+    names
+}
+
 fn exposed(text: &str) -> BTreeMap<String, (String, BTreeSet<String>)> {
     let mut families: BTreeMap<String, (String, BTreeSet<String>)> = BTreeMap::new();
     for line in text.lines() {
@@ -152,11 +182,10 @@ fn exposed(text: &str) -> BTreeMap<String, (String, BTreeSet<String>)> {
         let Some((_, labels)) = families.get_mut(family) else {
             panic!("sample {name} has no TYPE line");
         };
-        if let Some(set) = line.split_once('{').and_then(|(_, r)| r.split_once('}')) {
-            for pair in set.0.split(',').filter(|p| !p.is_empty()) {
-                let key = pair.split('=').next().unwrap();
+        if let Some((_, rest)) = line.split_once('{') {
+            for key in label_names(rest) {
                 if key != "le" {
-                    labels.insert(key.to_owned());
+                    labels.insert(key);
                 }
             }
         }
