@@ -14,7 +14,7 @@
 //! Nothing the client sent is ever echoed: an allowed answer carries only
 //! the headers the grant sets, so a client's own `x-agora-token` can reach
 //! the upstream only through a proxy that does not overwrite or strip it
-//! (the snippets in `deploy/forward-auth/` do both).
+//! (so a proxy in front must overwrite or strip our headers; see the README).
 
 mod request;
 
