@@ -148,8 +148,11 @@ pub fn http_denial(refusal: &Refusal, request_id: &str) -> HttpDenial {
         (ERROR_HEADER, refusal.reason().to_owned()),
     ];
     match refusal {
-        // RFC 6750 §3.1: a request without credentials gets no error code.
-        Refusal::Unauthenticated(AuthError::Missing) => {}
+        // A 401 always carries a challenge (RFC 9110 §15.5.2); one for a
+        // request without credentials has no error code (RFC 6750 §3.1).
+        Refusal::Unauthenticated(AuthError::Missing) => {
+            headers.push(("www-authenticate", "Bearer".to_owned()));
+        }
         Refusal::Unauthenticated(_) => {
             headers.push((
                 "www-authenticate",
@@ -703,15 +706,20 @@ mod tests {
 
     #[test]
     fn challenges_follow_rfc_6750_and_unavailable_says_when_to_retry() {
-        let missing = http_denial(&Refusal::Unauthenticated(AuthError::Missing), "r");
-        assert!(
-            !missing
+        let challenge = |denial: &HttpDenial| {
+            denial
                 .headers
                 .iter()
-                .any(|(n, _)| *n == "www-authenticate")
-        );
+                .find(|(n, _)| *n == "www-authenticate")
+                .map(|(_, v)| v.clone())
+        };
+        let missing = http_denial(&Refusal::Unauthenticated(AuthError::Missing), "r");
+        assert_eq!(challenge(&missing).as_deref(), Some("Bearer"));
         let bad = http_denial(&Refusal::Unauthenticated(AuthError::Expired), "r");
-        assert!(bad.headers.iter().any(|(n, _)| *n == "www-authenticate"));
+        assert_eq!(
+            challenge(&bad).as_deref(),
+            Some("Bearer error=\"invalid_token\"")
+        );
         let unavailable = http_denial(
             &Refusal::from(AuthError::KeysNotLoaded { issuer: "a".into() }),
             "r",

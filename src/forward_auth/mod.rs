@@ -13,8 +13,9 @@
 //!
 //! Nothing the client sent is ever echoed: an allowed answer carries only
 //! the headers the grant sets, so a client's own `x-agora-token` can reach
-//! the upstream only through a proxy that does not overwrite or strip it
-//! (so a proxy in front must overwrite or strip our headers; see the README).
+//! the upstream only through a proxy that does not overwrite or strip it.
+//! The snippets in deploy/forward-auth/ do (tested through the real nginx
+//! and Caddy); Envoy is also told which headers to remove.
 
 mod request;
 
@@ -190,6 +191,17 @@ impl ForwardAuth {
                 for (name, value) in upstream.set {
                     insert(headers, name, &value);
                 }
+                // Envoy's HTTP ext_authz removes the headers this names
+                // from the upstream request: the identity header the grant
+                // does not bind (a client's own copy would otherwise ride
+                // along beside ours) and the JWT when the routes say so. The
+                // other proxies cannot act on an answer's removals: their
+                // snippets strip those headers themselves.
+                if self.settings.original_request == OriginalRequest::Path
+                    && !upstream.remove.is_empty()
+                {
+                    insert(headers, ENVOY_HEADERS_TO_REMOVE, &upstream.remove.join(","));
+                }
                 insert(headers, render::REQUEST_ID_HEADER, &request_id);
                 response
             }
@@ -209,6 +221,10 @@ impl ForwardAuth {
         ))
     }
 }
+
+/// The header of an allowed answer that lists, comma-separated, the request
+/// headers Envoy's HTTP ext_authz must remove before forwarding upstream.
+pub const ENVOY_HEADERS_TO_REMOVE: &str = "x-envoy-auth-headers-to-remove";
 
 /// An HTTP denial as the response the proxy relays to the client.
 fn denied(denial: render::HttpDenial) -> Response<String> {

@@ -249,6 +249,14 @@ async fn each_proxy_form_of_the_original_request_gets_the_token_headers() {
             assert_allowed(&label, &reply, channel, 4242, publisher);
             assert_ne!(reply.header("x-agora-token"), Some("007spoofed"), "{label}");
             assert!(reply.body.is_empty(), "{label}: {:?}", reply.body);
+            // Envoy (path mode) is told to drop a client's own account
+            // header beside the uid grant; the others cannot act on it.
+            let removals = (mode == "path").then_some("x-agora-account");
+            assert_eq!(
+                reply.header("x-envoy-auth-headers-to-remove"),
+                removals,
+                "{label}"
+            );
         }
         server.shutdown().await;
     }

@@ -27,6 +27,7 @@ pub mod jwks_server;
 pub mod keys;
 pub mod oidc;
 pub mod postgres;
+pub mod proxies;
 pub mod redis;
 pub mod server;
 pub mod tools;
