@@ -59,11 +59,10 @@ pub(super) async fn serve(
             let phase = phase.clone();
             tokio::spawn(async move {
                 let _slot = slot;
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
-                tokio::pin!(conn);
-                listen::drive(
-                    conn.as_mut(),
-                    |conn| conn.graceful_shutdown(),
+                listen::serve(
+                    &builder,
+                    TokioIo::new(stream),
+                    service,
                     calls,
                     limits,
                     phase,

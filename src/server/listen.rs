@@ -17,6 +17,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::{Request, Response};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper::service::Service;
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto::{self, HttpServerConnExec};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
@@ -357,6 +363,39 @@ pub(super) async fn drive<C, E>(
         () = bound => tracing::debug!(port, "dropping a connection that did not finish after GOAWAY"),
         () = leaving(&mut phase, Phase::Draining) => {}
     }
+}
+
+/// Serves `io` with `service` under `builder`'s HTTP settings, the
+/// connection driven to its end by [`drive`]: every port's connections
+/// live by the same rules.
+pub(super) async fn serve<I, S, B>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    service: S,
+    calls: watch::Receiver<Calls>,
+    limits: ConnectionLimits,
+    phase: watch::Receiver<Phase>,
+    port: &'static str,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>>,
+    S::Future: 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    TokioExecutor: HttpServerConnExec<S::Future, B>,
+{
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    drive(
+        conn.as_mut(),
+        |conn| conn.graceful_shutdown(),
+        calls,
+        limits,
+        phase,
+        port,
+    )
+    .await;
 }
 
 /// Runs a connection's handshake (TLS) within the time its first complete

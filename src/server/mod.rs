@@ -396,17 +396,7 @@ async fn serve_grpc(
                 let Some(tls) = tls else {
                     let service =
                         GrpcCalls::new(routes, info, None, activity, timeout, meter, shedder);
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    tokio::pin!(conn);
-                    listen::drive(
-                        conn.as_mut(),
-                        |conn| conn.graceful_shutdown(),
-                        calls,
-                        limits,
-                        phase,
-                        "grpc",
-                    )
-                    .await;
+                    listen::serve(&builder, TokioIo::new(stream), service, calls, limits, phase, "grpc").await;
                     return;
                 };
                 // The handshake counts against the time to the first
@@ -438,17 +428,7 @@ async fn serve_grpc(
                     meter,
                     shedder,
                 );
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
-                tokio::pin!(conn);
-                listen::drive(
-                    conn.as_mut(),
-                    |conn| conn.graceful_shutdown(),
-                    calls,
-                    limits,
-                    phase,
-                    "grpc",
-                )
-                .await;
+                listen::serve(&builder, TokioIo::new(stream), service, calls, limits, phase, "grpc").await;
             });
         },
     )
