@@ -272,7 +272,17 @@ async fn nginx_auth_request_passes_the_token_upstream_and_relays_denials() {
     let (server, forward_auth, app) = start("tokengate-nginx.toml").await;
     let proxy = proxies::nginx(forward_auth, app.addr());
     scenarios(&proxy, &server, &app).await;
+    // Stopping the test's nginx stops its workers too: none is left running.
+    let workers = proxy.children();
+    assert!(!workers.is_empty(), "nginx runs workers");
     drop(proxy);
+    for pid in workers {
+        let state = proxies::process_state(pid);
+        assert!(
+            state.is_none_or(|(state, _)| state == 'Z'),
+            "nginx worker {pid} outlived its master: {state:?}"
+        );
+    }
     server.shutdown().await;
 }
 

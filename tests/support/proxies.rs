@@ -36,8 +36,50 @@ impl Proxy {
     }
 }
 
+impl Proxy {
+    /// The pids of the proxy's own child processes (nginx's workers).
+    pub fn children(&self) -> Vec<u32> {
+        let parent = self.child.id();
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            if process_state(pid).is_some_and(|(_, ppid)| ppid == parent) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+}
+
+/// The state letter and parent pid of process `pid`, if it exists.
+pub fn process_state(pid: u32) -> Option<(char, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: skip past it.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split(' ');
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
 impl Drop for Proxy {
+    /// Asks the proxy to stop (SIGTERM: nginx's master then stops its
+    /// workers, which a SIGKILL of the master would leave running), and
+    /// kills it only if it has not exited within 10 s.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
