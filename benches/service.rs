@@ -15,6 +15,12 @@
 //! `IssueRtcToken_jwt_cache` is the in-process handler with the verified-JWT
 //! cache answering, in the same run.
 //!
+//! `ForwardAuth_h1`, `ForwardAuth_h2c` and the handler `ForwardAuth` are the
+//! same check as nginx's `auth_request` (or Caddy's `forward_auth`) sends it
+//! to the forward-auth listener: the caller's JWT, `X-Original-Method` and
+//! `X-Original-URI`, for the same route, in the same run as `Check` (issue 17:
+//! a forward-auth check ≤ 1.1 × the gRPC `Check`).
+//!
 //! Run: `cargo bench --bench service`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -34,14 +40,20 @@ use serde_json::json;
 use support::authz::{self, Verdict, envoy_check, ext_authz_section, verdict};
 use support::fixtures::TEAM_ROOMS;
 use support::server::TestServer;
+use tokengate::forward_auth::ForwardAuth;
 use tokengate::grpc::envoy_check::EnvoyCheck;
 use tokengate::grpc::pb;
 use tokengate::grpc::pb::token_service_server::TokenService as _;
 use tokengate::grpc::service::Api;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::http;
 use tonic::transport::Channel;
 
 const CHANNEL: &str = "team-blue-standup";
+/// `[forward_auth]` on loopback as nginx's snippet uses it.
+const FORWARD_AUTH: &str = "\n[forward_auth]\nenabled = true\nlisten = \"127.0.0.1:0\"\npath_prefix = \"/check\"\noriginal_request = \"x-original\"\n";
 /// The verified-JWT cache off: every call verifies its RS256 JWT.
 const NO_JWT_CACHE: &str = "\n[jwt_cache]\nenabled = false\n";
 
@@ -56,7 +68,7 @@ fn bench_service(c: &mut Criterion) {
     let server = runtime.block_on(async {
         let server = authz::start(
             TEAM_ROOMS,
-            &format!("{}{NO_JWT_CACHE}", ext_authz_section("")),
+            &format!("{}{FORWARD_AUTH}{NO_JWT_CACHE}", ext_authz_section("")),
         )
         .await;
         server.wait_ready().await;
@@ -144,6 +156,45 @@ fn bench_service(c: &mut Criterion) {
             BatchSize::SmallInput,
         );
     });
+    // The forward-auth check of the same request as nginx sends it: over
+    // HTTP/1.1 on one kept-alive connection (nginx's `keepalive` upstream),
+    // and over h2c on one HTTP/2 connection (as the gRPC calls above).
+    let forward_auth = server
+        .forward_auth
+        .expect("the forward-auth listener is bound");
+    let h1_request = format!(
+        "GET /check HTTP/1.1\r\nhost: {forward_auth}\r\nx-original-method: GET\r\n\
+         x-original-uri: /rooms/{CHANNEL}/join\r\nauthorization: {bearer}\r\n\r\n"
+    )
+    .into_bytes();
+    let mut h1 = runtime.block_on(H1::connect(forward_auth));
+    let mut h2c = runtime.block_on(H2c::connect(forward_auth));
+    let h2c_request = || {
+        http::Request::get(format!("http://{forward_auth}/check"))
+            .header("x-original-method", "GET")
+            .header("x-original-uri", format!("/rooms/{CHANNEL}/join"))
+            .header("authorization", &bearer)
+            .body(())
+            .unwrap()
+    };
+    runtime.block_on(async {
+        let head = h1.round_trip(&h1_request).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.contains("x-agora-token: 007"), "{head}");
+        let answer = h2c.round_trip(h2c_request()).await;
+        assert_eq!(answer.status(), 200);
+        assert!(answer.headers().contains_key("x-agora-token"));
+    });
+    group.bench_function("ForwardAuth_h1", |b| {
+        b.iter(|| black_box(runtime.block_on(h1.round_trip(&h1_request)).len()));
+    });
+    group.bench_function("ForwardAuth_h2c", |b| {
+        b.iter_batched(
+            h2c_request,
+            |request| black_box(runtime.block_on(h2c.round_trip(request))),
+            BatchSize::SmallInput,
+        );
+    });
     group.finish();
 
     // The same two calls straight into the handlers, in process: tokengate's
@@ -155,53 +206,65 @@ fn bench_service(c: &mut Criterion) {
         "{}\n{}{NO_JWT_CACHE}",
         support::server::config_text(&server.jwks.jwks_url(), TEAM_ROOMS),
         ext_authz_section("")
-    );
-    let (api_handler, check_handler, metered_handler, cached_handler) = runtime.block_on(async {
-        let config = tokengate::config::load(&text, &support::server::test_env)
-            .unwrap()
-            .into_parts();
-        assert!(!config.jwt_cache.enabled());
-        let cached = std::sync::Arc::new(
-            tokengate::identity::Authenticator::start_with_cache(
-                config.issuers.clone(),
-                &tokengate::identity::VerifiedCacheSettings::default(),
-            )
-            .unwrap(),
-        );
-        let authenticator = std::sync::Arc::new(
-            tokengate::identity::Authenticator::start_with_cache(config.issuers, &config.jwt_cache)
+    ) + FORWARD_AUTH;
+    let (api_handler, check_handler, forward_auth_handler, metered_handler, cached_handler) =
+        runtime.block_on(async {
+            let config = tokengate::config::load(&text, &support::server::test_env)
+                .unwrap()
+                .into_parts();
+            assert!(!config.jwt_cache.enabled());
+            let settings = config.forward_auth.clone().unwrap();
+            let cached = std::sync::Arc::new(
+                tokengate::identity::Authenticator::start_with_cache(
+                    config.issuers.clone(),
+                    &tokengate::identity::VerifiedCacheSettings::default(),
+                )
                 .unwrap(),
-        );
-        authenticator.wait_ready().await;
-        cached.wait_ready().await;
-        let gate = std::sync::Arc::new(tokengate::gate::Gate::new(config.projects, config.policy));
-        let routes = std::sync::Arc::new(config.ext_authz.unwrap());
-        let pipeline = std::sync::Arc::new(tokengate::pipeline::Pipeline::new(
-            std::sync::Arc::clone(&gate),
-            std::sync::Arc::clone(&authenticator),
-            Some(routes),
-        ));
-        // The same pipeline counting into a registry, as `serve` runs it.
-        let metrics = tokengate::metrics::Metrics::new(
-            &tokengate::metrics::BuildInfo {
-                version: "bench",
-                git_sha: "bench",
-                rustc: "bench",
-            },
-            std::sync::Arc::new(NoIssuers),
-        );
-        let metered = std::sync::Arc::new(
-            tokengate::pipeline::Pipeline::new(std::sync::Arc::clone(&gate), authenticator, None)
+            );
+            let authenticator = std::sync::Arc::new(
+                tokengate::identity::Authenticator::start_with_cache(
+                    config.issuers,
+                    &config.jwt_cache,
+                )
+                .unwrap(),
+            );
+            authenticator.wait_ready().await;
+            cached.wait_ready().await;
+            let gate =
+                std::sync::Arc::new(tokengate::gate::Gate::new(config.projects, config.policy));
+            let routes = std::sync::Arc::new(config.ext_authz.unwrap());
+            let pipeline = std::sync::Arc::new(tokengate::pipeline::Pipeline::new(
+                std::sync::Arc::clone(&gate),
+                std::sync::Arc::clone(&authenticator),
+                Some(routes),
+            ));
+            // The same pipeline counting into a registry, as `serve` runs it.
+            let metrics = tokengate::metrics::Metrics::new(
+                &tokengate::metrics::BuildInfo {
+                    version: "bench",
+                    git_sha: "bench",
+                    rustc: "bench",
+                },
+                std::sync::Arc::new(NoIssuers),
+            );
+            let metered = std::sync::Arc::new(
+                tokengate::pipeline::Pipeline::new(
+                    std::sync::Arc::clone(&gate),
+                    authenticator,
+                    None,
+                )
                 .with_metrics(metrics),
-        );
-        let cached = std::sync::Arc::new(tokengate::pipeline::Pipeline::new(gate, cached, None));
-        (
-            Api::new(std::sync::Arc::clone(&pipeline)),
-            EnvoyCheck::new(pipeline),
-            Api::new(metered),
-            Api::new(cached),
-        )
-    });
+            );
+            let cached =
+                std::sync::Arc::new(tokengate::pipeline::Pipeline::new(gate, cached, None));
+            (
+                Api::new(std::sync::Arc::clone(&pipeline)),
+                EnvoyCheck::new(std::sync::Arc::clone(&pipeline)),
+                ForwardAuth::new(pipeline, settings),
+                Api::new(metered),
+                Api::new(cached),
+            )
+        });
     let mut group = c.benchmark_group("handler_rs256");
     group.bench_function("IssueRtcToken", |b| {
         b.iter_batched(
@@ -251,6 +314,30 @@ fn bench_service(c: &mut Criterion) {
             |request| black_box(runtime.block_on(check_handler.check(request)).unwrap()),
             BatchSize::SmallInput,
         );
+    });
+    // The forward-auth listener's handler for the same check: the headers
+    // as hyper hands them over (parsed), the proxy's address, the answer.
+    let mut fa_headers = http::HeaderMap::new();
+    fa_headers.insert("host", forward_auth.to_string().parse().unwrap());
+    fa_headers.insert("x-original-method", "GET".parse().unwrap());
+    fa_headers.insert(
+        "x-original-uri",
+        format!("/rooms/{CHANNEL}/join").parse().unwrap(),
+    );
+    fa_headers.insert("authorization", bearer.parse().unwrap());
+    let peer = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 40000)));
+    let answer = runtime.block_on(forward_auth_handler.answer("GET", "/check", &fa_headers, peer));
+    assert_eq!(answer.status(), 200, "{answer:?}");
+    assert!(answer.headers().contains_key("x-agora-token"));
+    group.bench_function("ForwardAuth", |b| {
+        b.iter(|| {
+            black_box(runtime.block_on(forward_auth_handler.answer(
+                "GET",
+                "/check",
+                &fa_headers,
+                peer,
+            )))
+        });
     });
     group.finish();
     runtime.block_on(server.shutdown());
@@ -354,6 +441,80 @@ fn minimal_check(full: &CheckRequest) -> CheckRequest {
             }),
             ..Default::default()
         }),
+    }
+}
+
+/// One kept-alive HTTP/1.1 connection to the forward-auth listener.
+struct H1 {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl H1 {
+    async fn connect(addr: std::net::SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        Self {
+            stream,
+            buf: Vec::with_capacity(4096),
+        }
+    }
+
+    /// Sends `request` and reads the whole answer (its head and its
+    /// `content-length` body); returns the head.
+    async fn round_trip(&mut self, request: &[u8]) -> String {
+        self.stream.write_all(request).await.unwrap();
+        self.buf.clear();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = self.stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the forward-auth listener closed the connection");
+            self.buf.extend_from_slice(&chunk[..n]);
+            let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let head = std::str::from_utf8(&self.buf[..end]).unwrap();
+            let length: usize = head
+                .lines()
+                .find_map(|line| {
+                    let (name, value) = line.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if self.buf.len() >= end + 4 + length {
+                return head.to_owned();
+            }
+        }
+    }
+}
+
+/// One HTTP/2 (prior knowledge) connection to the forward-auth listener.
+struct H2c {
+    send: h2::client::SendRequest<prost::bytes::Bytes>,
+}
+
+impl H2c {
+    async fn connect(addr: std::net::SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (send, connection) = h2::client::handshake(stream).await.unwrap();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Self { send }
+    }
+
+    /// Sends `request` (no body) and reads the answer's head and body.
+    async fn round_trip(&mut self, request: http::Request<()>) -> http::Response<()> {
+        let mut send = self.send.clone().ready().await.unwrap();
+        let (response, _) = send.send_request(request, true).unwrap();
+        let (head, mut body) = response.await.unwrap().into_parts();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            body.flow_control().release_capacity(chunk.len()).unwrap();
+        }
+        http::Response::from_parts(head, ())
     }
 }
 
