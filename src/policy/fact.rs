@@ -16,7 +16,6 @@
 //! renders is one value: a query parameter or one percent-encoded part of a
 //! URL, never text spliced into SQL.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -92,9 +91,13 @@ pub struct Fetched {
 }
 
 /// The facts fetched for one call.
+///
+/// A list, not a map: a call reads a handful of facts at most (each
+/// distinct query once), and comparing a name and a few inputs costs less
+/// than hashing them on every insert and lookup.
 #[derive(Debug, Clone, Default)]
 pub struct Facts {
-    fetched: HashMap<FactQuery, Fetched>,
+    fetched: Vec<(FactQuery, Fetched)>,
 }
 
 /// One fact a rule read, for an explanation.
@@ -343,12 +346,17 @@ impl Facts {
 
     /// Records what fetching `query` gave.
     pub fn insert(&mut self, query: FactQuery, fetched: Fetched) {
-        self.fetched.insert(query, fetched);
+        match self.fetched.iter_mut().find(|(q, _)| *q == query) {
+            Some((_, slot)) => *slot = fetched,
+            None => self.fetched.push((query, fetched)),
+        }
     }
 
     /// What fetching `query` gave, if it was fetched.
     pub fn get(&self, query: &FactQuery) -> Option<&Fetched> {
-        self.fetched.get(query)
+        self.fetched
+            .iter()
+            .find_map(|(q, fetched)| (q == query).then_some(fetched))
     }
 }
 

@@ -88,6 +88,10 @@ type Positions = u128;
 /// The longest input the matcher considers, in bytes (bit 127 is the end offset).
 const MAX_MATCH_BYTES: usize = 127;
 
+/// The most pattern parts whose match tables live on the stack (a longer
+/// pattern's are allocated): 2 × 33 positions, about 1 KiB.
+const INLINE_PARTS: usize = 32;
+
 impl ChannelPattern {
     /// Compiles `source`; the error says what is wrong, the caller names the key.
     pub(crate) fn parse(source: &str) -> Result<Self, String> {
@@ -185,31 +189,45 @@ impl ChannelPattern {
             return Split::NoMatch;
         }
         let bytes = channel.as_bytes();
-        let boundaries: Positions = (0..=len)
-            .filter(|&i| channel.is_char_boundary(i))
-            .fold(0, |set, i| set | 1 << i);
-        let char_at = |c: char| -> Positions {
-            (0..len)
-                .filter(|&i| u32::from(bytes[i]) == u32::from(c))
+        // Every offset of an ASCII channel (the usual one) is a boundary.
+        let boundaries: Positions = if channel.is_ascii() {
+            Positions::MAX >> (MAX_MATCH_BYTES - len)
+        } else {
+            (0..=len)
+                .filter(|&i| channel.is_char_boundary(i))
                 .fold(0, |set, i| set | 1 << i)
         };
         let n = self.parts.len();
-        let mut forward: Vec<Positions> = vec![0; n + 1];
+        // Both tables on the stack for a pattern of the usual size: this
+        // runs for every rule's channel key on every call.
+        let mut inline = [0 as Positions; 2 * (INLINE_PARTS + 1)];
+        let mut heap: Vec<Positions>;
+        let table: &mut [Positions] = if n <= INLINE_PARTS {
+            &mut inline[..2 * (n + 1)]
+        } else {
+            heap = vec![0; 2 * (n + 1)];
+            &mut heap
+        };
+        let (forward, backward) = table.split_at_mut(n + 1);
         forward[0] = 1;
         for (i, part) in self.parts.iter().enumerate() {
             let at = forward[i];
             forward[i + 1] = match part {
-                Part::Char(c) => (at & char_at(*c)) << 1,
+                Part::Char(c) => with_char(at, bytes, *c) << 1,
                 Part::Star => from_lowest(at) & boundaries,
                 Part::Capture(_) => above_lowest(at) & boundaries,
             };
         }
-        let mut backward: Vec<Positions> = vec![0; n + 1];
+        // The whole pattern cannot end at the channel's end: no match, and
+        // no need for the backward table (most rules' keys end here).
+        if forward[n] & 1 << len == 0 {
+            return Split::NoMatch;
+        }
         backward[n] = 1 << len;
         for (i, part) in self.parts.iter().enumerate().rev() {
             let next = backward[i + 1];
             backward[i] = match part {
-                Part::Char(c) => (next >> 1) & char_at(*c),
+                Part::Char(c) => with_char(next >> 1, bytes, *c),
                 Part::Star => up_to_highest(next) & boundaries,
                 Part::Capture(_) => below_highest(next) & boundaries,
             };
@@ -369,6 +387,23 @@ impl Template {
         }
         out
     }
+}
+
+/// The offsets in `set` where `bytes` holds `c`. A literal part is reached
+/// at one offset, or a few, unless a `*` or a capture precedes it: looking
+/// only there, rather than scanning the whole channel for `c` per part,
+/// makes a literal prefix cost a comparison per character.
+fn with_char(set: Positions, bytes: &[u8], c: char) -> Positions {
+    let mut out = 0;
+    for i in offsets(set) {
+        match bytes.get(i) {
+            Some(&b) if u32::from(b) == u32::from(c) => out |= 1 << i,
+            Some(_) => {}
+            // Offsets ascend: none further is in the channel.
+            None => break,
+        }
+    }
+    out
 }
 
 /// The offsets in `set`, ascending.
@@ -594,6 +629,30 @@ mod tests {
             let template = Template::parse(source, |n| n == "team" || n == "room").unwrap();
             assert_eq!(template.is_ambiguous(), ambiguous, "{source}");
         }
+    }
+
+    #[test]
+    fn long_patterns_and_non_ascii_channels_split_like_short_ascii_ones() {
+        // Past the parts whose tables live on the stack, on the heap.
+        for prefix_len in [super::INLINE_PARTS - 2, super::INLINE_PARTS + 8] {
+            let prefix = "p".repeat(prefix_len);
+            let pattern = ChannelPattern::parse(&format!("{prefix}-{{x}}")).unwrap();
+            assert_eq!(
+                pattern.split(&format!("{prefix}-abc")),
+                Split::One(vec![("x", "abc")]),
+                "{prefix_len}"
+            );
+            assert_eq!(pattern.split(&format!("{prefix}abc")), Split::NoMatch);
+            assert_eq!(pattern.split(&prefix), Split::NoMatch);
+        }
+        // Captures end on character boundaries of a non-ASCII channel.
+        let pattern = ChannelPattern::parse("caf-{x}-*").unwrap();
+        assert_eq!(pattern.split("caf-é-ü"), Split::One(vec![("x", "é")]));
+        assert_eq!(pattern.split("caf-é"), Split::NoMatch);
+        // A literal after a capture is looked for wherever the capture can end.
+        let pattern = ChannelPattern::parse("{a}-end").unwrap();
+        assert_eq!(pattern.split("x-y-end"), Split::One(vec![("a", "x-y")]));
+        assert_eq!(pattern.split("x-y-ends"), Split::NoMatch);
     }
 
     #[test]
