@@ -18,6 +18,12 @@
 #
 # The client (h2load) runs outside valgrind, so it is never counted. The
 # binaries are the release build (no debug info; symbols are enough here).
+#
+# `benches/load/callgrind.sh facts` counts (a) only, for what a cached fact
+# costs a call (the facts issue): `loadbench inprocess --fact literal` (the
+# webinar attendee rule, its condition over a literal list of tickets) and
+# `--fact hit` (the same condition over facts.tickets, an http fact whose
+# cache answers every call but the first), and their difference.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
@@ -28,7 +34,8 @@ dir=${CALLGRIND_DIR:-$root/target/callgrind}
 command -v valgrind >/dev/null && command -v h2load >/dev/null || bash .ci/setup
 
 # The binary alone (its shipped features), then loadbench (see load.sh).
-cargo build --locked --profile "$profile" --bin tokengate >&2
+# (facts counts loadbench only.)
+[ "${1:-}" = facts ] || cargo build --locked --profile "$profile" --bin tokengate >&2
 cargo build --locked --profile "$profile" --example loadbench >&2
 target_dir=${CARGO_TARGET_DIR:-$root/target}
 out="$target_dir/$([ "$profile" = dev ] && echo debug || echo "$profile")"
@@ -42,6 +49,29 @@ admin_port=$(free_port)
 
 # The "summary:" (or "totals:") line of a callgrind output file: instructions executed.
 total() { awk '/^(summary|totals):/ { print $2; exit }' "$1"; }
+
+# --- facts: (a) for the webinar rule without and with a cached fact ---------
+if [ "${1:-}" = facts ]; then
+  declare -A per_call
+  for fact in literal hit; do
+    for n in "$base" "$calls"; do
+      valgrind --tool=callgrind --callgrind-out-file="$dir/facts.$fact.$n.out" \
+        "$out/examples/loadbench" inprocess --dir "$dir" --calls "$n" --fact "$fact" \
+        >/dev/null 2>"$dir/facts.$fact.$n.log" || { cat "$dir/facts.$fact.$n.log" >&2; exit 1; }
+    done
+    per_call[$fact]=$(( ($(total "$dir/facts.$fact.$calls.out") - $(total "$dir/facts.$fact.$base.out")) / (calls - base) ))
+  done
+  cat <<EOF
+| webinar attendee rule, in process | instructions per IssueRtcToken call |
+|---|---:|
+| condition over a literal list (no fact read) | ${per_call[literal]} |
+| condition over facts.tickets, a cache hit | ${per_call[hit]} |
+| a cached fact adds | $(( per_call[hit] - per_call[literal] )) |
+
+(callgrind; each (calls $calls − calls $base) ÷ $((calls - base)); outputs in $dir/facts.*.out)
+EOF
+  exit 0
+fi
 
 # --- (a) in process -------------------------------------------------------
 for n in "$base" "$calls"; do

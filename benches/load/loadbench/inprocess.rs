@@ -9,9 +9,20 @@
 //! `--calls` and divides the difference of the instruction totals by the
 //! difference of the calls, so the setup (config, key parsing, runtime)
 //! cancels out.
+//!
+//! `--fact` measures what a cached fact costs a call (the facts issue: at
+//! most 2 µs): `literal` calls the webinar attendee rule (deploy/examples/
+//! policy.toml) on `webinar-launch` with its condition over a literal list
+//! of the shape the `tickets` fact returns, `hit` the same rule reading
+//! `facts.tickets` from an http fact whose cache holds the answer (the
+//! source, a loopback server on a thread of this process, is asked once,
+//! at the first call, and that is checked). Both configs declare the fact,
+//! so the two differ only in the condition reading it.
 
+use std::io::{Read as _, Write as _};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context as _, ensure};
 use tokengate::grpc::pb;
@@ -27,6 +38,78 @@ pub struct InprocessArgs {
     /// How many calls to make.
     #[arg(long)]
     calls: u64,
+    /// `none`: the team-room rule; `literal` or `hit`: the webinar rule
+    /// without and with a cached fact.
+    #[arg(long, value_enum, default_value_t = Fact::None)]
+    fact: Fact,
+}
+
+/// What the calls' rule reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Fact {
+    /// The benchmark's team-room rule, no fact declared.
+    None,
+    /// The webinar rule, its condition over a literal list.
+    Literal,
+    /// The webinar rule reading `facts.tickets`, every call a cache hit.
+    Hit,
+}
+
+/// The `tickets` fact's answer, as the example's SQL returns it.
+const TICKETS: &str = r#"[{"tier":"standard"}]"#;
+
+/// The webinar attendee rule with `condition`, for the benchmark's issuer and project.
+fn webinar_rule(condition: &str) -> String {
+    format!(
+        r#"
+[[rules]]
+name = "webinar attendees"
+actions = ["rtc"]
+issuer = "{issuer}"
+channel = "webinar-{{event}}"
+condition = '{condition}'
+project = "main"
+max_role = "subscriber"
+account_claim = "sub"
+default_ttl = "2h"
+max_ttl = "4h"
+
+[[facts]]
+name = "tickets"
+kind = "http"
+url = "http://{{source}}/events/{{captures.event}}/tickets/{{caller.subject}}"
+timeout = "1s"
+ttl = "1h"
+negative_ttl = "1h"
+"#,
+        issuer = crate::setup::ISSUER,
+    )
+}
+
+/// A loopback HTTP server answering every request with the tickets, on a
+/// thread; returns its address and how many requests it has answered.
+fn tickets_source() -> anyhow::Result<(std::net::SocketAddr, Arc<AtomicU64>)> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let served = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&served);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            counter.fetch_add(1, Ordering::SeqCst);
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{TICKETS}",
+                TICKETS.len()
+            );
+            let _ = stream.write_all(reply.as_bytes());
+        }
+    });
+    Ok((addr, served))
 }
 
 /// No issuer states to report: scrapes are not on the measured path.
@@ -48,7 +131,23 @@ pub fn run(args: &InprocessArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let path = args.dir.join("tokengate.toml");
-    let config = tokengate::config::load_file(&path, &|_| None)
+    let mut text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let source = match args.fact {
+        Fact::None => None,
+        fact => {
+            let (addr, served) = tickets_source()?;
+            let condition = if fact == Fact::Hit {
+                r#"facts.tickets.exists(t, t.tier != "refunded")"#.to_owned()
+            } else {
+                format!(r#"{TICKETS}.exists(t, t.tier != "refunded")"#)
+            };
+            // The webinar rule first: the team-room rule's channel differs anyway.
+            text.push_str(&webinar_rule(&condition).replace("{source}", &addr.to_string()));
+            Some(served)
+        }
+    };
+    let config = tokengate::config::load(&text, &|_| None)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
         .into_parts();
     let jwt = std::fs::read_to_string(args.dir.join("jwt"))?;
@@ -56,6 +155,7 @@ pub fn run(args: &InprocessArgs) -> anyhow::Result<()> {
     let api = runtime.block_on(async {
         let authenticator = Arc::new(tokengate::identity::Authenticator::start(config.issuers)?);
         authenticator.wait_ready().await;
+        let facts = tokengate::facts::FactSources::start(config.facts)?;
         let gate = Arc::new(tokengate::gate::Gate::new(config.projects, config.policy));
         let metrics = tokengate::metrics::Metrics::new(
             &tokengate::metrics::BuildInfo {
@@ -65,12 +165,25 @@ pub fn run(args: &InprocessArgs) -> anyhow::Result<()> {
             },
             Arc::new(NoIssuers),
         );
-        let pipeline =
-            tokengate::pipeline::Pipeline::new(gate, authenticator, None).with_metrics(metrics);
+        // As `serve` builds it: the live state a reload swaps, with facts.
+        let live = Arc::new(arc_swap::ArcSwap::from_pointee(tokengate::pipeline::Live {
+            gate,
+            authenticator,
+            routes: None,
+            trusted_proxies: None,
+            limits: Arc::new(config.rate_limits),
+            facts,
+        }));
+        let pipeline = tokengate::pipeline::Pipeline::over(live).with_metrics(metrics);
         anyhow::Ok(Api::new(Arc::new(pipeline)))
     })?;
+    let channel = if args.fact == Fact::None {
+        crate::setup::CHANNEL
+    } else {
+        crate::setup::WEBINAR_CHANNEL
+    };
     let message = pb::IssueRtcTokenRequest {
-        channel: crate::setup::CHANNEL.into(),
+        channel: channel.into(),
         role: pb::Role::Subscriber as i32,
         ..Default::default()
     };
@@ -96,6 +209,15 @@ pub fn run(args: &InprocessArgs) -> anyhow::Result<()> {
         "{issued} of {} calls issued a token",
         args.calls
     );
+    // A hit asks the source once (the first call), the literal never.
+    if let Some(served) = source {
+        let served = served.load(Ordering::SeqCst);
+        let expected = u64::from(args.fact == Fact::Hit);
+        ensure!(
+            served == expected,
+            "the tickets source answered {served} requests, not {expected}"
+        );
+    }
     eprintln!("loadbench inprocess: {issued} calls, every one issued a token");
     Ok(())
 }

@@ -32,7 +32,7 @@ pub const WEBINAR_CHANNEL: &str = "webinar-launch";
 /// The caller's `agora_uid` claim, bound into every token.
 pub const UID: u32 = 4242;
 /// The JWT issuer and audience.
-const ISSUER: &str = "https://idp.bench.example";
+pub const ISSUER: &str = "https://idp.bench.example";
 const AUDIENCE: &str = "tokengate-bench";
 /// The ext_authz path Envoy would check.
 pub const CHECK_PATH: &str = "/rooms/team-blue-standup/join";
