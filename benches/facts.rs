@@ -7,6 +7,8 @@
 //!   the cache warm (every call a hit: the source is never touched), and
 //!   the same with `ttl = 0` (every call runs the query). A hit should add
 //!   at most 2 µs; an uncached fact at most one round trip plus the query.
+//!   `no_fact_literal` is the rule with the same condition over a literal
+//!   list of the fact's rows: `fact_hit` minus it is the fact's own cost.
 //! * `fact_fetch/uncached`, `cached`: `FactSources::fetch` alone, the
 //!   pipeline's facts step without the rest of the call.
 //! * `fact_fetch/pg_prepared_query`: the floor of an uncached fact, a
@@ -144,6 +146,15 @@ fn bench_facts(c: &mut Criterion) {
         base(&rule("true")),
         facts_section(&pg, &password, "5m")
     )));
+    // The same condition over a literal list of the rows the fact returns:
+    // what `fact_hit` costs beyond it is the fact's own cost.
+    let (literal, _) = runtime.block_on(handler(&format!(
+        "{}{}",
+        base(&rule(
+            r#"[{"tier": "standard"}].exists(t, t.tier != "refunded")"#
+        )),
+        facts_section(&pg, &password, "5m")
+    )));
     let (cached, cached_facts) = runtime.block_on(handler(&format!(
         "{}{}",
         base(&reads),
@@ -157,7 +168,7 @@ fn bench_facts(c: &mut Criterion) {
 
     // Every handler allows (so the fact was read and held a ticket), and
     // the cached one has its entry before the measurement.
-    for handler in [&plain, &cached, &uncached] {
+    for handler in [&plain, &literal, &cached, &uncached] {
         let reply = runtime
             .block_on(handler.issue_rtc_token(TestServer::authed(&jwt, issue.clone())))
             .unwrap()
@@ -170,6 +181,7 @@ fn bench_facts(c: &mut Criterion) {
     let mut group = c.benchmark_group("handler_facts");
     for (name, handler) in [
         ("no_fact", &plain),
+        ("no_fact_literal", &literal),
         ("fact_hit", &cached),
         ("fact_uncached", &uncached),
     ] {
